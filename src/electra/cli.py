@@ -1,0 +1,225 @@
+"""The `electra` command: one subcommand per job, flags named as in the reference's scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from electra import __version__
+from electra.errors import UserError
+
+DEFAULT_QUICKSTART_DIR = "electra-quickstart"
+QUICKSTART_VOCAB_SIZE = 8000
+
+
+def _add_toggle(parser: argparse.ArgumentParser, on: str, off: str, dest: str, default: bool, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(on, dest=dest, action="store_true", help=f"{what}{' (default)' if default else ''}")
+    group.add_argument(off, dest=dest, action="store_false", help=f"do not {what}{'' if default else ' (default)'}")
+    parser.set_defaults(**{dest: default})
+
+
+def _add_casing_flags(parser: argparse.ArgumentParser) -> None:
+    _add_toggle(parser, "--do-lower-case", "--no-lower-case", "do_lower_case", True, "lower-case the text")
+    _add_toggle(
+        parser, "--do-strip-accents", "--no-strip-accents", "strip_accents", True, "strip accents when lower-casing"
+    )
+
+
+def _add_vocab_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "vocab",
+        help="train a WordPiece vocabulary (vocab.txt) on a folder of raw text",
+        description="Train a BERT-compatible WordPiece vocabulary with Hugging Face tokenizers. Chinese and "
+        "Japanese ideographs become single-character tokens, as in BERT.",
+    )
+    parser.add_argument("--corpus-dir", required=True, help="folder of UTF-8 text files (searched recursively)")
+    parser.add_argument("--output", required=True, help="where to write vocab.txt (a file, or a folder to hold it)")
+    parser.add_argument("--vocab-size", type=int, default=30522, help="number of tokens (default: 30522, as BERT)")
+    _add_casing_flags(parser)
+    parser.add_argument(
+        "--limit-alphabet",
+        type=int,
+        default=None,
+        help="most single characters to keep (default: those covering 99.99%% of the text)",
+    )
+    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a merged piece (default: 2)")
+    parser.set_defaults(run=_run_vocab)
+
+
+def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "build-data",
+        help="turn a folder of raw text into pre-training shards",
+        description="Build pre-training examples as the reference's build_pretraining_dataset.py does and "
+        "write them as memory-mappable shards plus pretrain_data.json.",
+    )
+    parser.add_argument("--corpus-dir", required=True, help="folder of raw text; blank lines separate documents")
+    parser.add_argument("--vocab-file", required=True, help="WordPiece vocab.txt")
+    parser.add_argument("--output-dir", required=True, help="where to write the shards")
+    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default: 128)")
+    parser.add_argument(
+        "--num-processes", type=int, default=1, help="parallel processes; the output does not depend on it (default: 1)"
+    )
+    _add_toggle(
+        parser,
+        "--blanks-separate-docs",
+        "--no-blanks-separate-docs",
+        "blanks_separate_docs",
+        True,
+        "treat blank lines as document boundaries",
+    )
+    _add_casing_flags(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random example lengths (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace data built with other settings")
+    parser.set_defaults(run=_run_build_data)
+
+
+def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "quickstart",
+        help="run the whole pipeline on a built-in corpus (no download)",
+        description="The main job end to end: gather a default corpus (the Python standard library's "
+        "documentation), train a vocabulary and build pre-training data under --data-dir.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_QUICKSTART_DIR,
+        help=f"working folder, laid out as the reference's data-dir (default: ./{DEFAULT_QUICKSTART_DIR})",
+    )
+    parser.add_argument("--corpus-dir", default=None, help="use this folder of text instead of the built-in corpus")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=QUICKSTART_VOCAB_SIZE,
+        help=f"vocabulary size (default: {QUICKSTART_VOCAB_SIZE}, enough for the small corpus)",
+    )
+    parser.add_argument("--num-processes", type=int, default=1, help="processes for build-data (default: 1)")
+    parser.set_defaults(run=_run_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="electra",
+        description="ELECTRA in PyTorch: vocabulary, pre-training data, pre-training, "
+        "fine-tuning and serving of text encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"electra {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_vocab_parser(commands)
+    _add_build_data_parser(commands)
+    _add_quickstart_parser(commands)
+    return parser
+
+
+def _vocab_path(output: str) -> Path:
+    path = Path(output)
+    return path / "vocab.txt" if path.is_dir() else path
+
+
+def _train_and_write_vocab(
+    corpus_dir: str | Path,
+    output: Path,
+    vocab_size: int,
+    do_lower_case: bool,
+    strip_accents: bool,
+    limit_alphabet: int | None = None,
+    min_frequency: int = 2,
+) -> None:
+    from electra.corpus import InvalidUtf8Report, list_corpus_files
+    from electra.tokenization import train_vocab, write_vocab
+
+    report = InvalidUtf8Report()
+    tokens = train_vocab(
+        list_corpus_files(corpus_dir),
+        vocab_size=vocab_size,
+        do_lower_case=do_lower_case,
+        strip_accents=strip_accents,
+        limit_alphabet=limit_alphabet,
+        min_frequency=min_frequency,
+        report=report,
+        show_progress=sys.stderr.isatty(),
+    )
+    report.warn()
+    write_vocab(tokens, output)
+    shortfall = "" if len(tokens) == vocab_size else f" (the corpus supports no more than {len(tokens):,})"
+    print(f"wrote {len(tokens):,} tokens to {output}{shortfall}")
+
+
+def _run_vocab(args: argparse.Namespace) -> None:
+    _train_and_write_vocab(
+        args.corpus_dir,
+        _vocab_path(args.output),
+        args.vocab_size,
+        args.do_lower_case,
+        args.strip_accents,
+        args.limit_alphabet,
+        args.min_frequency,
+    )
+
+
+def _run_build_data(args: argparse.Namespace) -> None:
+    from electra.pretrain_data import BuildSettings, build_pretraining_data
+
+    settings = BuildSettings(
+        max_seq_length=args.max_seq_length,
+        blanks_separate_docs=args.blanks_separate_docs,
+        do_lower_case=args.do_lower_case,
+        strip_accents=args.strip_accents,
+        seed=args.seed,
+    )
+    summary = build_pretraining_data(
+        args.corpus_dir,
+        args.vocab_file,
+        args.output_dir,
+        settings,
+        num_processes=args.num_processes,
+        overwrite=args.overwrite,
+    )
+    print(summary.describe())
+
+
+def _run_quickstart(args: argparse.Namespace) -> None:
+    from electra.default_corpus import write_stdlib_corpus
+    from electra.pretrain_data import build_pretraining_data
+
+    data_dir = Path(args.data_dir)
+    if args.corpus_dir is None:
+        corpus_dir = data_dir / "corpus"
+        corpus_file = write_stdlib_corpus(corpus_dir)
+        print(
+            f"[1/3] default corpus: {corpus_file} ({corpus_file.stat().st_size / 1e6:.1f} MB of Python "
+            "standard-library documentation)"
+        )
+    else:
+        corpus_dir = Path(args.corpus_dir)
+        print(f"[1/3] corpus: {corpus_dir}")
+    vocab_file = data_dir / "vocab.txt"
+    if vocab_file.exists():
+        print(f"[2/3] vocabulary: keeping {vocab_file} (delete it to train a new one)")
+    else:
+        print("[2/3] vocabulary: ", end="", flush=True)
+        _train_and_write_vocab(corpus_dir, vocab_file, args.vocab_size, do_lower_case=True, strip_accents=True)
+    print("[3/3] pre-training data: ", end="", flush=True)
+    summary = build_pretraining_data(
+        corpus_dir, vocab_file, data_dir / "pretrain_data", num_processes=args.num_processes
+    )
+    print(summary.describe())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"electra: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("electra: interrupted; finished files are complete, unfinished ones were discarded", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

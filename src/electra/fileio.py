@@ -1,0 +1,34 @@
+"""Atomic file output: a reader never sees a half-written file under its final name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_MARKER = ".tmp-"
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a leftover of an interrupted `atomic_output`."""
+    return path.name.startswith(".") and TMP_MARKER in path.name

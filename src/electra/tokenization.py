@@ -1,0 +1,150 @@
+"""BERT-compatible WordPiece: reading and training `vocab.txt`, and the Rust tokenizer that applies it.
+
+Semantics follow the reference's `tokenization.FullTokenizer`: remove control characters, pad CJK
+ideographs with spaces (so Chinese becomes one token per character), lower-case and strip accents
+when `do_lower_case` (accents only if `strip_accents`), split on whitespace and punctuation, then
+greedy longest-match-first WordPiece with `##` continuations and at most 200 characters a word.
+Special tokens are deliberately not registered with the tokenizer: the literal text "[SEP]" in a
+corpus is split like any other text, as the reference does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from electra.corpus import InvalidUtf8Report, iter_corpus_lines
+from electra.errors import UserError
+from electra.fileio import write_text_atomic
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+MAX_INPUT_CHARS_PER_WORD = 200
+# Characters kept in the alphabet of a trained vocabulary: the most frequent ones covering this share.
+ALPHABET_COVERAGE = 0.9999
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """Tokens of a `vocab.txt` in id order; a UserError if the file is absent or lacks special tokens."""
+    vocab_path = Path(path)
+    if not vocab_path.is_file():
+        raise UserError(
+            f"vocabulary file {vocab_path} does not exist: build one with `electra vocab` "
+            "or pass the vocab.txt of a released model"
+        )
+    try:
+        tokens = [line.strip() for line in vocab_path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"vocabulary file {vocab_path} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    missing = [token for token in SPECIAL_TOKENS if token not in tokens]
+    if missing:
+        raise UserError(
+            f"vocabulary file {vocab_path} lacks the special token(s) {' '.join(missing)}: "
+            f"a BERT-style vocab.txt needs all of {' '.join(SPECIAL_TOKENS)}, one token a line"
+        )
+    return tokens
+
+
+def vocab_checksum(tokens: list[str]) -> str:
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(f"{token}\n" for token in tokens))
+
+
+def _normalizer(do_lower_case: bool, strip_accents: bool) -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=do_lower_case and strip_accents,
+        lowercase=do_lower_case,
+    )
+
+
+def build_tokenizer(tokens: list[str], do_lower_case: bool = True, strip_accents: bool = True) -> Tokenizer:
+    """A Rust WordPiece tokenizer with the reference's normalisation over the given vocabulary."""
+    # Duplicate lines map to the last id, as the reference's load_vocab does.
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
+    )
+    tokenizer.normalizer = _normalizer(do_lower_case, strip_accents)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def alphabet_size_for_coverage(char_counts: Counter, coverage: float = ALPHABET_COVERAGE) -> int:
+    """How many of the most frequent characters it takes to cover `coverage` of all occurrences."""
+    total = sum(char_counts.values())
+    covered = 0
+    for rank, (_, count) in enumerate(char_counts.most_common(), start=1):
+        covered += count
+        if covered >= coverage * total:
+            return rank
+    return len(char_counts)
+
+
+def train_vocab(
+    files: list[Path],
+    vocab_size: int = 30522,
+    do_lower_case: bool = True,
+    strip_accents: bool = True,
+    limit_alphabet: int | None = None,
+    min_frequency: int = 2,
+    report: InvalidUtf8Report | None = None,
+    show_progress: bool = True,
+) -> list[str]:
+    """Train a WordPiece vocabulary on corpus files; special tokens take ids 0-4 ([PAD] is id 0).
+
+    `limit_alphabet=None` keeps the most frequent characters that cover 99.99% of the text (at most
+    half the vocabulary), so a Chinese corpus keeps its thousands of characters and an English one
+    does not spend entries on stray symbols. That costs one extra streaming pass over the corpus.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise UserError(
+            f"--vocab-size {vocab_size} is too small: it must exceed the {len(SPECIAL_TOKENS)} special tokens"
+        )
+    report = report if report is not None else InvalidUtf8Report()
+    normalizer = _normalizer(do_lower_case, strip_accents)
+
+    def normalized_lines(report: InvalidUtf8Report) -> Iterator[str]:
+        for line in iter_corpus_lines(files, report):
+            if line.strip():
+                yield normalizer.normalize_str(line)
+
+    if limit_alphabet is None:
+        char_counts: Counter = Counter()
+        for line in normalized_lines(report):
+            char_counts.update(line)
+        for space in (" ", "\t"):
+            char_counts.pop(space, None)
+        if not char_counts:
+            raise UserError("the corpus holds no text to train a vocabulary on")
+        limit_alphabet = min(alphabet_size_for_coverage(char_counts), vocab_size // 2)
+        report = InvalidUtf8Report()  # already counted on this pass
+    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    # The lines arrive normalised; the pre-tokenizer still splits words and punctuation.
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=limit_alphabet,
+        continuing_subword_prefix="##",
+        show_progress=show_progress,
+    )
+    tokenizer.train_from_iterator(normalized_lines(report), trainer=trainer)
+    vocab = tokenizer.get_vocab()
+    if len(vocab) <= len(SPECIAL_TOKENS):
+        raise UserError("the corpus holds no text to train a vocabulary on")
+    return sorted(vocab, key=vocab.__getitem__)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+ENGLISH_DOCUMENTS = [
+    [
+        "The quick brown fox jumps over the lazy dog.",
+        "Foxes are small omnivorous mammals; they live on every continent except Antarctica.",
+        "A fox's diet includes rodents, birds, fruit and insects.",
+    ],
+    [
+        "Café au lait is coffee with hot milk, served in France and elsewhere.",
+        "NAÏVE spellings keep the diaeresis: naïve, coöperate, Zoë.",
+    ],
+    [
+        "Python is a programming language.",
+        "It emphasises readability, and its standard library is large.",
+        "Guido van Rossum released the first version in 1991.",
+        "Version 3.0, released in 2008, was not backward compatible.",
+    ],
+    ["Short document."],
+]
+
+CHINESE_DOCUMENTS = [
+    ["数学是利用符号语言研究数量、结构、变化以及空间等概念的一门学科。", "数学家们拓展这些概念。"],
+    ["客服工单需要尽快分配给正确的团队处理。", "退款问题交给财务组，物流问题交给仓储组。"],
+]
+
+
+def write_corpus(directory: Path, documents: list[list[str]], name: str = "corpus.txt") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text("\n\n".join("\n".join(doc) for doc in documents) + "\n", encoding="utf-8")
+    return directory
+
+
+def shared_data(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (it ships beside the project as ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def english_corpus(tmp_path: Path) -> Path:
+    # Repeated so that the vocabulary trainer sees words often enough to merge them.
+    return write_corpus(tmp_path / "corpus_en", ENGLISH_DOCUMENTS * 3)
+
+
+@pytest.fixture
+def chinese_corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus_zh", CHINESE_DOCUMENTS * 3)

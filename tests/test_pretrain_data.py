@@ -1,0 +1,316 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import BertTokenizerLegacy
+
+import electra.pretrain_data as pretrain_data
+from electra.cli import main
+from electra.corpus import list_corpus_files, plan_units
+from electra.errors import UserError
+from electra.pretrain_data import METADATA_FILE, BuildSettings, PretrainingData, build_pretraining_data
+from electra.tokenization import build_tokenizer, read_vocab, train_vocab, write_vocab
+
+from .conftest import CHINESE_DOCUMENTS, ENGLISH_DOCUMENTS, shared_data, write_corpus
+
+
+@pytest.fixture
+def vocab_file(english_corpus: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    write_vocab(train_vocab(list_corpus_files(english_corpus), vocab_size=300, show_progress=False), path)
+    return path
+
+
+def build(corpus: Path, vocab: Path, output: Path, **kwargs) -> pretrain_data.BuildSummary:
+    return build_pretraining_data(corpus, vocab, output, show_progress=False, **kwargs)
+
+
+def special_ids(vocab: Path) -> dict[str, int]:
+    tokens = read_vocab(vocab)
+    return {token: tokens.index(token) for token in ("[PAD]", "[CLS]", "[SEP]", "[UNK]")}
+
+
+def segments(row: np.ndarray, ids: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Segments A and B of one example row, checking the [CLS] A [SEP] (B [SEP]) [PAD]... layout."""
+    length = int((row != ids["[PAD]"]).sum())
+    assert (row[length:] == ids["[PAD]"]).all(), "padding only at the end"
+    tokens = row[:length].tolist()
+    assert tokens[0] == ids["[CLS]"] and tokens[-1] == ids["[SEP]"]
+    separators = [index for index, token in enumerate(tokens) if token == ids["[SEP]"]]
+    assert len(separators) in (1, 2)
+    first = tokens[1 : separators[0]]
+    second = tokens[separators[0] + 1 : -1] if len(separators) == 2 else []
+    return first, second
+
+
+def all_files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_examples_have_the_reference_layout_and_segment_ids(english_corpus: Path, vocab_file: Path, tmp_path: Path):
+    build(english_corpus, vocab_file, tmp_path / "out", settings=BuildSettings(max_seq_length=24))
+    data = PretrainingData(tmp_path / "out", read_vocab(vocab_file))
+    ids = special_ids(vocab_file)
+    rows = data.input_ids(np.arange(len(data)))
+    assert rows.shape == (len(data), 24) and len(data) > 10
+    saw_two_segments = False
+    for row, segment_row in zip(rows, data.segment_ids(rows), strict=True):
+        first, second = segments(row, ids)
+        assert first, "segment A is never empty here"
+        saw_two_segments |= bool(second)
+        expected = [0] * (len(first) + 2) + [1] * (len(second) + 1 if second else 0)
+        assert segment_row.tolist() == expected + [0] * (24 - len(expected))
+    assert saw_two_segments
+    assert data.attention_mask(rows).sum() == data.metadata["counts"]["tokens"]
+
+
+def test_examples_cover_the_corpus_in_order_without_crossing_documents(english_corpus, vocab_file, tmp_path):
+    build(english_corpus, vocab_file, tmp_path / "out", settings=BuildSettings(max_seq_length=40))
+    data = PretrainingData(tmp_path / "out")
+    ids = special_ids(vocab_file)
+    tokenizer = build_tokenizer(read_vocab(vocab_file))
+    documents = ENGLISH_DOCUMENTS * 3
+    lines = [
+        (doc_index, tokenizer.encode(line, add_special_tokens=False).ids)
+        for doc_index, doc in enumerate(documents)
+        for line in doc
+    ]
+    position = 0
+    for row in data.input_ids(np.arange(len(data))):
+        first, second = segments(row, ids)
+        example = first + second
+        consumed: list[int] = []
+        doc_indices = set()
+        while len(consumed) < len(example):
+            doc_index, line_ids = lines[position]
+            consumed += line_ids
+            doc_indices.add(doc_index)
+            position += 1
+        # Whole lines of one document; only lines longer than the example are cut, at the end.
+        assert len(doc_indices) == 1
+        if len(consumed) == len(example):
+            assert Counter(consumed) == Counter(example)
+        else:
+            assert len(example) >= 40 - 3
+    assert position == len(lines)
+
+
+def test_shards_decode_back_to_the_normalised_text(tmp_path: Path):
+    documents = [[line] for doc in ENGLISH_DOCUMENTS for line in doc]  # one line a document: one example each
+    corpus = write_corpus(tmp_path / "corpus", documents)
+    vocab = tmp_path / "vocab.txt"
+    write_vocab(train_vocab(list_corpus_files(corpus), vocab_size=2000, show_progress=False), vocab)
+    build(corpus, vocab, tmp_path / "out")
+    data = PretrainingData(tmp_path / "out")
+    tokens = read_vocab(vocab)
+    normaliser = BertTokenizerLegacy(str(vocab), do_lower_case=True).basic_tokenizer
+    ids = special_ids(vocab)
+    decoded = []
+    for row in data.input_ids(np.arange(len(data))):
+        first, second = segments(row, ids)
+        assert not second
+        decoded.append(" ".join(tokens[token] for token in first).replace(" ##", ""))
+    assert decoded == [" ".join(normaliser.tokenize(doc[0])) for doc in documents]
+
+
+def test_chinese_text_becomes_one_token_per_character(chinese_corpus: Path, tmp_path: Path):
+    vocab = tmp_path / "vocab.txt"
+    write_vocab(train_vocab(list_corpus_files(chinese_corpus), vocab_size=500, show_progress=False), vocab)
+    build(chinese_corpus, vocab, tmp_path / "out")
+    data = PretrainingData(tmp_path / "out")
+    tokens = read_vocab(vocab)
+    ids = special_ids(vocab)
+    texts = []
+    for row in data.input_ids(np.arange(len(data))):
+        first, second = segments(row, ids)
+        pieces = [tokens[token] for token in first + second]
+        assert all(len(piece) == 1 for piece in pieces)
+        texts.append("".join(pieces))
+    assert texts == ["".join(doc) for doc in CHINESE_DOCUMENTS * 3]
+
+
+def test_output_is_byte_identical_for_any_process_count(english_corpus: Path, vocab_file: Path, tmp_path: Path):
+    write_corpus(english_corpus, list(reversed(ENGLISH_DOCUMENTS)) * 5, name="second.txt")
+    assert len(plan_units(list_corpus_files(english_corpus), unit_bytes=300)) > 6
+    outputs = []
+    for processes in (1, 2, 3):
+        output = tmp_path / f"out{processes}"
+        build(
+            english_corpus,
+            vocab_file,
+            output,
+            settings=BuildSettings(max_seq_length=20),
+            num_processes=processes,
+            unit_bytes=300,
+            examples_per_shard=7,
+        )
+        outputs.append(all_files(output))
+    assert len(outputs[0]) > 3  # several shards and the metadata
+    assert outputs[0] == outputs[1] == outputs[2]
+    build(
+        english_corpus,
+        vocab_file,
+        tmp_path / "seed1",
+        settings=BuildSettings(max_seq_length=20, seed=1),
+        unit_bytes=300,
+        examples_per_shard=7,
+    )
+    assert all_files(tmp_path / "seed1") != outputs[0]
+
+
+def test_invalid_utf8_is_replaced_counted_and_reported(tmp_path: Path, vocab_file: Path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = "\n".join(f"line {number} of plain text." for number in range(1, 60))
+    (corpus / "bad.txt").write_bytes(good.encode() + b"\nbroken \xff\xfe bytes here\nand \xc3 one more\n")
+    summary = build(corpus, vocab_file, tmp_path / "out", unit_bytes=200)
+    assert summary.examples > 0
+    message = capsys.readouterr().err
+    assert "bad.txt: 3 invalid UTF-8 byte sequence(s) replaced by U+FFFD (first at line 60)" in message
+    assert PretrainingData(tmp_path / "out").metadata["counts"]["invalid_utf8"] == 3
+
+
+def test_rebuild_refuses_other_settings_unless_overwrite(english_corpus: Path, vocab_file: Path, tmp_path: Path):
+    output = tmp_path / "out"
+    build(english_corpus, vocab_file, output)
+    before = all_files(output)
+    assert build(english_corpus, vocab_file, output).skipped
+    with pytest.raises(UserError, match=r"other settings \(differing: settings\).*--overwrite"):
+        build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64))
+    assert all_files(output) == before
+    build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64), overwrite=True)
+    assert PretrainingData(output).max_seq_length == 64
+    assert all_files(output).keys() == before.keys()
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(english_corpus, vocab_file, tmp_path, monkeypatch):
+    calls = {"count": 0}
+    real_read_unit = pretrain_data.read_unit
+
+    def read_unit_then_interrupt(unit):
+        calls["count"] += 1
+        if calls["count"] == 4:
+            raise KeyboardInterrupt
+        return real_read_unit(unit)
+
+    monkeypatch.setattr(pretrain_data, "read_unit", read_unit_then_interrupt)
+    output = tmp_path / "out"
+    settings = BuildSettings(max_seq_length=20)
+    with pytest.raises(KeyboardInterrupt):
+        build(english_corpus, vocab_file, output, settings=settings, unit_bytes=200, examples_per_shard=3)
+    names = {path.name for path in output.iterdir()}
+    assert METADATA_FILE not in names and "shard-00000.npy" in names
+    assert not [name for name in names if name.startswith(".")], "no temporary files left behind"
+    with pytest.raises(UserError, match="no finished pre-training data"):
+        PretrainingData(output)
+    monkeypatch.setattr(pretrain_data, "read_unit", real_read_unit)
+    build(english_corpus, vocab_file, output, settings=settings, unit_bytes=200, examples_per_shard=3)
+    build(english_corpus, vocab_file, tmp_path / "clean", settings=settings, unit_bytes=200, examples_per_shard=3)
+    assert all_files(output) == all_files(tmp_path / "clean")
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path: Path, english_corpus: Path, vocab_file: Path, capsys):
+    def error_of(*argv: str) -> str:
+        assert main(["build-data", *argv]) == 2
+        message = capsys.readouterr().err
+        assert message.startswith("electra: error: ") and "Traceback" not in message
+        return message
+
+    out = str(tmp_path / "out")
+    assert "does not exist" in error_of(
+        "--corpus-dir", str(tmp_path / "nope"), "--vocab-file", str(vocab_file), "--output-dir", out
+    )
+    (tmp_path / "empty").mkdir()
+    assert "holds no files" in error_of(
+        "--corpus-dir", str(tmp_path / "empty"), "--vocab-file", str(vocab_file), "--output-dir", out
+    )
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("")
+    assert "are empty" in error_of(
+        "--corpus-dir", str(tmp_path / "blank"), "--vocab-file", str(vocab_file), "--output-dir", out
+    )
+    (tmp_path / "blank" / "a.txt").write_text("\n  \n\t\n")
+    assert "no text found" in error_of(
+        "--corpus-dir", str(tmp_path / "blank"), "--vocab-file", str(vocab_file), "--output-dir", out
+    )
+    partial = tmp_path / "partial_vocab.txt"
+    partial.write_text("[PAD]\n[UNK]\nfox\n")
+    assert "[CLS] [SEP] [MASK]" in error_of(
+        "--corpus-dir", str(english_corpus), "--vocab-file", str(partial), "--output-dir", out
+    )
+    assert "inside --corpus-dir" in error_of(
+        "--corpus-dir",
+        str(english_corpus),
+        "--vocab-file",
+        str(vocab_file),
+        "--output-dir",
+        str(english_corpus / "data"),
+    )
+
+
+def test_reader_partitions_and_gathers_across_shards(english_corpus: Path, vocab_file: Path, tmp_path: Path):
+    build(english_corpus, vocab_file, tmp_path / "out", settings=BuildSettings(max_seq_length=16), examples_per_shard=5)
+    data = PretrainingData(tmp_path / "out")
+    assert len(data.shards) > 2
+    everything = np.concatenate([np.load(tmp_path / "out" / shard["file"]) for shard in data.metadata["shards"]])
+    chosen = np.array([len(data) - 1, 0, 7, 3, 12])
+    assert (data.input_ids(chosen) == everything[chosen]).all()
+    parts = [data.partition(part, 3) for part in range(3)]
+    assert sorted(index for part in parts for index in part) == list(range(len(data)))
+    with pytest.raises(IndexError):
+        data.input_ids([len(data)])
+
+
+def test_reader_refuses_other_vocabulary_and_damaged_shards(english_corpus, vocab_file, tmp_path):
+    build(english_corpus, vocab_file, tmp_path / "out")
+    other = read_vocab(vocab_file)[:-1]
+    with pytest.raises(UserError, match="another vocabulary"):
+        PretrainingData(tmp_path / "out", other)
+    np.save(tmp_path / "out" / "shard-00000.npy", np.zeros((2, 3), dtype=np.uint16))
+    with pytest.raises(UserError, match="rebuild the data"):
+        PretrainingData(tmp_path / "out")
+
+
+def test_unknown_token_share_is_warned_about(tmp_path: Path, vocab_file: Path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", [["Ωμέγα λόγος Ζεύς θάλασσα ψυχή"] * 3])
+    build(corpus, vocab_file, tmp_path / "out")
+    assert "are [UNK]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("corpus_name", "documents"), [("pretrain_zh", 64 + 959), ("pretrain_en", 27305)])
+def test_real_corpora_through_the_command_line(tmp_path: Path, corpus_name: str, documents: int):
+    corpus = shared_data(corpus_name)
+    vocab = tmp_path / "vocab.txt"
+    electra = [sys.executable, "-m", "electra.cli"]
+    subprocess.run([*electra, "vocab", "--corpus-dir", str(corpus), "--output", str(vocab)], check=True)
+    result = subprocess.run(
+        [
+            *electra,
+            "build-data",
+            "--corpus-dir",
+            str(corpus),
+            "--vocab-file",
+            str(vocab),
+            "--output-dir",
+            str(tmp_path / "data"),
+            "--num-processes",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "examples" in result.stdout and "MB/s" in result.stdout
+    counts = json.loads((tmp_path / "data" / METADATA_FILE).read_text())["counts"]
+    assert counts["documents"] == documents
+    assert counts["invalid_utf8"] == 0
+    assert counts["unknown_tokens"] < 0.001 * counts["tokens"]
+    data = PretrainingData(tmp_path / "data", read_vocab(vocab))
+    assert len(data) == counts["examples"] > documents // 2
