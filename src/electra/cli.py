@@ -99,6 +99,35 @@ def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_quickstart)
 
 
+def _add_pretrain_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "pretrain",
+        help="pre-train an ELECTRA (or MLM, or Electric) model",
+        description="The reference's run_pretraining.py: reads <data-dir>/pretrain_data and <data-dir>/vocab.txt, "
+        "writes <data-dir>/models/<model-name>. Re-running the same command resumes after any "
+        "interruption. Several processes: torchrun --nproc-per-node N -m electra.cli pretrain ...",
+    )
+    parser.add_argument("--data-dir", required=True, help="folder with vocab.txt, pretrain_data/ and models/")
+    parser.add_argument("--model-name", required=True, help="the model's folder name under <data-dir>/models")
+    parser.add_argument(
+        "--hparams",
+        default="{}",
+        help="JSON object or .json file of hparams with the reference's names, e.g. '{\"debug\": true}'",
+    )
+    parser.set_defaults(run=_run_pretrain)
+
+
+def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "plot",
+        help="draw a model's training curves to a PNG",
+        description="Plot loss and accuracy curves from <model-dir>/logs/metrics.jsonl.",
+    )
+    parser.add_argument("model_dir", help="a model folder written by `electra pretrain`")
+    parser.add_argument("--output", default=None, help="PNG path (default: <model-dir>/logs/curves.png)")
+    parser.set_defaults(run=_run_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="electra",
@@ -109,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_vocab_parser(commands)
     _add_build_data_parser(commands)
+    _add_pretrain_parser(commands)
+    _add_plot_parser(commands)
     _add_quickstart_parser(commands)
     return parser
 
@@ -178,6 +209,21 @@ def _run_build_data(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
     )
     print(summary.describe())
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from electra.config import parse_hparams
+    from electra.pretrain import describe, run_pretraining
+
+    outcome = run_pretraining(args.data_dir, args.model_name, parse_hparams(args.hparams))
+    if "train" in outcome or "eval" in outcome:
+        print(describe(outcome))
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    from electra.plotting import plot_training_curves
+
+    print(f"wrote {plot_training_curves(args.model_dir, args.output)}")
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:

@@ -1,0 +1,277 @@
+"""Configuration: the reference's pre-training hparams (same names, defaults and precedence) and model shapes.
+
+Precedence, as in the reference's `configure_pretraining.py`: defaults, then the `model_size`
+preset, then `"debug": true` settings, then every hparam the user passed. Unknown names are errors
+that suggest the closest known name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from electra.errors import UserError
+
+# The paper's Table 6 (the reference keeps the base/large values in a comment of configure_pretraining.py).
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {
+        "embedding_size": 128,
+        "generator_hidden_size": 0.25,
+        "learning_rate": 5e-4,
+        "train_batch_size": 128,
+        "num_train_steps": 1_000_000,
+        "max_seq_length": 128,
+        "mask_prob": 0.15,
+    },
+    "base": {
+        "embedding_size": 768,
+        "generator_hidden_size": 1 / 3,
+        "learning_rate": 2e-4,
+        "train_batch_size": 256,
+        "num_train_steps": 766_000,
+        "max_seq_length": 512,
+        "mask_prob": 0.15,
+    },
+    "large": {
+        "embedding_size": 1024,
+        "generator_hidden_size": 0.25,
+        "learning_rate": 2e-4,
+        "train_batch_size": 2048,
+        "num_train_steps": 400_000,
+        "max_seq_length": 512,
+        "mask_prob": 0.25,
+    },
+}
+SIZE_SHAPES = {"small": (256, 12), "base": (768, 12), "large": (1024, 24)}  # hidden size, layers
+DEBUG_SETTINGS = {
+    "train_batch_size": 8,
+    "num_train_steps": 20,
+    "eval_batch_size": 4,
+    "iterations_per_loop": 1,
+    "num_eval_steps": 2,
+}
+DEBUG_SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 144 * 4, "num_attention_heads": 4}
+# Accepted for compatibility with the reference's command lines; they configure TPUs, which this toolkit does not use.
+IGNORED_HPARAMS = {"use_tpu", "num_tpu_cores", "tpu_job_name", "tpu_name", "tpu_zone", "gcp_project"}
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape, with the field names of Hugging Face's `ElectraConfig`."""
+
+    vocab_size: int = 30522
+    embedding_size: int = 128
+    hidden_size: int = 256
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}: change one of them in model_hparam_overrides"
+            )
+        if self.hidden_act != "gelu":
+            raise UserError(f'hidden_act {self.hidden_act!r} is not supported: ELECTRA uses "gelu"')
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PretrainingConfig:
+    """Hparams of `electra pretrain`: the reference's names and defaults, plus a few of ours at the end."""
+
+    debug: bool = False
+    do_train: bool = True
+    do_eval: bool = False
+    # loss functions: electra_objective and electric_objective both false trains a masked LM, like BERT
+    electra_objective: bool = True
+    electric_objective: bool = False
+    gen_weight: float = 1.0
+    disc_weight: float = 50.0
+    mask_prob: float = 0.15
+    # optimisation
+    learning_rate: float = 5e-4
+    lr_decay_power: float = 1.0
+    weight_decay_rate: float = 0.01
+    num_warmup_steps: int = 10000
+    # training settings
+    iterations_per_loop: int = 200
+    save_checkpoints_steps: int = 1000
+    num_train_steps: int = 1_000_000
+    num_eval_steps: int = 100
+    keep_checkpoint_max: int = 5
+    # model settings
+    model_size: str = "small"
+    model_hparam_overrides: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int | None = None
+    vocab_size: int | None = None  # the reference's default is 30522; here it is read from vocab.txt
+    do_lower_case: bool = True
+    # generator settings
+    uniform_generator: bool = False
+    two_tower_generator: bool = False
+    untied_generator_embeddings: bool = False
+    untied_generator: bool = True
+    generator_layers: float = 1.0
+    generator_hidden_size: float = 0.25
+    disallow_correct: bool = False
+    temperature: float = 1.0
+    # batch sizes
+    max_seq_length: int = 128
+    train_batch_size: int = 128
+    eval_batch_size: int = 128
+    # locations (defaults derived from --data-dir and --model-name)
+    pretrain_data: str | None = None
+    vocab_file: str | None = None
+    model_dir: str | None = None
+    init_checkpoint: str | None = None
+    # ours
+    seed: int = 0
+    gradient_accumulation_steps: int = 1
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
+    compile: bool = False
+    log_every_steps: int = 10
+    max_nonfinite_steps: int = 20  # consecutive skipped steps before training stops
+    max_eval_share: float = 0.1  # the held-out evaluation split takes at most this share of the data
+
+    @property
+    def max_predictions_per_seq(self) -> int:
+        return int((self.mask_prob + 0.005) * self.max_seq_length)
+
+    def discriminator_config(self, vocab_size: int, pad_token_id: int) -> ModelConfig:
+        """The reference's get_bert_config: hidden size and depth from model_size, the rest derived, then overrides."""
+        hidden, layers = SIZE_SHAPES[self.model_size]
+        shape: dict[str, Any] = {"hidden_size": hidden, "num_hidden_layers": layers}
+        shape.update(self.model_hparam_overrides)
+        shape["num_attention_heads"] = max(1, shape["hidden_size"] // 64)
+        shape["intermediate_size"] = 4 * shape["hidden_size"]
+        shape.update(self.model_hparam_overrides)
+        if self.debug:
+            shape.update(DEBUG_SHAPE)
+        shape["embedding_size"] = self.embedding_size or shape["hidden_size"]
+        return ModelConfig.from_dict(
+            {
+                **shape,
+                "vocab_size": vocab_size,
+                "pad_token_id": pad_token_id,
+                "max_position_embeddings": max(512, self.max_seq_length),
+            }
+        )
+
+    def generator_config(self, discriminator: ModelConfig) -> ModelConfig:
+        """The reference's get_generator_config: a fraction of the discriminator's width and depth."""
+        hidden = round(discriminator.hidden_size * self.generator_hidden_size)
+        embedding = hidden if self.untied_generator_embeddings else discriminator.embedding_size
+        return dataclasses.replace(
+            discriminator,
+            hidden_size=hidden,
+            embedding_size=embedding,
+            num_hidden_layers=round(discriminator.num_hidden_layers * self.generator_layers),
+            intermediate_size=4 * hidden,
+            num_attention_heads=max(1, hidden // 64),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_hparams(text: str) -> dict[str, Any]:
+    """`--hparams`: a JSON object, or the path of a .json file holding one (as in the reference)."""
+    source = "--hparams"
+    if text.strip().endswith(".json") or (not text.lstrip().startswith("{") and os.path.isfile(text)):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"--hparams file {path} does not exist")
+        source, text = str(path), path.read_text(encoding="utf-8")
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}; "
+            "write e.g. '{\"debug\": true}'"
+        ) from None
+    if not isinstance(values, dict):
+        raise UserError(f"{source} must be a JSON object such as '{{\"debug\": true}}', not {type(values).__name__}")
+    return values
+
+
+def check_names(values: dict[str, Any], known: set[str], what: str) -> None:
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"unknown {what} {name!r}{hint}")
+
+
+def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
+    """Resolve hparams with the reference's precedence: defaults < model_size preset < debug < user values."""
+    fields = {item.name: item for item in dataclasses.fields(PretrainingConfig)}
+    check_names(hparams, set(fields) | IGNORED_HPARAMS, "hparam")
+    values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
+    size = values.get("model_size", PretrainingConfig.model_size)
+    if size not in SIZE_PRESETS:
+        raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")
+    overrides = values.get("model_hparam_overrides", {})
+    if not isinstance(overrides, dict):
+        raise UserError('model_hparam_overrides must be a JSON object such as {"hidden_size": 128}')
+    check_names(overrides, {item.name for item in dataclasses.fields(ModelConfig)}, "model_hparam_overrides entry")
+    resolved: dict[str, Any] = dict(SIZE_PRESETS[size])
+    if values.get("debug"):
+        resolved.update(DEBUG_SETTINGS)
+    resolved.update(values)
+    if resolved.get("electric_objective"):
+        resolved.setdefault("two_tower_generator", True)  # Electric's noise model is the two-tower cloze model
+    for name, value in resolved.items():
+        expected = fields[name].type
+        if value is not None and not _matches(value, expected):
+            raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
+    config = PretrainingConfig(**resolved)
+    if config.electra_objective and config.electric_objective:
+        raise UserError(
+            "electra_objective and electric_objective are both true: Electric needs "
+            '"electra_objective": false, "electric_objective": true'
+        )
+    if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:
+        raise UserError(
+            f"train_batch_size {config.train_batch_size} must be a multiple of "
+            f"gradient_accumulation_steps {config.gradient_accumulation_steps}"
+        )
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
+    if not 0 < config.mask_prob < 1:
+        raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
+    return config
+
+
+def _matches(value: Any, annotation: str) -> bool:
+    if "bool" in annotation and isinstance(value, bool):
+        return True
+    if isinstance(value, bool):
+        return False
+    checks = {
+        "int": lambda v: isinstance(v, int),
+        "float": lambda v: isinstance(v, (int, float)),
+        "str": lambda v: isinstance(v, str),
+        "dict": lambda v: isinstance(v, dict),
+    }
+    return any(check(value) for name, check in checks.items() if name in annotation)

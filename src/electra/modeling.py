@@ -1,0 +1,247 @@
+"""The ELECTRA transformer in plain PyTorch.
+
+Module and parameter names are those of Hugging Face's `modeling_electra` (`ElectraModel`,
+`ElectraForPreTraining`, `ElectraForMaskedLM`), so a state dict exports by renaming nothing. The
+encoder is BERT's: word + position + token-type embeddings, LayerNorm and dropout; a projection when
+the embedding size differs from the hidden size; post-LayerNorm layers with exact GELU. Attention runs
+through `scaled_dot_product_attention` (flash or memory-efficient kernels on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra.config import ModelConfig
+
+
+class ElectraEmbeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        seq_length = input_ids.shape[1]
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings.weight[:seq_length]
+        )
+        return self.dropout(self.LayerNorm(embeddings))  # [batch, seq, embedding_size]
+
+
+class ElectraSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, seq_length, width = hidden.shape
+        # One matmul for the three projections: faster than three, and the parameters keep their own names.
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(hidden, weight, bias).view(batch, seq_length, 3, self.num_heads, width // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_prob if self.training else 0.0
+        )
+        return context.transpose(1, 2).reshape(batch, seq_length, width)
+
+
+class ElectraSelfOutput(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class ElectraAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self = ElectraSelfAttention(config)
+        self.output = ElectraSelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(hidden, attention_mask), hidden)
+
+
+class ElectraIntermediate(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(hidden))
+
+
+class ElectraOutput(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
+
+
+class ElectraLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = ElectraAttention(config)
+        self.intermediate = ElectraIntermediate(config)
+        self.output = ElectraOutput(config)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(hidden, attention_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class ElectraEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(ElectraLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            hidden = layer(hidden, attention_mask)
+        return hidden
+
+
+def attention_bias(attention_mask: torch.Tensor, direction: str | None = None) -> torch.Tensor:
+    """Boolean [batch, 1, seq|1, seq] mask for SDPA: keys that are real tokens, optionally causal one way.
+
+    `direction="ltr"` lets each position see itself and the left; `"rtl"` itself and the right, as the
+    two towers of Electric's cloze model.
+    """
+    keys = attention_mask.bool()[:, None, None, :]
+    if direction is None:
+        return keys
+    seq_length = attention_mask.shape[1]
+    causal = torch.ones(seq_length, seq_length, dtype=torch.bool, device=attention_mask.device)
+    causal = causal.tril() if direction == "ltr" else causal.triu()
+    # A query with no visible real key (a padding row) would give NaN; let it see itself.
+    return (keys & causal) | torch.eye(seq_length, dtype=torch.bool, device=attention_mask.device)
+
+
+class ElectraModel(nn.Module):
+    def __init__(self, config: ModelConfig, embeddings: ElectraEmbeddings | None = None):
+        super().__init__()
+        self.config = config
+        self.embeddings = embeddings if embeddings is not None else ElectraEmbeddings(config)
+        if config.embedding_size != config.hidden_size:
+            self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
+        self.encoder = ElectraEncoder(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        direction: str | None = None,
+    ) -> torch.Tensor:
+        """Hidden states [batch, seq, hidden_size]."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)
+        if hasattr(self, "embeddings_project"):
+            hidden = self.embeddings_project(hidden)
+        return self.encoder(hidden, attention_bias(attention_mask, direction))
+
+
+class ElectraDiscriminatorPredictions(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dense_prediction(F.gelu(self.dense(hidden))).squeeze(-1)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    def __init__(self, config: ModelConfig, input_size: int | None = None):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(input_size or config.hidden_size, config.embedding_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class ElectraForPreTraining(nn.Module):
+    """The discriminator: a replaced-token logit for every position."""
+
+    def __init__(self, config: ModelConfig, embeddings: ElectraEmbeddings | None = None):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config, embeddings)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, seq]: positive means "replaced"."""
+        return self.discriminator_predictions(self.electra(input_ids, attention_mask, token_type_ids))
+
+
+class ElectraForMaskedLM(nn.Module):
+    """The generator: a masked language model whose output layer is tied to the word embeddings."""
+
+    def __init__(
+        self, config: ModelConfig, embeddings: ElectraEmbeddings | None = None, electra: ElectraModel | None = None
+    ):
+        super().__init__()
+        self.config = config
+        self.electra = electra if electra is not None else ElectraModel(config, embeddings)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = nn.Linear(config.embedding_size, config.vocab_size)
+        self.generator_lm_head.weight = self.electra.embeddings.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, seq, vocab], or [batch, n, vocab] at `positions` [batch, n] only (what training needs)."""
+        hidden = self.electra(input_ids, attention_mask, token_type_ids)
+        if positions is not None:
+            hidden = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return self.generator_lm_head(self.generator_predictions(hidden))
+
+
+def init_weights(module: nn.Module, initializer_range: float) -> None:
+    """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+    for child in module.modules():
+        if isinstance(child, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(
+                child.weight, std=initializer_range, a=-2 * initializer_range, b=2 * initializer_range
+            )
+            if isinstance(child, nn.Linear) and child.bias is not None:
+                nn.init.zeros_(child.bias)
+            if isinstance(child, nn.Embedding) and child.padding_idx is not None:
+                with torch.no_grad():
+                    child.weight[child.padding_idx].zero_()
+        elif isinstance(child, nn.LayerNorm):
+            nn.init.ones_(child.weight)
+            nn.init.zeros_(child.bias)

@@ -1,0 +1,223 @@
+"""Pre-training objectives: ELECTRA's replaced-token detection, plain MLM, and Electric.
+
+Everything is vectorised on the device. Randomness comes from a `torch.Generator` seeded per training
+step and is drawn for the whole global batch before a process takes its rows, so masking and sampling
+do not depend on how many processes or micro-batches share the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra.config import PretrainingConfig
+from electra.modeling import (
+    ElectraEmbeddings,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    ElectraGeneratorPredictions,
+    ElectraModel,
+    init_weights,
+)
+
+MASK_TOKEN_SHARE = 0.85  # of the masked positions get [MASK]; the rest keep their token (no random tokens)
+
+
+@dataclass
+class MaskedBatch:
+    input_ids: torch.Tensor  # [batch, seq] original tokens
+    attention_mask: torch.Tensor  # [batch, seq]
+    token_type_ids: torch.Tensor  # [batch, seq]
+    masked_ids: torch.Tensor  # [batch, seq] generator input, [MASK] at most masked positions
+    positions: torch.Tensor  # [batch, n] masked positions; 0 in unused slots
+    targets: torch.Tensor  # [batch, n] original tokens there ([CLS] in unused slots)
+    weights: torch.Tensor  # [batch, n] 1.0 for used slots
+    candidates: torch.Tensor  # [batch, seq] positions that may be masked (real, non-special tokens)
+    sample_noise: torch.Tensor  # [batch, n] uniform draws for sampling replacements
+
+
+def mask_batch(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    *,
+    special_ids: torch.Tensor,
+    mask_id: int,
+    mask_prob: float,
+    max_predictions: int,
+    noise: torch.Generator,
+    rows: slice,
+    total_rows: int,
+) -> MaskedBatch:
+    """The reference's dynamic masking: round(mask_prob x real tokens) positions (at least 1, at most
+    `max_predictions`) drawn uniformly among non-special tokens, 85% replaced by [MASK].
+
+    Positions are drawn without replacement (the reference's categorical draw can repeat a position,
+    which only wastes a prediction slot). `rows` picks this process's rows out of the global batch
+    whose `total_rows` rows of noise are drawn here; `input_ids` holds just those rows.
+    """
+    device = input_ids.device
+    seq_length = input_ids.shape[1]
+    position_noise = torch.rand(total_rows, seq_length, generator=noise, device=device)[rows]
+    keep_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows]
+    sample_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows]
+
+    candidates = attention_mask.bool() & ~torch.isin(input_ids, special_ids)
+    num_tokens = attention_mask.sum(1).to(torch.float32)
+    num_to_predict = (num_tokens * mask_prob).round().long().clamp(1, max_predictions)
+    scores = position_noise.masked_fill(~candidates, -1.0)
+    positions = scores.topk(max_predictions, dim=1).indices
+    slots = torch.arange(max_predictions, device=device)
+    used = (slots[None, :] < num_to_predict[:, None]) & candidates.gather(1, positions)
+    positions = positions * used
+    originals = input_ids.gather(1, positions)
+    use_mask_token = used & (keep_noise < MASK_TOKEN_SHARE)
+    masked_ids = input_ids.scatter(1, positions, torch.where(use_mask_token, mask_id, originals))
+    return MaskedBatch(
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        masked_ids,
+        positions,
+        originals,
+        used.to(torch.float32),
+        candidates,
+        sample_noise,
+    )
+
+
+def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor, disallow: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of `logits` [..., vocab] from its softmax, by inverting the CDF at `uniform` [...].
+
+    Equivalent to the reference's Gumbel-max draw but needs one random number per position instead of
+    one per vocabulary entry. `disallow` [...] excludes a token (the original, for disallow_correct).
+    """
+    logits = logits.float()
+    if disallow is not None:
+        logits = logits.scatter(-1, disallow[..., None], -math.inf)
+    cdf = logits.softmax(-1).cumsum(-1)
+    threshold = (uniform * cdf[..., -1])[..., None]
+    return torch.searchsorted(cdf, threshold, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+
+
+class PretrainingModel(nn.Module):
+    """Generator and discriminator (or a lone masked LM) with the reference's sharing of weights.
+
+    Module names follow Hugging Face: `discriminator` is an `ElectraForPreTraining`, `generator` an
+    `ElectraForMaskedLM` sharing the discriminator's embeddings; Electric's two-tower cloze model is
+    `generator_ltr`, `generator_rtl` and `cloze_predictions`.
+    """
+
+    def __init__(self, config: PretrainingConfig, vocab_size: int, pad_token_id: int):
+        super().__init__()
+        self.config = config
+        self.discriminator_config = config.discriminator_config(vocab_size, pad_token_id)
+        self.generator_config = config.generator_config(self.discriminator_config)
+        self.has_discriminator = config.electra_objective or config.electric_objective
+        disc = self.discriminator_config
+        if not self.has_discriminator:
+            self.generator = ElectraForMaskedLM(disc)  # BERT-style MLM: a full-sized model
+        else:
+            self.discriminator = ElectraForPreTraining(disc)
+            shared = None if config.untied_generator_embeddings else self.discriminator.electra.embeddings
+            gen = self.generator_config
+            if config.uniform_generator:
+                pass
+            elif config.two_tower_generator:
+                embeddings = shared if shared is not None else ElectraEmbeddings(gen)
+                self.generator_ltr = ElectraModel(gen, embeddings)
+                self.generator_rtl = ElectraModel(gen, embeddings)
+                self.cloze_predictions = ElectraGeneratorPredictions(gen, input_size=2 * gen.hidden_size)
+                self.cloze_output_bias = nn.Parameter(torch.zeros(vocab_size))
+            elif not config.untied_generator:
+                self.generator = ElectraForMaskedLM(disc, electra=self.discriminator.electra)
+            else:
+                self.generator = ElectraForMaskedLM(gen, embeddings=shared)
+        init_weights(self, disc.initializer_range)
+
+    def cloze_logits(self, batch: MaskedBatch) -> torch.Tensor:
+        """Electric's noise distribution at every position [batch, seq, vocab], from the unmasked input:
+        the left-to-right tower's state one step back and the right-to-left tower's one step ahead."""
+        ltr = self.generator_ltr(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="ltr")
+        rtl = self.generator_rtl(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="rtl")
+        context = torch.cat([ltr.roll(1, dims=1), rtl.roll(-1, dims=1)], dim=-1)
+        table = self.generator_ltr.embeddings.word_embeddings.weight
+        return F.linear(self.cloze_predictions(context), table, self.cloze_output_bias)
+
+    @property
+    def normalizers(self) -> dict[str, str]:
+        """Which count (see `counts`) divides each sum that `forward` returns."""
+        return {
+            "mlm_loss": "cloze" if self.config.two_tower_generator else "masked",
+            "mlm_correct": "masked",
+            "sampled_correct": "masked",
+            "disc_loss": "tokens",
+            "disc_correct": "tokens",
+            "replaced": "tokens",
+        }
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {"mlm_loss": self.config.gen_weight, "disc_loss": self.config.disc_weight}
+
+    @staticmethod
+    def counts(batch: MaskedBatch) -> dict[str, torch.Tensor]:
+        return {
+            "masked": batch.weights.sum(),
+            "cloze": batch.candidates.sum().to(torch.float32),
+            "tokens": batch.attention_mask.sum().to(torch.float32),
+        }
+
+    def forward(self, batch: MaskedBatch, details: dict | None = None) -> dict[str, torch.Tensor]:
+        """Sums over this batch of every loss and metric (see `normalizers`). If `details` is a dict, it
+        receives the discriminator's per-token logits, labels and mask, for evaluation."""
+        config = self.config
+        sums: dict[str, torch.Tensor] = {}
+        weights = batch.weights
+        cloze = None
+        if config.uniform_generator:
+            logits = torch.zeros(
+                *batch.positions.shape, self.discriminator_config.vocab_size, device=batch.input_ids.device
+            )
+        elif config.two_tower_generator:
+            cloze = self.cloze_logits(batch)
+            token_losses = F.cross_entropy(cloze.transpose(1, 2).float(), batch.input_ids, reduction="none")
+            sums["mlm_loss"] = (token_losses * batch.candidates).sum()
+            logits = cloze.gather(1, batch.positions[:, :, None].expand(-1, -1, cloze.shape[-1]))
+        else:
+            logits = self.generator(batch.masked_ids, batch.attention_mask, batch.token_type_ids, batch.positions)
+        masked_losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, reduction="none")
+        if "mlm_loss" not in sums:
+            sums["mlm_loss"] = (masked_losses * weights).sum()
+        sums["mlm_correct"] = ((logits.argmax(-1) == batch.targets) * weights).sum()
+        if not self.has_discriminator:
+            return sums
+
+        with torch.no_grad():
+            disallow = batch.targets if config.disallow_correct else None
+            sampled = sample_tokens(logits.detach() / config.temperature, batch.sample_noise, disallow)
+            used = weights.bool()
+            fake_ids = batch.input_ids.scatter(1, batch.positions, torch.where(used, sampled, batch.targets))
+            if config.electric_objective:
+                labels = torch.zeros_like(batch.input_ids).scatter(1, batch.positions, used.long())
+                labels[:, 0] = 0  # unused slots point at [CLS], which is never masked
+            else:
+                labels = (fake_ids != batch.input_ids).long()
+        disc_logits = self.discriminator(fake_ids, batch.attention_mask, batch.token_type_ids).float()
+        if config.electric_objective:
+            log_q = cloze.detach().float().log_softmax(-1).gather(-1, fake_ids[:, :, None]).squeeze(-1)
+            disc_logits = disc_logits + log_q + math.log(config.mask_prob / (1 - config.mask_prob))
+        real = batch.attention_mask.to(torch.float32)
+        token_losses = F.binary_cross_entropy_with_logits(disc_logits, labels.float(), reduction="none")
+        predictions = (disc_logits > 0).long()
+        sums["disc_loss"] = (token_losses * real).sum()
+        sums["disc_correct"] = ((predictions == labels) * real).sum()
+        sums["replaced"] = (labels * real).sum()
+        sums["sampled_correct"] = ((sampled == batch.targets) * weights).sum()
+        if details is not None:
+            details.update(disc_logits=disc_logits.detach(), labels=labels, attention_mask=batch.attention_mask)
+        return sums

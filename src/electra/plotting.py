@@ -1,0 +1,55 @@
+"""`electra plot`: training curves from a model folder's metrics.jsonl, drawn with matplotlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from electra.errors import UserError
+
+PANELS = (
+    ("loss", ("loss",)),
+    ("generator", ("mlm_loss", "mlm_accuracy", "sampled_accuracy")),
+    ("discriminator", ("disc_loss", "disc_accuracy", "replaced_share")),
+    ("learning rate", ("learning_rate",)),
+)
+
+
+def plot_training_curves(model_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Draw every logged metric against the step; returns the PNG's path."""
+    log_file = Path(model_dir) / "logs" / "metrics.jsonl"
+    if not log_file.exists():
+        raise UserError(f"{log_file} does not exist: plot a folder written by `electra pretrain`")
+    records = []
+    for number, line in enumerate(log_file.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{log_file}, line {number}: not JSON ({line[:40]!r})") from None
+    if not records:
+        raise UserError(f"{log_file} holds no logged steps yet")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install matplotlib") from None
+    panels = [(title, [key for key in keys if any(key in record for record in records)]) for title, keys in PANELS]
+    panels = [(title, keys) for title, keys in panels if keys]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for axis, (title, keys) in zip(axes[0], panels, strict=True):
+        for key in keys:
+            points = [(record["step"], record[key]) for record in records if key in record]
+            axis.plot([step for step, _ in points], [value for _, value in points], label=key)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.suptitle(Path(model_dir).name)
+    figure.tight_layout()
+    path = Path(output) if output else log_file.with_name("curves.png")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,320 @@
+"""`electra pretrain`: wiring data, model, objective and trainer together; evaluation; export.
+
+Model folder (`<data-dir>/models/<model-name>/`, as the reference):
+  pretrain_config.json     the resolved hparams and the train/eval split
+  checkpoints/step-N/      model.safetensors (all weights), trainer_state.pt (optimizer, step)
+  discriminator/           config.json + model.safetensors + vocab.txt, Hugging Face ElectraForPreTraining names
+  generator/               the same for ElectraForMaskedLM (the whole model when training plain MLM)
+  logs/                    metrics.jsonl and TensorBoard event files
+  results/                 unsup_results.txt / .json from "do_eval"
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config
+from electra.errors import UserError
+from electra.fileio import write_text_atomic
+from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
+from electra.pretrain_data import PretrainingData
+from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab
+from electra.trainer import Processes, Trainer, TrainSettings, checkpoint_dirs, load_weights, setup_processes
+
+
+@dataclass
+class PretrainingRun:
+    config: PretrainingConfig
+    model_dir: Path
+    vocab_file: Path
+    data: PretrainingData
+    train_range: range
+    eval_range: range
+
+
+class PretrainingTask:
+    """Batches of pre-training data: a seeded permutation per epoch, masked on the device."""
+
+    def __init__(self, data: PretrainingData, config: PretrainingConfig, example_range: range):
+        self.data = data
+        self.config = config
+        self.example_range = example_range
+        special = data.metadata["special_token_ids"]
+        self.special_ids = torch.tensor([special[token] for token in (CLS, SEP, MASK, PAD)])
+        self.mask_id = special[MASK]
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            self._permutations = {
+                epoch: np.random.default_rng([self.config.seed, epoch]).permutation(len(self.example_range))
+            }
+        return self._permutations[epoch]
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        size, count = self.config.train_batch_size, len(self.example_range)
+        positions = step * size + np.arange(size)
+        chosen = np.empty(size, dtype=np.int64)
+        for epoch in np.unique(positions // count):
+            here = positions // count == epoch
+            chosen[here] = self._permutation(int(epoch))[positions[here] % count]
+        return self.example_range.start + chosen
+
+    def make_batch(
+        self, indices: np.ndarray, rows: slice, total_rows: int, noise_seed: int, device: torch.device
+    ) -> MaskedBatch:
+        ids = self.data.input_ids(indices[rows])
+        tensors = [
+            torch.from_numpy(array).to(device)
+            for array in (ids, self.data.attention_mask(ids), self.data.segment_ids(ids))
+        ]
+        noise = torch.Generator(device=device).manual_seed(noise_seed)
+        return mask_batch(
+            *tensors,
+            special_ids=self.special_ids.to(device),
+            mask_id=self.mask_id,
+            mask_prob=self.config.mask_prob,
+            max_predictions=self.config.max_predictions_per_seq,
+            noise=noise,
+            rows=rows,
+            total_rows=total_rows,
+        )
+
+
+def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> PretrainingRun:
+    """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does."""
+    config = build_pretraining_config(hparams)
+    data_dir = Path(data_dir)
+    model_dir = Path(config.model_dir) if config.model_dir else data_dir / "models" / model_name
+    vocab_file = Path(config.vocab_file) if config.vocab_file else data_dir / "vocab.txt"
+    vocab = read_vocab(vocab_file)
+    if config.vocab_size is not None and config.vocab_size != len(vocab):
+        raise UserError(
+            f"vocab_size {config.vocab_size} does not match the {len(vocab):,} tokens of {vocab_file}: "
+            "drop vocab_size from --hparams (it is read from the vocabulary) or fix it"
+        )
+    data_path = Path(config.pretrain_data) if config.pretrain_data else data_dir / "pretrain_data"
+    data = PretrainingData(data_path, vocab)
+    if data.max_seq_length != config.max_seq_length:
+        if "max_seq_length" in hparams:
+            raise UserError(
+                f"max_seq_length {config.max_seq_length} differs from the {data.max_seq_length} the data "
+                f"in {data_path} was built with: rebuild it with `electra build-data --max-seq-length "
+                f"{config.max_seq_length}` or drop max_seq_length from --hparams"
+            )
+        config.max_seq_length = data.max_seq_length  # the data decides when the user did not
+    split_file = model_dir / "pretrain_config.json"
+    if split_file.exists():  # keep the split of the first run, so evaluation stays held out
+        held_out = json.loads(split_file.read_text())["eval_examples"]
+    else:
+        held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
+    if len(data) - held_out < config.train_batch_size:
+        raise UserError(
+            f"{data_path} holds {len(data):,} examples: too few for train_batch_size "
+            f"{config.train_batch_size} after holding out {held_out:,} for evaluation"
+        )
+    return PretrainingRun(
+        config, model_dir, vocab_file, data, range(0, len(data) - held_out), range(len(data) - held_out, len(data))
+    )
+
+
+def resolve_init_checkpoint(path: str) -> Path:
+    """A safetensors file, a checkpoint folder, or a model folder (its newest checkpoint)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    if (candidate / "model.safetensors").is_file():
+        return candidate / "model.safetensors"
+    found = checkpoint_dirs(candidate)
+    if found:
+        return found[-1] / "model.safetensors"
+    raise UserError(
+        f"init_checkpoint {path} is neither a .safetensors file nor a folder holding model.safetensors or checkpoints/"
+    )
+
+
+def hf_config(config: ModelConfig, architecture: str) -> dict[str, Any]:
+    """A Hugging Face ElectraConfig as config.json, so `transformers` can load the folder."""
+    return {
+        "architectures": [architecture],
+        "model_type": "electra",
+        **config.to_dict(),
+        "position_embedding_type": "absolute",
+        "summary_type": "first",
+        "summary_use_proj": True,
+        "summary_activation": "gelu",
+        "summary_last_dropout": 0.1,
+    }
+
+
+def export_part(module: nn.Module, config: ModelConfig, architecture: str, folder: Path, vocab_file: Path) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(module, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(hf_config(config, architecture), indent=2) + "\n")
+    shutil.copyfile(vocab_file, tmp / "vocab.txt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def export_models(model: PretrainingModel, model_dir: Path, vocab_file: Path) -> list[Path]:
+    written = []
+    if model.has_discriminator:
+        export_part(
+            model.discriminator,
+            model.discriminator_config,
+            "ElectraForPreTraining",
+            model_dir / "discriminator",
+            vocab_file,
+        )
+        written.append(model_dir / "discriminator")
+    if hasattr(model, "generator"):
+        config = model.discriminator_config if not model.has_discriminator else model.generator.config
+        export_part(model.generator, config, "ElectraForMaskedLM", model_dir / "generator", vocab_file)
+        written.append(model_dir / "generator")
+    return written
+
+
+@torch.no_grad()
+def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device) -> dict[str, float]:
+    """The reference's unsupervised metrics on the held-out examples."""
+    from sklearn.metrics import roc_auc_score
+
+    config = run.config
+    task = PretrainingTask(run.data, config, run.eval_range)
+    model.eval()
+    totals: dict[str, float] = {}
+    probabilities, labels = [], []
+    size = config.eval_batch_size
+    for batch_index, start in enumerate(range(0, len(run.eval_range), size)):
+        if batch_index >= config.num_eval_steps:
+            break
+        indices = np.arange(run.eval_range.start + start, min(run.eval_range.stop, run.eval_range.start + start + size))
+        batch = task.make_batch(indices, slice(0, len(indices)), len(indices), batch_index, device)
+        details: dict[str, torch.Tensor] = {}
+        sums = model(batch, details)
+        for name, value in {**sums, **model.counts(batch)}.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        if details:
+            real = details["attention_mask"].bool()
+            probabilities.append(torch.sigmoid(details["disc_logits"][real]).cpu())
+            labels.append(details["labels"][real].cpu())
+    if not totals:
+        raise UserError("no held-out examples to evaluate on: raise num_eval_steps or eval_batch_size")
+    results = {
+        "masked_lm_accuracy": totals["mlm_correct"] / totals["masked"],
+        "masked_lm_loss": totals["mlm_loss"] / totals["cloze" if config.two_tower_generator else "masked"],
+        "eval_examples": float(min(len(run.eval_range), config.num_eval_steps * size)),
+    }
+    if probabilities:
+        probs, truth = torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+        predicted = probs > 0.5
+        results.update(
+            {
+                "sampled_masked_lm_accuracy": totals["sampled_correct"] / totals["masked"],
+                "disc_loss": totals["disc_loss"] / totals["tokens"],
+                "disc_accuracy": float((predicted == truth).mean()),
+                "disc_precision": float((predicted & (truth == 1)).sum() / max(predicted.sum(), 1)),
+                "disc_recall": float((predicted & (truth == 1)).sum() / max((truth == 1).sum(), 1)),
+                "disc_auc": float(roc_auc_score(truth, probs)) if 0 < truth.sum() < len(truth) else float("nan"),
+                "replaced_share": float(truth.mean()),
+            }
+        )
+    return results
+
+
+def write_results(results: dict[str, float], model_dir: Path) -> Path:
+    folder = model_dir / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "unsup_results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    text = "".join(f"{key} = {value:.6g}\n" for key, value in sorted(results.items()))
+    write_text_atomic(folder / "unsup_results.txt", text)
+    return folder / "unsup_results.txt"
+
+
+def run_pretraining(
+    data_dir: str | Path, model_name: str, hparams: dict[str, Any], processes: Processes | None = None
+) -> dict[str, Any]:
+    """Train and/or evaluate as `electra pretrain` does; returns what it did, for the caller to print."""
+    run = prepare_run(data_dir, model_name, hparams)
+    config = run.config
+    if not (config.do_train or config.do_eval):
+        raise UserError("both do_train and do_eval are false: nothing to do")
+    processes = processes or setup_processes()
+    torch.manual_seed(config.seed)  # the initial weights
+    vocab = read_vocab(run.vocab_file)
+    model = PretrainingModel(config, len(vocab), vocab.index(PAD))
+    if processes.is_main:
+        run.model_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            **config.to_dict(),
+            "vocab_size": len(vocab),
+            "eval_examples": len(run.eval_range),
+            "train_examples": len(run.train_range),
+        }
+        write_text_atomic(run.model_dir / "pretrain_config.json", json.dumps(record, indent=2) + "\n")
+    outcome: dict[str, Any] = {"model_dir": run.model_dir}
+    if config.init_checkpoint and not checkpoint_dirs(run.model_dir):
+        load_weights(model, resolve_init_checkpoint(config.init_checkpoint))  # weights only, fresh optimizer
+    if config.do_train:
+        settings = TrainSettings(
+            learning_rate=config.learning_rate,
+            num_train_steps=config.num_train_steps,
+            batch_size=config.train_batch_size,
+            num_warmup_steps=config.num_warmup_steps,
+            lr_decay_power=config.lr_decay_power,
+            weight_decay_rate=config.weight_decay_rate,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            save_checkpoints_steps=config.save_checkpoints_steps,
+            keep_checkpoint_max=config.keep_checkpoint_max,
+            seed=config.seed,
+            precision=config.precision,
+            compile=config.compile,
+            log_every_steps=config.log_every_steps,
+            max_nonfinite_steps=config.max_nonfinite_steps,
+        )
+        trainer = Trainer(
+            model,
+            PretrainingTask(run.data, config, run.train_range),
+            settings,
+            run.model_dir,
+            processes,
+            description=f"pretrain {model_name}",
+        )
+        result = trainer.train()
+        outcome["train"] = result
+        if processes.is_main:
+            outcome["exported"] = export_models(model, run.model_dir, run.vocab_file)
+    elif checkpoint_dirs(run.model_dir):
+        load_weights(model, checkpoint_dirs(run.model_dir)[-1] / "model.safetensors")
+    elif not config.init_checkpoint:
+        raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
+    if config.do_eval and processes.is_main:
+        results = evaluate(model.to(processes.device), run, processes.device)
+        outcome["eval"] = results
+        outcome["results_file"] = write_results(results, run.model_dir)
+    return outcome
+
+
+def describe(outcome: dict[str, Any]) -> str:
+    lines = []
+    if "train" in outcome:
+        result = outcome["train"]
+        metrics = ", ".join(f"{key} {value:.4g}" for key, value in sorted(result.last_metrics.items()))
+        lines.append(f"trained to step {result.step:,} ({result.skipped_steps} skipped): {metrics}")
+        lines += [f"exported {path}" for path in outcome.get("exported", [])]
+    if "eval" in outcome:
+        lines.append("evaluation on held-out data:")
+        lines += [f"  {key} = {value:.4f}" for key, value in sorted(outcome["eval"].items())]
+        lines.append(f"results written to {outcome['results_file']}")
+    return "\n".join(lines) if lines else f"nothing to report for {outcome['model_dir']}"

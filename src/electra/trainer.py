@@ -1,0 +1,488 @@
+"""One training loop for pre-training and fine-tuning.
+
+A trainable model returns, for a batch, *sums* of its losses and metrics (`model(batch)`) and says
+which *count* divides each (`model.normalizers`, `model.counts(batch)`) and how losses combine
+(`model.loss_weights`). The loop adds the counts over all micro-batches and processes before the
+first backward pass, so gradient accumulation and data parallelism give the gradient of the mean
+over the whole global batch, exactly as one process with one big batch would.
+
+The loop never loses work: checkpoints (weights as safetensors, optimizer state, step) are written
+to a temporary folder and renamed into place, and re-running the same command resumes from the
+newest. Randomness is a function of (seed, step, rank), so a resumed run on CPU reproduces the
+uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm import tqdm
+
+from electra.errors import UserError
+from electra.fileio import is_temporary
+
+CHECKPOINT_PREFIX = "step-"
+NO_DECAY_MARKERS = ("LayerNorm", "layer_norm", "bias")  # as the reference's exclude_from_weight_decay
+
+
+@dataclass
+class TrainSettings:
+    learning_rate: float
+    num_train_steps: int
+    batch_size: int  # examples per optimizer step, over all processes and micro-batches
+    num_warmup_steps: int = 0
+    lr_decay_power: float = 1.0
+    weight_decay_rate: float = 0.01
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    log_every_steps: int = 10
+    max_nonfinite_steps: int = 20
+
+
+class TrainingTask(Protocol):
+    """Where batches come from: a function of the step, so resuming needs only the step number."""
+
+    def batch_indices(self, step: int) -> np.ndarray: ...
+
+    def make_batch(
+        self, indices: np.ndarray, rows: slice, total_rows: int, noise_seed: int, device: torch.device
+    ) -> Any: ...
+
+
+# ----------------------------------------------------------------------------------------------- processes
+@dataclass
+class Processes:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def setup_processes() -> Processes:
+    """One process, or one of several started by torchrun (NCCL on GPUs, gloo on CPUs)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(rank=int(os.environ.get("RANK", "0")), world_size=world_size, device=device)
+
+
+def derived_seed(*parts: int | str) -> int:
+    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on GPUs that have it when "auto"; None means float32 throughout."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+class AdamWeightDecay(torch.optim.Optimizer):
+    """The reference's AdamWeightDecayOptimizer: Adam without bias correction, decoupled weight decay.
+
+    update = m / (sqrt(v) + eps) + weight_decay x param;  param -= lr x update.  Each group's learning
+    rate is the schedule's value times the group's `lr_scale` (used by layer-wise decay when fine-tuning).
+    """
+
+    def __init__(
+        self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6
+    ):
+        super().__init__(param_groups, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": 0.0, "lr_scale": 1.0})
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> None:
+        for group in self.param_groups:
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            grads = [param.grad for param in params]
+            for param in params:
+                if not self.state[param]:
+                    self.state[param] = {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
+            means = [self.state[param]["exp_avg"] for param in params]
+            squares = [self.state[param]["exp_avg_sq"] for param in params]
+            beta1, beta2 = group["betas"]
+            torch._foreach_lerp_(means, grads, 1 - beta1)
+            torch._foreach_mul_(squares, beta2)
+            torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(squares)
+            torch._foreach_add_(denominators, group["eps"])
+            updates = torch._foreach_div(means, denominators)
+            if group["weight_decay"]:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            torch._foreach_add_(params, updates, alpha=-group["lr"] * group["lr_scale"])
+
+
+def learning_rate_at(step: int, settings: TrainSettings) -> float:
+    """Polynomial decay to 0 at num_train_steps (linear by default), times a linear warm-up from 0."""
+    decay = (1 - min(step, settings.num_train_steps) / settings.num_train_steps) ** settings.lr_decay_power
+    warmup = min(1.0, step / settings.num_warmup_steps) if settings.num_warmup_steps > 0 else 1.0
+    return settings.learning_rate * decay * warmup
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if any(marker in name for marker in NO_DECAY_MARKERS) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a folder is only ever renamed into place once complete)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [path for path in root.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX)]
+    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int
+) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
+    for path in tmp.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep and keep > 0:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_unfinished_checkpoints(run_dir: Path) -> None:
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for path in root.iterdir():
+            if is_temporary(path):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Weights from a safetensors file into `model`, with a clear error when shapes or names differ."""
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as error:
+        detail = str(error).split("\n")[1:3]
+        raise UserError(
+            f"the weights in {path} do not fit this model ({' '.join(line.strip() for line in detail)}): "
+            "use the same model_size and model_hparam_overrides as when they were saved"
+        ) from None
+    if missing or unexpected:
+        raise UserError(
+            f"the weights in {path} do not fit this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}; use the same objective and model settings"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- logging
+class MetricsLog:
+    """metrics.jsonl (always) and TensorBoard event files (when the tensorboard package is installed)."""
+
+    def __init__(self, log_dir: Path, resume_step: int, enabled: bool):
+        self.path = log_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # drop what an interrupted run logged past the checkpoint it resumes from
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _metric_name(sum_name: str) -> str:
+    """`mlm_correct` is logged as `mlm_accuracy` once divided by its count."""
+    return sum_name.replace("_correct", "_accuracy").replace("replaced", "replaced_share")
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    step: int
+    skipped_steps: int
+    last_metrics: dict[str, float]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TrainingTask,
+        settings: TrainSettings,
+        run_dir: Path,
+        processes: Processes,
+        param_groups: list[dict] | None = None,
+        description: str = "train",
+    ):
+        self.model = model.to(processes.device)
+        self.task = task
+        self.settings = settings
+        self.run_dir = run_dir
+        self.processes = processes
+        self.description = description
+        per_process = settings.batch_size // processes.world_size
+        if settings.batch_size % (processes.world_size * settings.gradient_accumulation_steps):
+            raise UserError(
+                f"train_batch_size {settings.batch_size} must be a multiple of processes "
+                f"({processes.world_size}) x gradient_accumulation_steps "
+                f"({settings.gradient_accumulation_steps})"
+            )
+        self.micro_batch = per_process // settings.gradient_accumulation_steps
+        groups = param_groups or default_param_groups(self.model, settings.weight_decay_rate)
+        self.optimizer = AdamWeightDecay(groups, lr=settings.learning_rate)
+        self.autocast_dtype = resolve_precision(settings.precision, processes.device)
+        self.skipped_steps = 0
+        self.forward = self.model
+        if processes.world_size > 1:
+            device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if settings.compile:
+            self.forward = torch.compile(self.forward)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.processes.device.type, dtype=self.autocast_dtype)
+
+    def _micro_batches(self, step: int) -> list[Any]:
+        indices = self.task.batch_indices(step)
+        first = self.processes.rank * self.micro_batch * self.settings.gradient_accumulation_steps
+        noise_seed = derived_seed(self.settings.seed, step, "noise")
+        return [
+            self.task.make_batch(
+                indices, slice(start, start + self.micro_batch), len(indices), noise_seed, self.processes.device
+            )
+            for start in range(
+                first, first + self.micro_batch * self.settings.gradient_accumulation_steps, self.micro_batch
+            )
+        ]
+
+    def resume(self) -> int:
+        """Load the newest checkpoint if there is one; returns the step to continue from."""
+        if self.processes.is_main:
+            remove_unfinished_checkpoints(self.run_dir)
+        self.processes.barrier()
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return 0
+        latest = found[-1]
+        load_weights(self.model, latest / "model.safetensors")
+        state = torch.load(latest / "trainer_state.pt", map_location=self.processes.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        return int(state["step"])
+
+    def train(self) -> TrainResult:
+        settings, processes, model = self.settings, self.processes, self.model
+        step = self.resume()
+        log = MetricsLog(self.run_dir / "logs", step, processes.is_main)
+        if step and processes.is_main:
+            print(f"resuming from step {step:,} ({checkpoint_dirs(self.run_dir)[-1]})", file=sys.stderr)
+        params = [param for group in self.optimizer.param_groups for param in group["params"]]
+        progress = tqdm(
+            total=settings.num_train_steps,
+            initial=step,
+            desc=self.description,
+            unit="step",
+            disable=not processes.is_main or None,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        window = _Window()
+        consecutive_bad, last_metrics = 0, {}
+        last_good = checkpoint_dirs(self.run_dir)[-1] if checkpoint_dirs(self.run_dir) else None
+        self.forward.train()
+        while step < settings.num_train_steps:
+            torch.manual_seed(derived_seed(settings.seed, step, processes.rank))  # dropout
+            batches = self._micro_batches(step)
+            counts = self._global_counts(batches)
+            for index, batch in enumerate(batches):
+                last = index == len(batches) - 1
+                no_sync = getattr(self.forward, "no_sync", None)
+                with no_sync() if no_sync and not last else contextlib.nullcontext(), self._autocast():
+                    sums = self.forward(batch)
+                loss = processes.world_size * sum(
+                    weight * sums[name] / counts[model.normalizers[name]]
+                    for name, weight in model.loss_weights.items()
+                    if name in sums
+                )
+                loss.backward()
+                window.add_local({**sums, "loss": loss / processes.world_size})
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate_at(step, settings)
+                self.optimizer.step()
+                consecutive_bad = 0
+            else:
+                self.skipped_steps += 1
+                consecutive_bad += 1
+                if consecutive_bad >= settings.max_nonfinite_steps:
+                    progress.close()
+                    raise UserError(
+                        f"the loss was not finite for {consecutive_bad} steps in a row (up to step "
+                        f"{step + 1}): training stopped. Last good checkpoint: {last_good or 'none'}. "
+                        'Lower learning_rate, or use "precision": "fp32", and run the same command '
+                        "again to resume from it"
+                    )
+            self.optimizer.zero_grad(set_to_none=True)
+            window.add_global(
+                {
+                    "grad_norm": grad_norm.detach().float(),
+                    "steps": torch.tensor(1.0),
+                    **{f"count:{name}": value for name, value in counts.items()},
+                }
+            )
+            step += 1
+            progress.update(1)
+            done = step == settings.num_train_steps
+            if step % settings.log_every_steps == 0 or done:
+                last_metrics = self._summarise(window, step)
+                log.write(step, last_metrics)
+                progress.set_postfix(
+                    loss=f"{last_metrics['loss']:.4f}",
+                    tok_s=f"{last_metrics.get('tokens_per_second', 0):,.0f}",
+                    refresh=False,
+                )
+                window = _Window()
+            if step % settings.save_checkpoints_steps == 0 or done:
+                if processes.is_main:
+                    last_good = save_checkpoint(
+                        self.run_dir,
+                        step,
+                        model,
+                        self.optimizer,
+                        {"skipped_steps": self.skipped_steps, "seed": settings.seed},
+                        settings.keep_checkpoint_max,
+                    )
+                processes.barrier()
+        progress.close()
+        log.close()
+        return TrainResult(step=step, skipped_steps=self.skipped_steps, last_metrics=last_metrics)
+
+    def _global_counts(self, batches: list[Any]) -> dict[str, torch.Tensor]:
+        """Each count summed over this step's micro-batches and processes (at least 1, to divide by)."""
+        per_batch = [self.model.counts(batch) for batch in batches]
+        names = list(per_batch[0])
+        totals = torch.stack([sum(counts[name] for counts in per_batch).float() for name in names])
+        return dict(zip(names, self.processes.all_reduce(totals).clamp_min(1.0), strict=True))
+
+    def _summarise(self, window: _Window, step: int) -> dict[str, float]:
+        local = window.local
+        names = sorted(local)
+        reduced = self.processes.all_reduce(torch.stack([local[name] for name in names])) if names else []
+        totals = {
+            **dict(zip(names, [float(value) for value in reduced], strict=True)),
+            **{name: float(value) for name, value in window.global_.items()},
+        }
+        steps = totals["steps"]
+        metrics = {
+            "loss": totals["loss"] / steps,
+            "learning_rate": learning_rate_at(step - 1, self.settings),
+            "grad_norm": totals["grad_norm"] / steps,
+            "skipped_steps": float(self.skipped_steps),
+        }
+        for name, count_name in self.model.normalizers.items():
+            if name in totals:
+                metrics[_metric_name(name)] = totals[name] / totals[f"count:{count_name}"]
+        if "count:tokens" in totals:
+            metrics["tokens_per_second"] = totals["count:tokens"] / max(time.perf_counter() - window.started, 1e-9)
+        return metrics
+
+
+class _Window:
+    """Running totals between two log lines: per-process sums (reduced when logged) and global values."""
+
+    def __init__(self) -> None:
+        self.local: dict[str, torch.Tensor] = {}
+        self.global_: dict[str, torch.Tensor] = {}
+        self.started = time.perf_counter()
+
+    @staticmethod
+    def _add(target: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float().cpu()
+            target[name] = target[name] + value if name in target else value
+
+    def add_local(self, values: dict[str, torch.Tensor]) -> None:
+        self._add(self.local, values)
+
+    def add_global(self, values: dict[str, torch.Tensor]) -> None:
+        self._add(self.global_, values)
