@@ -53,3 +53,23 @@ def english_corpus(tmp_path: Path) -> Path:
 @pytest.fixture
 def chinese_corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus_zh", CHINESE_DOCUMENTS * 3)
+
+
+@pytest.fixture(scope="session")
+def pretrain_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reference-style data dir (vocab.txt, pretrain_data/) small enough for many short training runs."""
+    from electra.corpus import list_corpus_files
+    from electra.pretrain_data import BuildSettings, build_pretraining_data
+    from electra.tokenization import train_vocab, write_vocab
+
+    data_dir = tmp_path_factory.mktemp("data_dir")
+    corpus = write_corpus(data_dir / "corpus", ENGLISH_DOCUMENTS * 20)
+    write_vocab(train_vocab(list_corpus_files(corpus), vocab_size=300, show_progress=False), data_dir / "vocab.txt")
+    build_pretraining_data(
+        corpus,
+        data_dir / "vocab.txt",
+        data_dir / "pretrain_data",
+        BuildSettings(max_seq_length=32),
+        show_progress=False,
+    )
+    return data_dir

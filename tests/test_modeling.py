@@ -7,8 +7,15 @@ import transformers
 from electra.config import ModelConfig
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining, attention_bias, init_weights
 
-SMALL_SHAPE = ModelConfig(vocab_size=300, embedding_size=32, hidden_size=48, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=96, max_position_embeddings=64)
+SMALL_SHAPE = ModelConfig(
+    vocab_size=300,
+    embedding_size=32,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=64,
+)
 
 
 def hf_config(config: ModelConfig) -> transformers.ElectraConfig:
@@ -27,9 +34,20 @@ def batch(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
 
 
-@pytest.mark.parametrize("shape", [SMALL_SHAPE, ModelConfig(vocab_size=300, embedding_size=48, hidden_size=48,
-                                                            num_hidden_layers=1, num_attention_heads=2,
-                                                            intermediate_size=64)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        SMALL_SHAPE,
+        ModelConfig(
+            vocab_size=300,
+            embedding_size=48,
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+    ],
+)
 def test_discriminator_matches_transformers(shape: ModelConfig):
     torch.manual_seed(0)
     ours = ElectraForPreTraining(shape).eval()

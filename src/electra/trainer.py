@@ -422,7 +422,8 @@ class Trainer:
                     refresh=False,
                 )
                 window = _Window()
-            if step % settings.save_checkpoints_steps == 0 or done:
+            # No checkpoint in the middle of a run of skipped steps: the last one stays the last good one.
+            if (step % settings.save_checkpoints_steps == 0 and not consecutive_bad) or done:
                 if processes.is_main:
                     last_good = save_checkpoint(
                         self.run_dir,

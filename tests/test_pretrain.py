@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import electra.objectives as objectives
+from electra.cli import main
+from electra.config import build_pretraining_config, parse_hparams
+from electra.errors import UserError
+from electra.pretrain import run_pretraining
+from electra.trainer import TrainSettings, learning_rate_at
+
+FAST = {
+    "debug": True,
+    "num_warmup_steps": 2,
+    "learning_rate": 1e-3,
+    "save_checkpoints_steps": 4,
+    "log_every_steps": 1,
+    "precision": "fp32",
+}
+
+
+def hparams(**extra) -> str:
+    return json.dumps({**FAST, **extra})
+
+
+def pretrain(data_dir: Path, name: str, **extra) -> int:
+    return main(["pretrain", "--data-dir", str(data_dir), "--model-name", name, "--hparams", hparams(**extra)])
+
+
+def metrics(model_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: Path, capsys):
+    assert pretrain(pretrain_data_dir, "debug", num_train_steps=12, do_eval=True, keep_checkpoint_max=2) == 0
+    out = capsys.readouterr().out
+    assert "trained to step 12" in out and "disc_auc" in out
+    model_dir = pretrain_data_dir / "models" / "debug"
+    assert sorted(path.name for path in (model_dir / "checkpoints").iterdir()) == ["step-00000008", "step-00000012"]
+    logged = metrics(model_dir)
+    assert [record["step"] for record in logged] == list(range(1, 13))
+    assert logged[-1]["mlm_loss"] < logged[0]["mlm_loss"], "the generator learns"
+    results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
+    assert {"masked_lm_accuracy", "disc_auc", "disc_precision", "disc_recall", "disc_accuracy"} <= set(results)
+    config = json.loads((model_dir / "pretrain_config.json").read_text())
+    assert config["train_batch_size"] == 8 and config["max_seq_length"] == 32 and config["eval_examples"] > 0
+    assert any(path.name.startswith("events.out.tfevents") for path in (model_dir / "logs").iterdir())
+
+
+def test_exported_models_load_in_transformers_with_equal_outputs(pretrain_data_dir: Path):
+    assert pretrain(pretrain_data_dir, "export", num_train_steps=2) == 0
+    model_dir = pretrain_data_dir / "models" / "export"
+    full = load_file(model_dir / "checkpoints" / "step-00000002" / "model.safetensors")
+    discriminator = transformers.ElectraForPreTraining.from_pretrained(model_dir / "discriminator").eval()
+    generator = transformers.ElectraForMaskedLM.from_pretrained(model_dir / "generator").eval()
+    assert torch.equal(
+        discriminator.electra.encoder.layer[0].attention.self.query.weight,
+        full["discriminator.electra.encoder.layer.0.attention.self.query.weight"],
+    )
+    assert torch.equal(
+        generator.electra.embeddings.word_embeddings.weight, discriminator.electra.embeddings.word_embeddings.weight
+    )
+    from electra.objectives import PretrainingModel
+
+    config = build_pretraining_config({**FAST, "num_train_steps": 2})
+    ours = PretrainingModel(config, vocab_size=300, pad_token_id=0).eval()
+    from safetensors.torch import load_model
+
+    load_model(ours, str(model_dir / "checkpoints" / "step-00000002" / "model.safetensors"))
+    ids = torch.randint(5, 300, (2, 16))
+    with torch.no_grad():
+        assert (discriminator(ids).logits - ours.discriminator(ids)).abs().max() <= 1e-5
+        assert (generator(ids).logits - ours.generator(ids)).abs().max() <= 1e-5
+
+
+def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(pretrain_data_dir: Path):
+    command = [
+        sys.executable,
+        "-m",
+        "electra.cli",
+        "pretrain",
+        "--data-dir",
+        str(pretrain_data_dir),
+        "--hparams",
+        hparams(num_train_steps=40, save_checkpoints_steps=5, keep_checkpoint_max=0),
+    ]
+    subprocess.run([*command, "--model-name", "straight"], check=True, capture_output=True)
+    killed = pretrain_data_dir / "models" / "killed"
+    process = subprocess.Popen(
+        [*command, "--model-name", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000010").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stopped_at = max(int(path.name[5:]) for path in (killed / "checkpoints").iterdir() if path.name[0] != ".")
+    assert 10 <= stopped_at < 40, "the kill landed in the middle of training"
+    result = subprocess.run([*command, "--model-name", "killed"], check=True, capture_output=True, text=True)
+    assert f"resuming from step {stopped_at}" in result.stderr
+    straight = load_file(
+        pretrain_data_dir / "models" / "straight" / "checkpoints" / "step-00000040" / "model.safetensors"
+    )
+    resumed = load_file(killed / "checkpoints" / "step-00000040" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    steps = [record["step"] for record in metrics(killed)]
+    assert steps == list(range(1, 41)), "the log has each step once"
+
+
+def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path):
+    assert pretrain(pretrain_data_dir, "source", num_train_steps=4) == 0
+    source = pretrain_data_dir / "models" / "source"
+    assert (
+        pretrain(pretrain_data_dir, "continued", num_train_steps=1, learning_rate=0.0, init_checkpoint=str(source)) == 0
+    )
+    before = load_file(source / "checkpoints" / "step-00000004" / "model.safetensors")
+    after = load_file(
+        pretrain_data_dir / "models" / "continued" / "checkpoints" / "step-00000001" / "model.safetensors"
+    )
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    with pytest.raises(UserError, match="do not fit"):
+        run_pretraining(
+            pretrain_data_dir,
+            "mismatch",
+            {**FAST, "num_train_steps": 1, "init_checkpoint": str(source), "generator_hidden_size": 0.5},
+        )
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops_naming_the_checkpoint(pretrain_data_dir, monkeypatch, capsys):
+    real_forward = objectives.PretrainingModel.forward
+    calls = {"count": 0}
+
+    def sometimes_nan(self, batch, details=None):
+        calls["count"] += 1
+        sums = real_forward(self, batch, details)
+        if calls["count"] == 3 or calls["count"] >= 7:
+            sums["disc_loss"] = sums["disc_loss"] * float("nan")
+        return sums
+
+    monkeypatch.setattr(objectives.PretrainingModel, "forward", sometimes_nan)
+    code = pretrain(pretrain_data_dir, "nan", num_train_steps=30, max_nonfinite_steps=3)
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "not finite for 3 steps in a row" in error and "step-00000004" in error
+    logged = metrics(pretrain_data_dir / "models" / "nan")
+    assert logged[3]["skipped_steps"] == 1.0
+
+
+def test_unknown_and_malformed_hparams_are_clear_errors(tmp_path: Path, capsys):
+    with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+        build_pretraining_config({"learnin_rate": 1e-4})
+    with pytest.raises(UserError, match="should be"):
+        build_pretraining_config({"num_train_steps": "many"})
+    with pytest.raises(UserError, match="not valid JSON"):
+        parse_hparams("{debug: true}")
+    file = tmp_path / "hparams.json"
+    file.write_text('{"model_size": "base"}')
+    config = build_pretraining_config(parse_hparams(str(file)))
+    assert (config.embedding_size, config.learning_rate, config.train_batch_size) == (768, 2e-4, 256)
+    model = config.discriminator_config(30522, 0)
+    assert (model.hidden_size, model.num_hidden_layers, model.num_attention_heads, model.intermediate_size) == (
+        768,
+        12,
+        12,
+        3072,
+    )
+    assert round(config.generator_config(model).hidden_size) == 256
+    large = build_pretraining_config({"model_size": "large", "train_batch_size": 64})
+    assert (large.mask_prob, large.train_batch_size, large.discriminator_config(100, 0).num_attention_heads) == (
+        0.25,
+        64,
+        16,
+    )
+    assert main(["pretrain", "--data-dir", str(tmp_path), "--model-name", "x", "--hparams", '{"debug": true}']) == 2
+    assert "vocab.txt does not exist" in capsys.readouterr().err
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_zero():
+    settings = TrainSettings(learning_rate=1.0, num_train_steps=100, batch_size=1, num_warmup_steps=10)
+    assert learning_rate_at(0, settings) == 0.0
+    assert learning_rate_at(5, settings) == pytest.approx(0.5 * 0.95)
+    assert learning_rate_at(50, settings) == pytest.approx(0.5)
+    assert learning_rate_at(100, settings) == 0.0
+
+
+def test_objectives_train_end_to_end(pretrain_data_dir: Path):
+    for name, extra in (
+        ("mlm", {"electra_objective": False}),
+        ("electric", {"electra_objective": False, "electric_objective": True}),
+    ):
+        assert pretrain(pretrain_data_dir, name, num_train_steps=6, do_eval=True, **extra) == 0
+        model_dir = pretrain_data_dir / "models" / name
+        exported = sorted(path.name for path in model_dir.iterdir() if (path / "config.json").exists())
+        assert exported == (["generator"] if name == "mlm" else ["discriminator"])
+        logged = metrics(model_dir)
+        assert all(record["loss"] == record["loss"] for record in logged)  # finite, not NaN
+
+
+def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
+    no_dropout = {
+        "model_hparam_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        "num_train_steps": 4,
+        "gradient_accumulation_steps": 2,
+    }
+    torchrun = shutil.which("torchrun")
+    assert torchrun
+    base = ["-m", "electra.cli", "pretrain", "--data-dir", str(pretrain_data_dir), "--hparams", hparams(**no_dropout)]
+    subprocess.run([sys.executable, *base, "--model-name", "one"], check=True, capture_output=True)
+    subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", *base, "--model-name", "two"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    one, two = metrics(pretrain_data_dir / "models" / "one"), metrics(pretrain_data_dir / "models" / "two")
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "mlm_loss", "disc_loss", "disc_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
