@@ -225,6 +225,7 @@ def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
         capture_output=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+    assert json.loads((pretrain_data_dir / "models" / "two" / "pretrain_config.json").read_text())["processes"] == 2
     one, two = metrics(pretrain_data_dir / "models" / "one"), metrics(pretrain_data_dir / "models" / "two")
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "mlm_loss", "disc_loss", "disc_accuracy"):

@@ -261,6 +261,7 @@ def run_pretraining(
             "vocab_size": len(vocab),
             "eval_examples": len(run.eval_range),
             "train_examples": len(run.train_range),
+            "processes": processes.world_size,
         }
         write_text_atomic(run.model_dir / "pretrain_config.json", json.dumps(record, indent=2) + "\n")
     outcome: dict[str, Any] = {"model_dir": run.model_dir}
