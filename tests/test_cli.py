@@ -22,7 +22,7 @@ def subcommands() -> list[str]:
 def test_console_script_has_help_for_every_subcommand():
     electra = shutil.which("electra")
     assert electra, "the `electra` console script is installed by `pip install -e .`"
-    assert {"vocab", "build-data", "quickstart"} <= set(subcommands())
+    assert {"vocab", "build-data", "pretrain", "plot", "quickstart"} <= set(subcommands())
     top = subprocess.run([electra, "--help"], capture_output=True, text=True, check=True).stdout
     for command in subcommands():
         assert command in top
@@ -69,13 +69,16 @@ def test_default_corpus_is_real_documentation_text(tmp_path: Path):
 
 def test_quickstart_runs_end_to_end_and_again_without_redoing_work(tmp_path: Path, capsys):
     data_dir = tmp_path / "qs"
-    assert main(["quickstart", "--data-dir", str(data_dir), "--vocab-size", "3000"]) == 0
+    assert main(["quickstart", "--data-dir", str(data_dir), "--vocab-size", "3000", "--train-steps", "3"]) == 0
     output = capsys.readouterr().out
-    assert "[3/3] pre-training data: built" in output
+    assert "[3/5] pre-training data: built" in output
+    assert "[5/5] held-out evaluation of the discriminator" in output and "AUC" in output
+    assert (data_dir / "models" / "electra_tiny" / "logs" / "curves.png").stat().st_size > 1000
+    assert (data_dir / "models" / "electra_tiny" / "discriminator" / "model.safetensors").exists()
     vocab = read_vocab(data_dir / "vocab.txt")
     assert len(vocab) == 3000
     data = PretrainingData(data_dir / "pretrain_data", vocab)
     assert len(data) > 1000
-    assert main(["quickstart", "--data-dir", str(data_dir)]) == 0
+    assert main(["quickstart", "--data-dir", str(data_dir), "--train-steps", "3"]) == 0
     again = capsys.readouterr().out
     assert "keeping" in again and "nothing to do" in again

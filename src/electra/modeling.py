@@ -9,11 +9,42 @@ through `scaled_dot_product_attention` (flash or memory-efficient kernels on GPU
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from electra.config import ModelConfig
+
+DROPOUT_RESOLUTION = 1 << 15  # keep-masks compare 15 random bits with the drop probability
+
+
+def keep_mask(shape: torch.Size, drop_prob: float, device: torch.device) -> torch.Tensor:
+    """Boolean mask keeping each element with probability 1 - drop_prob (to 1 part in 32768).
+
+    On CPUs this is about 4x faster than `bernoulli_`, which costs ELECTRA's step more than any
+    kernel but the matmuls: one 64-bit random word gives four 15-bit draws.
+    """
+    count = shape.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()
+    lanes = words.view(torch.int16)[:count].view(shape)
+    return (lanes & (DROPOUT_RESOLUTION - 1)) >= round(drop_prob * DROPOUT_RESOLUTION)
+
+
+def dropout(hidden: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    if not training or drop_prob == 0.0:
+        return hidden
+    if hidden.device.type != "cpu":
+        return F.dropout(hidden, drop_prob, training=True)
+    return torch.where(keep_mask(hidden.shape, drop_prob, hidden.device), hidden * (1.0 / (1.0 - drop_prob)), 0.0)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with the fast CPU keep-mask above."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return dropout(hidden, self.p, self.training)
 
 
 class ElectraEmbeddings(nn.Module):
@@ -23,7 +54,7 @@ class ElectraEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
         self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         seq_length = input_ids.shape[1]
@@ -51,9 +82,15 @@ class ElectraSelfAttention(nn.Module):
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(hidden, weight, bias).view(batch, seq_length, 3, self.num_heads, width // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_prob if self.training else 0.0
-        )
+        if self.training and self.dropout_prob > 0 and hidden.device.type == "cpu":
+            # SDPA's CPU path with dropout is its slow reference path; spelled out with the fast mask it is ~2x faster.
+            scores = (query @ key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+            probs = scores.masked_fill(~attention_mask, -math.inf).softmax(-1)
+            context = dropout(probs, self.dropout_prob, True) @ value
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=self.dropout_prob if self.training else 0.0
+            )
         return context.transpose(1, 2).reshape(batch, seq_length, width)
 
 
@@ -62,7 +99,7 @@ class ElectraSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(context)) + residual)
@@ -92,7 +129,7 @@ class ElectraOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(intermediate)) + residual)
