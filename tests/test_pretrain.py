@@ -57,6 +57,11 @@ def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: P
     config = json.loads((model_dir / "pretrain_config.json").read_text())
     assert config["train_batch_size"] == 8 and config["max_seq_length"] == 32 and config["eval_examples"] > 0
     assert any(path.name.startswith("events.out.tfevents") for path in (model_dir / "logs").iterdir())
+    (model_dir / "results" / "unsup_results.json").unlink()
+    assert pretrain(pretrain_data_dir, "debug", num_train_steps=12, do_train=False, do_eval=True) == 0
+    assert json.loads((model_dir / "results" / "unsup_results.json").read_text()) == results
+    assert main(["plot", str(model_dir)]) == 0
+    assert (model_dir / "logs" / "curves.png").stat().st_size > 1000
 
 
 def test_exported_models_load_in_transformers_with_equal_outputs(pretrain_data_dir: Path):

@@ -412,13 +412,8 @@ class Trainer:
                         "again to resume from it"
                     )
             self.optimizer.zero_grad(set_to_none=True)
-            window.add_global(
-                {
-                    "grad_norm": grad_norm.detach().float(),
-                    "steps": torch.tensor(1.0),
-                    **{f"count:{name}": value for name, value in counts.items()},
-                }
-            )
+            window.add_global({"grad_norm": grad_norm, **{f"count:{name}": value for name, value in counts.items()}})
+            window.steps += 1
             step += 1
             progress.update(1)
             done = step == settings.num_train_steps
@@ -462,7 +457,7 @@ class Trainer:
             **dict(zip(names, [float(value) for value in reduced], strict=True)),
             **{name: float(value) for name, value in window.global_.items()},
         }
-        steps = totals["steps"]
+        steps = window.steps
         metrics = {
             "loss": totals["loss"] / steps,
             "learning_rate": learning_rate_at(step - 1, self.settings),
@@ -478,17 +473,21 @@ class Trainer:
 
 
 class _Window:
-    """Running totals between two log lines: per-process sums (reduced when logged) and global values."""
+    """Running totals between two log lines: per-process sums (reduced when logged) and global values.
+
+    Totals stay on the device until they are logged, so a step never waits for the GPU to report them.
+    """
 
     def __init__(self) -> None:
         self.local: dict[str, torch.Tensor] = {}
         self.global_: dict[str, torch.Tensor] = {}
+        self.steps = 0
         self.started = time.perf_counter()
 
     @staticmethod
     def _add(target: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            value = value.detach().float().cpu()
+            value = value.detach().float()
             target[name] = target[name] + value if name in target else value
 
     def add_local(self, values: dict[str, torch.Tensor]) -> None:
