@@ -8,11 +8,14 @@ from pathlib import Path
 from electra.errors import UserError
 
 PANELS = (
-    ("loss", ("loss",)),
-    ("generator", ("mlm_loss", "mlm_accuracy", "sampled_accuracy")),
-    ("discriminator", ("disc_loss", "disc_accuracy", "replaced_share")),
+    ("total loss", ("loss",)),
+    ("generator (MLM) loss", ("mlm_loss",)),
+    ("discriminator loss", ("disc_loss",)),
+    ("accuracy", ("mlm_accuracy", "sampled_accuracy", "disc_accuracy", "replaced_share")),
     ("learning rate", ("learning_rate",)),
+    ("throughput (tokens/s)", ("tokens_per_second",)),
 )
+COLUMNS = 3
 
 
 def plot_training_curves(model_dir: str | Path, output: str | Path | None = None) -> Path:
@@ -38,8 +41,11 @@ def plot_training_curves(model_dir: str | Path, output: str | Path | None = None
         raise UserError("plotting needs matplotlib: pip install matplotlib") from None
     panels = [(title, [key for key in keys if any(key in record for record in records)]) for title, keys in PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for axis, (title, keys) in zip(axes[0], panels, strict=True):
+    rows = -(-len(panels) // COLUMNS)
+    figure, axes = plt.subplots(rows, COLUMNS, figsize=(4.5 * COLUMNS, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (title, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
             points = [(record["step"], record[key]) for record in records if key in record]
             axis.plot([step for step, _ in points], [value for _, value in points], label=key)

@@ -268,22 +268,7 @@ def run_pretraining(
     if config.init_checkpoint and not checkpoint_dirs(run.model_dir):
         load_weights(model, resolve_init_checkpoint(config.init_checkpoint))  # weights only, fresh optimizer
     if config.do_train:
-        settings = TrainSettings(
-            learning_rate=config.learning_rate,
-            num_train_steps=config.num_train_steps,
-            batch_size=config.train_batch_size,
-            num_warmup_steps=config.num_warmup_steps,
-            lr_decay_power=config.lr_decay_power,
-            weight_decay_rate=config.weight_decay_rate,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            save_checkpoints_steps=config.save_checkpoints_steps,
-            keep_checkpoint_max=config.keep_checkpoint_max,
-            seed=config.seed,
-            precision=config.precision,
-            compile=config.compile,
-            log_every_steps=config.log_every_steps,
-            max_nonfinite_steps=config.max_nonfinite_steps,
-        )
+        settings = TrainSettings.from_config(config, batch_size=config.train_batch_size)
         trainer = Trainer(
             model,
             PretrainingTask(run.data, config, run.train_range),

@@ -15,6 +15,7 @@ uninterrupted one bit for bit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -57,6 +58,12 @@ class TrainSettings:
     compile: bool = False
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20
+
+    @classmethod
+    def from_config(cls, config: Any, **values: Any) -> TrainSettings:
+        """Settings taken from the same-named hparams of a pre-training or fine-tuning config."""
+        names = {item.name for item in dataclasses.fields(cls)} - set(values)
+        return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)}, **values)
 
 
 class TrainingTask(Protocol):
