@@ -77,7 +77,7 @@ def main() -> None:
         "eval_batch_size": 64,
         "num_train_steps": args.steps,
         "num_warmup_steps": args.steps // 10,
-        "learning_rate": 1e-3,
+        "learning_rate": 2e-4,
         "num_eval_steps": 20,
         "save_checkpoints_steps": 200,
         "log_every_steps": 20,

@@ -19,7 +19,7 @@ from electra.cli import main
 from electra.config import build_pretraining_config, parse_hparams
 from electra.errors import UserError
 from electra.pretrain import run_pretraining
-from electra.trainer import TrainSettings, learning_rate_at
+from electra.trainer import AdamWeightDecay, TrainSettings, learning_rate_at
 
 FAST = {
     "debug": True,
@@ -235,3 +235,30 @@ def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "mlm_loss", "disc_loss", "disc_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+def test_optimizer_matches_torch_adamw_with_bias_correction_and_the_reference_without():
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    gradients = [[torch.randn_like(weight) for weight in weights] for _ in range(5)]
+    ours = [weight.detach().clone().requires_grad_() for weight in weights]
+    reference = [weight.detach().clone().requires_grad_() for weight in weights]
+    torch_adamw = torch.optim.AdamW(weights, lr=0.01, eps=1e-6, weight_decay=0.1)
+    corrected = AdamWeightDecay([{"params": ours, "weight_decay": 0.1}], lr=0.01)
+    uncorrected = AdamWeightDecay([{"params": reference, "weight_decay": 0.1}], lr=0.01, bias_correction=False)
+    m = [torch.zeros_like(weight) for weight in weights]
+    v = [torch.zeros_like(weight) for weight in weights]
+    expected = [weight.detach().clone() for weight in weights]
+    for step_gradients in gradients:
+        for group, optimizer in ((weights, torch_adamw), (ours, corrected), (reference, uncorrected)):
+            for weight, gradient in zip(group, step_gradients, strict=True):
+                weight.grad = gradient.clone()
+            optimizer.step()
+        for index, gradient in enumerate(step_gradients):  # the reference's update, written out
+            m[index] = 0.9 * m[index] + 0.1 * gradient
+            v[index] = 0.999 * v[index] + 0.001 * gradient**2
+            expected[index] -= 0.01 * (m[index] / (v[index].sqrt() + 1e-6) + 0.1 * expected[index])
+    for got, want in zip(ours, weights, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    for got, want in zip(reference, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)

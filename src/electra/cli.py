@@ -25,7 +25,7 @@ QUICKSTART_HPARAMS = {
     "train_batch_size": 32,
     "eval_batch_size": 32,
     "num_eval_steps": 10,
-    "learning_rate": 1e-3,
+    "learning_rate": 2e-4,
     "save_checkpoints_steps": 100,
     "log_every_steps": 10,
     "do_eval": True,

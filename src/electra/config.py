@@ -152,6 +152,7 @@ class PretrainingConfig:
     compile: bool = False
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20  # consecutive skipped steps before training stops
+    adam_bias_correction: bool = True  # false reproduces the reference's optimizer exactly
     max_eval_share: float = 0.1  # the held-out evaluation split takes at most this share of the data
 
     @property

@@ -58,6 +58,7 @@ class TrainSettings:
     compile: bool = False
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20
+    adam_bias_correction: bool = True
 
     @classmethod
     def from_config(cls, config: Any, **values: Any) -> TrainSettings:
@@ -136,16 +137,33 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 # ----------------------------------------------------------------------------------------------- optimisation
 class AdamWeightDecay(torch.optim.Optimizer):
-    """The reference's AdamWeightDecayOptimizer: Adam without bias correction, decoupled weight decay.
+    """The reference's AdamWeightDecayOptimizer (betas 0.9/0.999, eps 1e-6, decoupled weight decay).
 
-    update = m / (sqrt(v) + eps) + weight_decay x param;  param -= lr x update.  Each group's learning
-    rate is the schedule's value times the group's `lr_scale` (used by layer-wise decay when fine-tuning).
+    update = m / (sqrt(v) + eps) + weight_decay x param;  param -= lr x update.  The reference has no
+    bias correction; that is harmless after its 10,000 warm-up steps but, with a short warm-up, makes
+    the first few hundred updates several times too large (the discriminator then collapses to
+    predicting the prior), so `bias_correction` (on by default) applies Adam's correction of m and v.
+    Each group's learning rate is the schedule's value times its `lr_scale` (layer-wise decay).
     """
 
     def __init__(
-        self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6
+        self,
+        param_groups: list[dict],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        bias_correction: bool = True,
     ):
-        super().__init__(param_groups, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": 0.0, "lr_scale": 1.0})
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": 0.0,
+            "lr_scale": 1.0,
+            "bias_correction": bias_correction,
+            "step": 0,
+        }
+        super().__init__(param_groups, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> None:
@@ -160,12 +178,21 @@ class AdamWeightDecay(torch.optim.Optimizer):
             means = [self.state[param]["exp_avg"] for param in params]
             squares = [self.state[param]["exp_avg_sq"] for param in params]
             beta1, beta2 = group["betas"]
+            group["step"] += 1
+            # m_hat / (sqrt(v_hat) + eps) == (c2 / c1) x m / (sqrt(v) + eps x c2), with c = 1 - beta^step
+            first, second = (
+                (1 - beta1 ** group["step"], (1 - beta2 ** group["step"]) ** 0.5)
+                if group["bias_correction"]
+                else (1.0, 1.0)
+            )
             torch._foreach_lerp_(means, grads, 1 - beta1)
             torch._foreach_mul_(squares, beta2)
             torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
             denominators = torch._foreach_sqrt(squares)
-            torch._foreach_add_(denominators, group["eps"])
+            torch._foreach_add_(denominators, group["eps"] * second)
             updates = torch._foreach_div(means, denominators)
+            if second != first:
+                torch._foreach_mul_(updates, second / first)
             if group["weight_decay"]:
                 torch._foreach_add_(updates, params, alpha=group["weight_decay"])
             torch._foreach_add_(params, updates, alpha=-group["lr"] * group["lr_scale"])
@@ -322,7 +349,9 @@ class Trainer:
             )
         self.micro_batch = per_process // settings.gradient_accumulation_steps
         groups = param_groups or default_param_groups(self.model, settings.weight_decay_rate)
-        self.optimizer = AdamWeightDecay(groups, lr=settings.learning_rate)
+        self.optimizer = AdamWeightDecay(
+            groups, lr=settings.learning_rate, bias_correction=settings.adam_bias_correction
+        )
         self.autocast_dtype = resolve_precision(settings.precision, processes.device)
         self.skipped_steps = 0
         self.forward = self.model
