@@ -6,7 +6,8 @@ split and compares with chance: the discriminator's AUC against 0.5 and its accu
 answering "original"; the generator's accuracy against the unigram baseline (always predicting the
 most frequent token of the held-out masked positions). Prints a table and a final JSON line, and
 writes the training curves to experiments/pretrain_learning_check.png.
-Usage: python experiments/pretrain_learning_check.py [--workdir DIR] [--steps 1200]
+Usage: python experiments/pretrain_learning_check.py [--workdir DIR] [--steps 1600] [--batch 32]
+       [--learning-rate 3e-4] [--warmup 200]
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def unigram_baseline(data_dir: Path, model_name: str, hparams: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/electra-learning-check")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=200)
     args = parser.parse_args()
     if not CORPUS.exists():
         sys.exit(f"{CORPUS} is absent")
@@ -73,11 +77,11 @@ def main() -> None:
     hparams = {
         "model_size": "small",
         "embedding_size": 128,
-        "train_batch_size": 64,
+        "train_batch_size": args.batch,
         "eval_batch_size": 64,
         "num_train_steps": args.steps,
-        "num_warmup_steps": args.steps // 10,
-        "learning_rate": 2e-4,
+        "num_warmup_steps": args.warmup,
+        "learning_rate": args.learning_rate,
         "num_eval_steps": 20,
         "save_checkpoints_steps": 200,
         "log_every_steps": 20,
@@ -104,7 +108,7 @@ def main() -> None:
     baseline = unigram_baseline(data_dir, "tiny", hparams)
     electra("plot", str(model_dir), "--output", str(HERE / "pretrain_learning_check.png"))
     log = [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
-    print(f"{args.steps} steps of batch 64 x 128 in {minutes:.1f} min")
+    print(f"{args.steps} steps of batch {args.batch} x 128 in {minutes:.1f} min")
     print(f"{'step':>6} | {'loss':>7} | {'mlm acc':>7} | {'disc acc':>8} | {'tok/s':>7}")
     for record in [*log[:: max(1, len(log) // 12)], log[-1]]:
         print(
