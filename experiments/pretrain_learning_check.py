@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from electra.pretrain import PretrainingTask, prepare_run
+from electra.pretrain import eval_batches, prepare_run
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parents[1] / "shared" / "data" / "pretrain_en"
@@ -36,15 +35,7 @@ def electra(*args: str) -> None:
 def unigram_baseline(data_dir: Path, model_name: str, hparams: dict) -> float:
     """Accuracy of always guessing the most frequent token, on the held-out masked positions."""
     run = prepare_run(data_dir, model_name, hparams)
-    task = PretrainingTask(run.data, run.config, run.eval_range)
-    size = run.config.eval_batch_size
-    targets = []
-    for batch_index, start in enumerate(range(0, len(run.eval_range), size)):
-        if batch_index >= run.config.num_eval_steps:
-            break
-        indices = np.arange(run.eval_range.start + start, min(run.eval_range.stop, run.eval_range.start + start + size))
-        batch = task.make_batch(indices, slice(0, len(indices)), len(indices), batch_index, torch.device("cpu"))
-        targets.append(batch.targets[batch.weights.bool()])
+    targets = [batch.targets[batch.weights.bool()] for batch in eval_batches(run, torch.device("cpu"))]
     counts = torch.bincount(torch.cat(targets))
     return float(counts.max() / counts.sum())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,3 +33,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def is_temporary(path: Path) -> bool:
     """True for a leftover of an interrupted `atomic_output`."""
     return path.name.startswith(".") and TMP_MARKER in path.name
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; once the block finishes, its files are synced and it
+    replaces `path` (whatever was there before) by a rename, so `path` is always absent or complete."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for written in tmp.iterdir():
+            with open(written, "rb") as handle:
+                os.fsync(handle.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

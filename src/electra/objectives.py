@@ -190,8 +190,8 @@ class PretrainingModel(nn.Module):
             logits = cloze.gather(1, batch.positions[:, :, None].expand(-1, -1, cloze.shape[-1]))
         else:
             logits = self.generator(batch.masked_ids, batch.attention_mask, batch.token_type_ids, batch.positions)
-        masked_losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, reduction="none")
-        if "mlm_loss" not in sums:
+        if "mlm_loss" not in sums:  # Electric's cloze loss covers every position and was summed above
+            masked_losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, reduction="none")
             sums["mlm_loss"] = (masked_losses * weights).sum()
         sums["mlm_correct"] = ((logits.argmax(-1) == batch.targets) * weights).sum()
         if not self.has_discriminator:

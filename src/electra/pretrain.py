@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 
 from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config
 from electra.errors import UserError
-from electra.fileio import write_text_atomic
+from electra.fileio import atomic_directory, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
 from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab
@@ -157,14 +158,10 @@ def hf_config(config: ModelConfig, architecture: str) -> dict[str, Any]:
 
 
 def export_part(module: nn.Module, config: ModelConfig, architecture: str, folder: Path, vocab_file: Path) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(module, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(hf_config(config, architecture), indent=2) + "\n")
-    shutil.copyfile(vocab_file, tmp / "vocab.txt")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_directory(folder) as tmp:
+        save_model(module, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, architecture), indent=2) + "\n")
+        shutil.copyfile(vocab_file, tmp / "vocab.txt")
 
 
 def export_models(model: PretrainingModel, model_dir: Path, vocab_file: Path) -> list[Path]:
@@ -185,22 +182,26 @@ def export_models(model: PretrainingModel, model_dir: Path, vocab_file: Path) ->
     return written
 
 
+def eval_batches(run: PretrainingRun, device: torch.device) -> Iterator[MaskedBatch]:
+    """The held-out examples in order, `num_eval_steps` batches at most, masked with fixed seeds."""
+    task = PretrainingTask(run.data, run.config, run.eval_range)
+    size = run.config.eval_batch_size
+    starts = range(run.eval_range.start, run.eval_range.stop, size)
+    for batch_index, start in enumerate(starts[: run.config.num_eval_steps]):
+        indices = np.arange(start, min(run.eval_range.stop, start + size))
+        yield task.make_batch(indices, slice(0, len(indices)), len(indices), batch_index, device)
+
+
 @torch.no_grad()
 def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device) -> dict[str, float]:
     """The reference's unsupervised metrics on the held-out examples."""
     from sklearn.metrics import roc_auc_score
 
     config = run.config
-    task = PretrainingTask(run.data, config, run.eval_range)
     model.eval()
     totals: dict[str, float] = {}
     probabilities, labels = [], []
-    size = config.eval_batch_size
-    for batch_index, start in enumerate(range(0, len(run.eval_range), size)):
-        if batch_index >= config.num_eval_steps:
-            break
-        indices = np.arange(run.eval_range.start + start, min(run.eval_range.stop, run.eval_range.start + start + size))
-        batch = task.make_batch(indices, slice(0, len(indices)), len(indices), batch_index, device)
+    for batch in eval_batches(run, device):
         details: dict[str, torch.Tensor] = {}
         sums = model(batch, details)
         for name, value in {**sums, **model.counts(batch)}.items():
@@ -214,7 +215,7 @@ def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device)
     results = {
         "masked_lm_accuracy": totals["mlm_correct"] / totals["masked"],
         "masked_lm_loss": totals["mlm_loss"] / totals["cloze" if config.two_tower_generator else "masked"],
-        "eval_examples": float(min(len(run.eval_range), config.num_eval_steps * size)),
+        "eval_examples": float(min(len(run.eval_range), config.num_eval_steps * config.eval_batch_size)),
     }
     if probabilities:
         probs, truth = torch.cat(probabilities).numpy(), torch.cat(labels).numpy()

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from electra.errors import UserError
-from electra.fileio import is_temporary
+from electra.fileio import atomic_directory, is_temporary
 
 CHECKPOINT_PREFIX = "step-"
 NO_DECAY_MARKERS = ("LayerNorm", "layer_norm", "bias")  # as the reference's exclude_from_weight_decay
@@ -229,18 +229,10 @@ def save_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
-    (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
-    for path in tmp.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_directory(final) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
+        (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
     if keep and keep > 0:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
