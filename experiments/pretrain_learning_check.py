@@ -47,13 +47,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("--generator-hidden-size", type=float, default=0.25)
+    parser.add_argument("--model-name", default="tiny")
+    parser.add_argument("--hidden-size", type=int, default=128)
     args = parser.parse_args()
     if not CORPUS.exists():
         sys.exit(f"{CORPUS} is absent")
     data_dir = Path(args.workdir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "vocab.txt").exists():
-        electra("vocab", "--corpus-dir", str(CORPUS), "--output", str(data_dir / "vocab.txt"))
+        electra(
+            "vocab",
+            "--corpus-dir",
+            str(CORPUS),
+            "--output",
+            str(data_dir / "vocab.txt"),
+            "--vocab-size",
+            str(args.vocab_size),
+        )
     electra(
         "build-data",
         "--corpus-dir",
@@ -73,30 +85,32 @@ def main() -> None:
         "num_train_steps": args.steps,
         "num_warmup_steps": args.warmup,
         "learning_rate": args.learning_rate,
+        "generator_hidden_size": args.generator_hidden_size,
         "num_eval_steps": 20,
         "save_checkpoints_steps": 200,
         "log_every_steps": 20,
         "model_hparam_overrides": {
-            "hidden_size": 128,
+            "hidden_size": args.hidden_size,
             "num_hidden_layers": 4,
-            "num_attention_heads": 2,
-            "intermediate_size": 512,
+            "num_attention_heads": max(2, args.hidden_size // 64),
+            "intermediate_size": 4 * args.hidden_size,
         },
     }
+    shutil.rmtree(data_dir / "models" / args.model_name, ignore_errors=True)  # a fresh run, not a resumed one
     started = time.time()
     electra(
         "pretrain",
         "--data-dir",
         str(data_dir),
         "--model-name",
-        "tiny",
+        args.model_name,
         "--hparams",
         json.dumps({**hparams, "do_eval": True}),
     )
     minutes = (time.time() - started) / 60
-    model_dir = data_dir / "models" / "tiny"
+    model_dir = data_dir / "models" / args.model_name
     results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
-    baseline = unigram_baseline(data_dir, "tiny", hparams)
+    baseline = unigram_baseline(data_dir, args.model_name, hparams)
     electra("plot", str(model_dir), "--output", str(HERE / "pretrain_learning_check.png"))
     log = [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     print(f"{args.steps} steps of batch {args.batch} x 128 in {minutes:.1f} min")

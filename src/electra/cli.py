@@ -140,6 +140,43 @@ def _add_pretrain_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_pretrain)
 
 
+def _add_finetune_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "finetune",
+        help="fine-tune and evaluate on GLUE, chunking or your own task",
+        description="The reference's run_finetuning.py: loads the pre-trained discriminator from "
+        "<data-dir>/models/<model-name>/, data from <data-dir>/finetuning_data/<task>/, writes fine-tuned "
+        "models and results/ under the model's folder. Your own task: "
+        '\'{"task_names": ["tickets"], "tasks": {"tickets": {"type": "classification", '
+        '"text_column": "text", "label_column": "label"}}}\' with finetuning_data/tickets/train.csv and dev.csv.',
+    )
+    parser.add_argument("--data-dir", required=True, help="folder with models/ and finetuning_data/")
+    parser.add_argument("--model-name", required=True, help="the pre-trained model's folder name under models/")
+    parser.add_argument(
+        "--hparams",
+        default="{}",
+        help='JSON object or .json file with the reference\'s names, e.g. \'{"task_names": ["sst"]}\'',
+    )
+    parser.set_defaults(run=_run_finetune)
+
+
+def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="run a fine-tuned model over a file",
+        description="Predict with a fine-tuned model (a finetuning_models/<tasks>_model_<trial>/model folder) "
+        "over CSV/TSV/JSONL (named text columns) or plain text (one example a line, a tab between the two "
+        "texts of a pair); writes one JSON line per example.",
+    )
+    parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
+    parser.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain-text file")
+    parser.add_argument("--output", default=None, help="JSONL to write (default: <input>.predictions.jsonl)")
+    parser.add_argument("--text-column", default=None, help="column of the text (default: the task's, or 'text')")
+    parser.add_argument("--text-column-2", default=None, help="column of a pair's second text")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    parser.set_defaults(run=_run_predict)
+
+
 def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "plot",
@@ -162,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vocab_parser(commands)
     _add_build_data_parser(commands)
     _add_pretrain_parser(commands)
+    _add_finetune_parser(commands)
+    _add_predict_parser(commands)
     _add_plot_parser(commands)
     _add_quickstart_parser(commands)
     return parser
@@ -241,6 +280,21 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     outcome = run_pretraining(args.data_dir, args.model_name, parse_hparams(args.hparams))
     if "train" in outcome or "eval" in outcome:
         print(describe(outcome))
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from electra.config import parse_hparams
+    from electra.finetune import describe_finetuning, run_finetuning
+
+    print(describe_finetuning(run_finetuning(args.data_dir, args.model_name, parse_hparams(args.hparams))))
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    from electra.finetune import run_prediction
+
+    columns = {"text_column": args.text_column, "text_column_2": args.text_column_2}
+    path, count = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns)
+    print(f"wrote {count:,} predictions to {path}")
 
 
 def _run_plot(args: argparse.Namespace) -> None:

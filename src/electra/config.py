@@ -160,24 +160,7 @@ class PretrainingConfig:
         return int((self.mask_prob + 0.005) * self.max_seq_length)
 
     def discriminator_config(self, vocab_size: int, pad_token_id: int) -> ModelConfig:
-        """The reference's get_bert_config: hidden size and depth from model_size, the rest derived, then overrides."""
-        hidden, layers = SIZE_SHAPES[self.model_size]
-        shape: dict[str, Any] = {"hidden_size": hidden, "num_hidden_layers": layers}
-        shape.update(self.model_hparam_overrides)
-        shape["num_attention_heads"] = max(1, shape["hidden_size"] // 64)
-        shape["intermediate_size"] = 4 * shape["hidden_size"]
-        shape.update(self.model_hparam_overrides)
-        if self.debug:
-            shape.update(DEBUG_SHAPE)
-        shape["embedding_size"] = self.embedding_size or shape["hidden_size"]
-        return ModelConfig.from_dict(
-            {
-                **shape,
-                "vocab_size": vocab_size,
-                "pad_token_id": pad_token_id,
-                "max_position_embeddings": max(512, self.max_seq_length),
-            }
-        )
+        return encoder_config(self, vocab_size, pad_token_id)
 
     def generator_config(self, discriminator: ModelConfig) -> ModelConfig:
         """The reference's get_generator_config: a fraction of the discriminator's width and depth."""
@@ -194,6 +177,145 @@ class PretrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class FinetuningConfig:
+    """Hparams of `electra finetune`: the reference's names and defaults, plus a few of ours at the end."""
+
+    debug: bool = False
+    log_examples: bool = False
+    num_trials: int = 1
+    do_train: bool = True
+    do_eval: bool = True
+    keep_all_models: bool = True
+    # model
+    model_size: str = "small"
+    task_names: list[str] = field(default_factory=lambda: ["chunk"])
+    model_hparam_overrides: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int | None = None
+    vocab_size: int | None = None  # read from vocab.txt
+    do_lower_case: bool = True
+    # training
+    learning_rate: float = 1e-4
+    weight_decay_rate: float = 0.01
+    layerwise_lr_decay: float = 0.8  # layer l of n gets lr x decay^(n + 2 - depth(l)); 0 turns it off
+    num_train_epochs: float = 3.0
+    warmup_proportion: float = 0.1
+    save_checkpoints_steps: int = 1_000_000
+    iterations_per_loop: int = 1000
+    use_tfrecords_if_existing: bool = True  # accepted; features are rebuilt in seconds and never cached
+    # writing model outputs
+    write_test_outputs: bool = False
+    n_writes_test: int = 5
+    # sizing
+    max_seq_length: int = 128
+    train_batch_size: int = 32
+    eval_batch_size: int = 32
+    predict_batch_size: int = 32
+    double_unordered: bool = True
+    # question answering
+    max_query_length: int = 64
+    doc_stride: int = 128
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    answerable_classifier: bool = True
+    answerable_uses_start_logits: bool = True
+    answerable_weight: float = 0.5
+    joint_prediction: bool = True
+    beam_size: int = 20
+    qa_na_threshold: float = -2.75
+    # locations (defaults derived from --data-dir and --model-name)
+    vocab_file: str | None = None
+    init_checkpoint: str | None = None
+    # ours
+    tasks: dict[str, Any] = field(default_factory=dict)  # specs of user tasks, by name (see electra.tasks)
+    seed: int = 0
+    gradient_accumulation_steps: int = 1
+    precision: str = "auto"
+    compile: bool = False
+    log_every_steps: int = 50
+    max_nonfinite_steps: int = 20
+    adam_bias_correction: bool = True
+    keep_checkpoint_max: int = 1
+    length_bucketing: bool = True  # batch examples of similar length together (training only)
+    max_grad_norm: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
+    """The reference's precedence: defaults < per-task defaults < per-size defaults < debug < user values."""
+    fields = {item.name: item for item in dataclasses.fields(FinetuningConfig)}
+    check_names(hparams, set(fields) | IGNORED_HPARAMS, "hparam")
+    values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
+    if isinstance(values.get("task_names"), str):
+        values["task_names"] = [name.strip() for name in values["task_names"].split(",") if name.strip()]
+    if not values.get("task_names", FinetuningConfig().task_names):
+        raise UserError('task_names is empty: name at least one task, e.g. "task_names": ["sst"]')
+    task_names = values.get("task_names", FinetuningConfig().task_names)
+    size = values.get("model_size", FinetuningConfig.model_size)
+    if size not in SIZE_PRESETS:
+        raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")
+    overrides = values.get("model_hparam_overrides", {})
+    if not isinstance(overrides, dict):
+        raise UserError('model_hparam_overrides must be a JSON object such as {"hidden_size": 128}')
+    check_names(overrides, {item.name for item in dataclasses.fields(ModelConfig)}, "model_hparam_overrides entry")
+    resolved: dict[str, Any] = {}
+    if len(task_names) == 1:
+        task = task_names[0]
+        if task in ("rte", "sts"):
+            resolved["num_train_epochs"] = 10.0
+        elif "squad" in task or "qa" in task:
+            resolved.update(max_seq_length=512, num_train_epochs=2.0, write_test_outputs=False)
+        elif task == "chunk":
+            resolved["max_seq_length"] = 256
+    if size == "large":
+        resolved.update(learning_rate=5e-5, layerwise_lr_decay=0.9)
+    elif size == "small":
+        resolved["embedding_size"] = 128
+    if values.get("debug"):
+        resolved.update(num_trials=1, train_batch_size=32, num_train_epochs=3.0, save_checkpoints_steps=1_000_000)
+    resolved.update(values)
+    for name, value in resolved.items():
+        expected = fields[name].type
+        if value is not None and not _matches(value, expected):
+            raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
+    config = FinetuningConfig(**resolved)
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
+    if config.num_trials < 1:
+        raise UserError(f"num_trials {config.num_trials} must be at least 1")
+    if not 0 <= config.layerwise_lr_decay <= 1:
+        raise UserError(f"layerwise_lr_decay {config.layerwise_lr_decay} must be between 0 (off) and 1")
+    if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:
+        raise UserError(
+            f"train_batch_size {config.train_batch_size} must be a multiple of "
+            f"gradient_accumulation_steps {config.gradient_accumulation_steps}"
+        )
+    return config
+
+
+def encoder_config(config: PretrainingConfig | FinetuningConfig, vocab_size: int, pad_token_id: int) -> ModelConfig:
+    """The reference's get_bert_config: hidden size and depth from model_size, the rest derived, then overrides."""
+    hidden, layers = SIZE_SHAPES[config.model_size]
+    shape: dict[str, Any] = {"hidden_size": hidden, "num_hidden_layers": layers}
+    shape.update(config.model_hparam_overrides)
+    shape["num_attention_heads"] = max(1, shape["hidden_size"] // 64)
+    shape["intermediate_size"] = 4 * shape["hidden_size"]
+    shape.update(config.model_hparam_overrides)
+    if config.debug:
+        shape.update(DEBUG_SHAPE)
+    shape["embedding_size"] = config.embedding_size or shape["hidden_size"]
+    return ModelConfig.from_dict(
+        {
+            **shape,
+            "vocab_size": vocab_size,
+            "pad_token_id": pad_token_id,
+            "max_position_embeddings": max(512, config.max_seq_length),
+        }
+    )
 
 
 def parse_hparams(text: str) -> dict[str, Any]:
@@ -269,6 +391,8 @@ def _matches(value: Any, annotation: str) -> bool:
         return True
     if isinstance(value, bool):
         return False
+    if annotation.startswith("list"):
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
     checks = {
         "int": lambda v: isinstance(v, int),
         "float": lambda v: isinstance(v, (int, float)),

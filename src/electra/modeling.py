@@ -267,6 +267,38 @@ class ElectraForMaskedLM(nn.Module):
         return self.generator_lm_head(self.generator_predictions(hidden))
 
 
+class ElectraClassificationHead(nn.Module):
+    """Hugging Face's sequence-classification head on the [CLS] state: dropout, dense, GELU, dropout, projection.
+
+    (The reference puts a single dense layer on the [CLS] state; this head keeps `transformers`'
+    layout so a fine-tuned model exports as `ElectraForSequenceClassification` by renaming only.)
+    """
+
+    def __init__(self, config: ModelConfig, num_labels: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, num_labels] from hidden states [batch, seq, hidden_size]."""
+        first = self.dropout(hidden[:, 0])
+        return self.out_proj(self.dropout(F.gelu(self.dense(first))))
+
+
+class ElectraTokenClassificationHead(nn.Module):
+    """Hugging Face's token-classification head: dropout and one linear layer at every position."""
+
+    def __init__(self, config: ModelConfig, num_labels: int):
+        super().__init__()
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, seq, num_labels]."""
+        return self.classifier(self.dropout(hidden))
+
+
 def init_weights(module: nn.Module, initializer_range: float) -> None:
     """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
     for child in module.modules():

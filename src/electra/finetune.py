@@ -1,0 +1,870 @@
+"""`electra finetune` and `electra predict`: features, the multi-task model, training, evaluation, export.
+
+Layout under the pre-trained model's folder (`<data-dir>/models/<model-name>/`, as the reference):
+  finetuning_models/<tasks>_model_<trial>/   checkpoints while training; `model/` when done: a Hugging Face
+                                              folder (config.json, model.safetensors, vocab.txt) plus
+                                              electra_task.json, one sub-folder per task when multi-task
+  results/<tasks>_results.txt / .json          every trial's scores, then their median, mean and spread
+  test_predictions/<tasks>_<trial>/            "write_test_outputs": GLUE submission files, JSONL otherwise
+
+Examples are featurised once with the Rust tokenizer and padded per batch (dynamic padding); training
+batches group examples of similar length (length bucketing), which changes which examples share a
+batch but not what the model computes for each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from electra.config import FinetuningConfig, ModelConfig, build_finetuning_config, encoder_config
+from electra.errors import UserError
+from electra.fileio import atomic_directory, atomic_output, write_text_atomic
+from electra.metrics import iob2_tags
+from electra.modeling import ElectraClassificationHead, ElectraModel, ElectraTokenClassificationHead, init_weights
+from electra.pretrain import hf_config, resolve_init_checkpoint
+from electra.tasks import Example, Task, get_task, read_jsonl_rows, read_table_rows
+from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
+from electra.trainer import (
+    NO_DECAY_MARKERS,
+    Processes,
+    Trainer,
+    TrainSettings,
+    resolve_precision,
+    setup_processes,
+)
+
+IGNORE_INDEX = -100  # token label of positions that are not the first piece of a word
+BUCKET_BATCHES = 50  # length bucketing sorts this many batches' worth of shuffled examples at a time
+GLUE_SUBMISSION_NAMES = {
+    "cola": "CoLA",
+    "sst": "SST-2",
+    "mrpc": "MRPC",
+    "sts": "STS-B",
+    "qqp": "QQP",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "test_matched": "MNLI-m",
+    "test_mismatched": "MNLI-mm",
+}
+TASK_FILE = "electra_task.json"
+# Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.
+RUN_INDEPENDENT_HPARAMS = {
+    "do_train",
+    "do_eval",
+    "num_trials",
+    "keep_all_models",
+    "write_test_outputs",
+    "n_writes_test",
+    "eval_batch_size",
+    "predict_batch_size",
+    "log_every_steps",
+    "log_examples",
+}
+
+
+# ----------------------------------------------------------------------------------------------- task heads
+@dataclass
+class TaskHead:
+    """What the model needs to know about a task: its kind and label set."""
+
+    name: str
+    kind: str
+    labels: list[str]  # class names or tags; empty for regression
+    value_range: tuple[float, float] = (0.0, 1.0)
+    span_labels: bool = True
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.kind == "regression" else len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "labels": self.labels,
+            "value_range": list(self.value_range),
+            "span_labels": self.span_labels,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- features
+@dataclass
+class Features:
+    input_ids: np.ndarray  # [length] int32, with [CLS] and [SEP]
+    token_type_ids: np.ndarray  # [length] int8
+    task_id: int
+    label: float = 0.0  # class id or scaled regression target
+    token_labels: np.ndarray | None = None  # tagging: [length] label id at each word's first piece, else -100
+    word_starts: np.ndarray | None = None  # tagging: token position of each word's first piece, -1 if cut off
+
+
+def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
+    """The reference's _truncate_seq_pair in closed form: pop the longer side's last token, `b` on ties."""
+    excess = length_a + length_b - budget
+    if excess <= 0:
+        return length_a, length_b
+    gap = min(abs(length_a - length_b), excess)
+    if length_a > length_b:
+        length_a -= gap
+    else:
+        length_b -= gap
+    excess -= gap
+    return length_a - excess // 2, length_b - (excess + 1) // 2
+
+
+class Featurizer:
+    """Turns examples into token ids with the reference's layout: [CLS] a [SEP] (b [SEP])."""
+
+    def __init__(self, vocab: list[str], max_seq_length: int, do_lower_case: bool = True):
+        self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
+        index = {token: i for i, token in enumerate(vocab)}
+        self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
+        self.max_seq_length = max_seq_length
+
+    def _pieces(self, texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:
+        if head.kind == "tagging":
+            return self._tagging_features(examples, head, task_id)
+        firsts = self._pieces([example.text_a for example in examples])
+        paired = [example.text_b is not None for example in examples]
+        seconds = self._pieces([example.text_b or "" for example in examples])
+        label_ids = {label: i for i, label in enumerate(head.labels)}
+        low, high = head.value_range
+        features = []
+        for example, first, second, pair in zip(examples, firsts, seconds, paired, strict=True):
+            if pair:
+                length_a, length_b = truncated_pair_lengths(len(first), len(second), self.max_seq_length - 3)
+                ids = [self.cls_id, *first[:length_a], self.sep_id, *second[:length_b], self.sep_id]
+                types = [0] * (length_a + 2) + [1] * (length_b + 1)
+            else:
+                ids = [self.cls_id, *first[: self.max_seq_length - 2], self.sep_id]
+                types = [0] * len(ids)
+            if example.label is None:
+                label = 0.0
+            elif head.kind == "regression":
+                label = (float(example.label) - low) / (high - low)
+            else:
+                label = float(label_ids[str(example.label)])
+            features.append(Features(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), task_id, label))
+        return features
+
+    def _tagging_features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:
+        from electra.metrics import bioes_tags
+
+        label_ids = {label: i for i, label in enumerate(head.labels)}
+        encodings = self.tokenizer.encode_batch(
+            [example.words for example in examples], is_pretokenized=True, add_special_tokens=False
+        )
+        budget = self.max_seq_length - 2
+        features = []
+        for example, encoding in zip(examples, encodings, strict=True):
+            word_ids = encoding.word_ids
+            # Keep whole words only: cut before the first word whose pieces do not all fit.
+            kept = len(word_ids)
+            if kept > budget:
+                kept = budget
+                while kept > 0 and word_ids[kept] == word_ids[kept - 1]:
+                    kept -= 1
+            ids = [self.cls_id, *encoding.ids[:kept], self.sep_id]
+            starts = np.full(len(example.words), -1, dtype=np.int64)
+            token_labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+            tags = None
+            if example.label is not None:
+                tags = bioes_tags(example.label) if head.span_labels else example.label
+            for position in range(kept):
+                word = word_ids[position]
+                if starts[word] < 0:
+                    starts[word] = position + 1
+                    if tags is not None:
+                        token_labels[position + 1] = label_ids.get(tags[word], IGNORE_INDEX)
+            features.append(
+                Features(
+                    np.asarray(ids, dtype=np.int32),
+                    np.zeros(len(ids), dtype=np.int8),
+                    task_id,
+                    token_labels=token_labels,
+                    word_starts=starts,
+                )
+            )
+        return features
+
+
+@dataclass
+class FinetuningBatch:
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq]
+    token_type_ids: torch.Tensor  # [batch, seq]
+    task_ids: torch.Tensor  # [batch]
+    labels: torch.Tensor  # [batch] float: class id or scaled target
+    token_labels: torch.Tensor  # [batch, seq] long, IGNORE_INDEX where unlabelled
+
+
+def collate(features: list[Features], pad_id: int, device: torch.device, pad_to: int | None = None) -> FinetuningBatch:
+    """Pad to the longest example of the batch (or to `pad_to`)."""
+    length = pad_to or max(len(item.input_ids) for item in features)
+    size = len(features)
+    input_ids = np.full((size, length), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((size, length), dtype=np.int64)
+    token_type_ids = np.zeros((size, length), dtype=np.int64)
+    token_labels = np.full((size, length), IGNORE_INDEX, dtype=np.int64)
+    for row, item in enumerate(features):
+        n = len(item.input_ids)
+        input_ids[row, :n] = item.input_ids
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = item.token_type_ids
+        if item.token_labels is not None:
+            token_labels[row, :n] = item.token_labels
+    tensors = [torch.from_numpy(array).to(device) for array in (input_ids, attention_mask, token_type_ids)]
+    return FinetuningBatch(
+        *tensors,
+        task_ids=torch.tensor([item.task_id for item in features], device=device),
+        labels=torch.tensor([item.label for item in features], dtype=torch.float32, device=device),
+        token_labels=torch.from_numpy(token_labels).to(device),
+    )
+
+
+class FinetuningBatches:
+    """Training batches as a function of the step: a seeded shuffle per epoch, optionally length-bucketed."""
+
+    def __init__(self, features: list[Features], batch_size: int, seed: int, bucketing: bool, pad_id: int):
+        self.features = features
+        self.batch_size = batch_size
+        self.seed = seed
+        self.bucketing = bucketing
+        self.pad_id = pad_id
+        self.lengths = np.array([len(item.input_ids) for item in features])
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.features))
+            if self.bucketing:
+                chunk = self.batch_size * BUCKET_BATCHES
+                pieces = [
+                    order[start : start + chunk][np.argsort(self.lengths[order[start : start + chunk]], kind="stable")]
+                    for start in range(0, len(order), chunk)
+                ]
+                order = np.concatenate(pieces)
+                full = len(order) // self.batch_size
+                batches = order[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
+                order = np.concatenate([batches.reshape(-1), order[full * self.batch_size :]])
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        count = len(self.features)
+        positions = step * self.batch_size + np.arange(self.batch_size)
+        chosen = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(positions // count):
+            here = positions // count == epoch
+            chosen[here] = self._order(int(epoch))[positions[here] % count]
+        return chosen
+
+    def make_batch(
+        self, indices: np.ndarray, rows: slice, total_rows: int, noise_seed: int, device: torch.device
+    ) -> FinetuningBatch:
+        return collate([self.features[i] for i in indices[rows]], self.pad_id, device)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class FinetuningModel(nn.Module):
+    """An ELECTRA encoder with one head per task (`heads.<task>`), trained on mixed batches as the reference."""
+
+    def __init__(self, config: ModelConfig, heads: list[TaskHead]):
+        super().__init__()
+        self.config = config
+        self.task_heads = heads
+        self.electra = ElectraModel(config)
+        self.heads = nn.ModuleDict(
+            {
+                head.name: (
+                    ElectraTokenClassificationHead(config, head.num_outputs)
+                    if head.kind == "tagging"
+                    else ElectraClassificationHead(config, head.num_outputs)
+                )
+                for head in heads
+            }
+        )
+        init_weights(self, config.initializer_range)
+        self.normalizers = {"task_loss": "examples"}  # the trainer divides each sum by its global count
+        self.loss_weights = {"task_loss": 1.0}
+
+    @staticmethod
+    def counts(batch: FinetuningBatch) -> dict[str, torch.Tensor]:
+        return {
+            "examples": torch.tensor(float(len(batch.task_ids)), device=batch.task_ids.device),
+            "tokens": batch.attention_mask.sum().to(torch.float32),
+        }
+
+    def outputs(self, batch: FinetuningBatch, task_id: int) -> torch.Tensor:
+        """Head outputs of every row for one task: logits [b, labels], values [b] or tag logits [b, seq, labels]."""
+        hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return self._head(hidden, task_id)
+
+    def _head(self, hidden: torch.Tensor, task_id: int) -> torch.Tensor:
+        head = self.task_heads[task_id]
+        out = self.heads[head.name](hidden)
+        return out.squeeze(-1) if head.kind == "regression" else out
+
+    def forward(self, batch: FinetuningBatch) -> dict[str, torch.Tensor]:
+        """Sum over the batch of each example's loss for its own task (tagging: summed over its words)."""
+        hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for task_id, head in enumerate(self.task_heads):
+            if len(self.task_heads) == 1:
+                rows = None
+            else:
+                rows = (batch.task_ids == task_id).nonzero().squeeze(-1)
+                if rows.numel() == 0:
+                    continue
+            task_hidden = hidden if rows is None else hidden[rows]
+            labels = batch.labels if rows is None else batch.labels[rows]
+            out = self._head(task_hidden, task_id).float()
+            if head.kind == "classification":
+                total = total + F.cross_entropy(out, labels.long(), reduction="sum")
+            elif head.kind == "regression":
+                total = total + ((out - labels) ** 2).sum()
+            else:
+                token_labels = batch.token_labels if rows is None else batch.token_labels[rows]
+                total = total + F.cross_entropy(
+                    out.transpose(1, 2), token_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+        return {"task_loss": total}
+
+
+def layerwise_param_groups(model: FinetuningModel, weight_decay: float, layer_decay: float) -> list[dict]:
+    """The reference's layer-wise learning rates: depth 0 for the embeddings, l + 1 for layer l, n + 2 for the
+    heads, and a scale of decay^(n + 2 - depth) (so the top layer gets decay^2, as in the reference)."""
+    layers = model.config.num_hidden_layers
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if name.startswith("electra.embeddings"):  # also embeddings_project
+            depth = 0
+        elif match := re.match(r"electra\.encoder\.layer\.(\d+)\.", name):
+            depth = int(match.group(1)) + 1
+        else:
+            depth = layers + 2
+        scale = layer_decay ** (layers + 2 - depth) if layer_decay > 0 else 1.0
+        decay = 0.0 if any(marker in name for marker in NO_DECAY_MARKERS) else weight_decay
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": params, "lr_scale": scale, "weight_decay": decay} for (scale, decay), params in groups.items()]
+
+
+# ----------------------------------------------------------------------------------------------- weights
+ENCODER_PREFIXES = ("electra.", "discriminator.electra.", "")
+
+
+def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
+    """The encoder weights of a pre-trained or fine-tuned model (ours or Hugging Face's) into `model.electra`."""
+    state = load_file(str(path))
+    for prefix in ENCODER_PREFIXES:
+        encoder = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        if "embeddings.word_embeddings.weight" in encoder:
+            break
+    else:
+        raise UserError(f"{path} holds no ELECTRA encoder weights (no electra.embeddings.word_embeddings.weight)")
+    own = model.electra.state_dict()
+    mismatched = [
+        f"{key}: checkpoint {tuple(encoder[key].shape)}, model {tuple(value.shape)}"
+        for key, value in own.items()
+        if key in encoder and encoder[key].shape != value.shape
+    ]
+    missing = [key for key in own if key not in encoder]
+    if mismatched or missing:
+        listed = "; ".join(mismatched[:6] + [f"{key}: missing" for key in missing[:6]])
+        raise UserError(
+            f"the weights in {path} do not fit a {model.config.num_hidden_layers}-layer model of hidden size "
+            f"{model.config.hidden_size} ({len(mismatched)} tensor(s) of another shape, {len(missing)} missing: "
+            f"{listed}): set model_size / model_hparam_overrides / embedding_size to those it was trained with"
+        )
+    model.electra.load_state_dict({key: encoder[key] for key in own})
+
+
+def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab_file: Path, extra: dict) -> None:
+    """One task's model as a Hugging Face folder: ElectraForSequenceClassification or ...TokenClassification."""
+    prefix = f"heads.{head.name}."
+    target = "" if head.kind == "tagging" else "classifier."
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("electra."):
+            state[key] = value
+        elif key.startswith(prefix):
+            state[target + key[len(prefix) :]] = value
+    architecture = "ElectraForTokenClassification" if head.kind == "tagging" else "ElectraForSequenceClassification"
+    config = hf_config(model.config, architecture)
+    if head.kind == "regression":
+        config.update(num_labels=1, problem_type="regression")
+    else:
+        config.update(
+            id2label={str(i): label for i, label in enumerate(head.labels)},
+            label2id={label: i for i, label in enumerate(head.labels)},
+        )
+        if head.kind == "classification":
+            config["problem_type"] = "single_label_classification"
+    with atomic_directory(folder) as tmp:
+        save_file(
+            {key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp / "model.safetensors")
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / TASK_FILE).write_text(json.dumps({**head.to_dict(), **extra}, indent=2) + "\n")
+        shutil.copyfile(vocab_file, tmp / "vocab.txt")
+
+
+def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
+    """A model written by `export_task_model`, for prediction."""
+    spec_file = folder / TASK_FILE
+    if not spec_file.is_file():
+        inside = sorted(path.parent.name for path in folder.glob(f"*/{TASK_FILE}"))
+        hint = f"; it holds one per task: {', '.join(str(folder / name) for name in inside)}" if inside else ""
+        raise UserError(f"{folder} is not a fine-tuned model folder (no {TASK_FILE}){hint}")
+    spec = json.loads(spec_file.read_text())
+    head = TaskHead(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"])
+    config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    model = FinetuningModel(config, [head])
+    state = load_file(str(folder / "model.safetensors"))
+    source = "" if head.kind == "tagging" else "classifier."
+    renamed = {
+        (key if key.startswith("electra.") else f"heads.{head.name}.{key[len(source) :]}"): value
+        for key, value in state.items()
+    }
+    model.load_state_dict(renamed)
+    return model, head, spec
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def predict_features(
+    model: FinetuningModel,
+    features: list[Features],
+    task_id: int,
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    show_progress: bool = False,
+) -> list[np.ndarray]:
+    """Each example's head output (float32, unpadded), computed in batches of similar length."""
+    model.eval()
+    order = np.argsort([len(item.input_ids) for item in features], kind="stable")
+    outputs: list[np.ndarray | None] = [None] * len(features)
+    autocast_dtype = resolve_precision("auto", device)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=not show_progress, file=sys.stderr):
+        chosen = order[start : start + batch_size]
+        batch = collate([features[i] for i in chosen], pad_id, device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model.outputs(batch, task_id).float().cpu().numpy()
+        for row, index in enumerate(chosen):
+            outputs[index] = out[row, : len(features[index].input_ids)] if out.ndim == 3 else out[row]
+    return outputs  # type: ignore[return-value]
+
+
+def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]:
+    """A prediction as the user sees it: label and probabilities, a value, or one tag per word."""
+    if head.kind == "regression":
+        low, high = head.value_range
+        return {"value": float(output) * (high - low) + low}
+    if head.kind == "classification":
+        probabilities = np.exp(output - output.max())
+        probabilities /= probabilities.sum()
+        best = int(probabilities.argmax())
+        return {
+            "label": head.labels[best],
+            "probability": float(probabilities[best]),
+            "probabilities": {label: float(p) for label, p in zip(head.labels, probabilities, strict=True)},
+        }
+    tags = ["O" if start < 0 else head.labels[int(output[start].argmax())] for start in item.word_starts]
+    return {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES as trained -> IOB2 as corpora use
+
+
+# ----------------------------------------------------------------------------------------------- a run
+@dataclass
+class FinetuningRun:
+    config: FinetuningConfig
+    hparams: dict[str, Any]
+    tasks: list[Task]
+    model_dir: Path  # the pre-trained model's folder; everything fine-tuned goes under it
+    vocab_file: Path
+    vocab: list[str]
+    init_checkpoint: Path | None
+
+    @property
+    def tasks_name(self) -> str:
+        return ",".join(task.name for task in self.tasks)
+
+    def trial_dir(self, trial: int) -> Path:
+        return self.model_dir / "finetuning_models" / f"{self.tasks_name}_model_{trial}"
+
+
+INHERITED_SHAPE_HPARAMS = ("model_size", "model_hparam_overrides", "embedding_size")
+
+
+def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
+    """Resolve hparams, paths, vocabulary and tasks as the reference's configure_finetuning does.
+
+    The model's shape defaults to the one it was pre-trained with (its pretrain_config.json), so a
+    model pre-trained with overrides fine-tunes without repeating them.
+    """
+    data_dir = Path(data_dir)
+    model_dir = data_dir / "models" / model_name
+    pretrain_record = model_dir / "pretrain_config.json"
+    if pretrain_record.is_file() and "init_checkpoint" not in hparams:
+        recorded = json.loads(pretrain_record.read_text())
+        inherited = {key: recorded[key] for key in INHERITED_SHAPE_HPARAMS if key in recorded}
+        if "model_size" in hparams:  # a different size given explicitly: the recorded overrides do not apply
+            inherited = {}
+        hparams = {**inherited, **hparams}
+    config = build_finetuning_config(hparams)
+    if config.vocab_file:
+        vocab_file = Path(config.vocab_file)
+    else:
+        candidates = [model_dir / "vocab.txt", model_dir / "discriminator" / "vocab.txt", data_dir / "vocab.txt"]
+        vocab_file = next((path for path in candidates if path.is_file()), candidates[-1])
+    vocab = read_vocab(vocab_file)
+    if config.vocab_size is not None and config.vocab_size != len(vocab):
+        raise UserError(f"vocab_size {config.vocab_size} does not match the {len(vocab):,} tokens of {vocab_file}")
+    if "init_checkpoint" in hparams:
+        init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
+    else:
+        init = None if config.debug else model_dir
+    init_checkpoint = None
+    if init is not None:
+        if init == model_dir and (model_dir / "discriminator" / "model.safetensors").is_file():
+            init_checkpoint = model_dir / "discriminator" / "model.safetensors"
+        elif not init.exists():
+            raise UserError(
+                f"no pre-trained model at {init}: pre-train one with `electra pretrain --data-dir {data_dir} "
+                f'--model-name {model_name}`, point init_checkpoint at one, or set "init_checkpoint": null '
+                "to fine-tune from random weights"
+            )
+        else:
+            init_checkpoint = resolve_init_checkpoint(str(init))
+    finetuning_data = data_dir / "finetuning_data"
+    tasks = [
+        get_task(name, finetuning_data, config.tasks, config.debug, config.double_unordered)
+        for name in config.task_names
+    ]
+    return FinetuningRun(config, hparams, tasks, model_dir, vocab_file, vocab, init_checkpoint)
+
+
+@dataclass
+class TaskData:
+    task: Task
+    head: TaskHead
+    train: list[Example]
+
+
+def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
+    """Each task's training examples and label set; dev/test labels are checked against the training ones."""
+    loaded = []
+    for task in run.tasks:
+        train = task.examples("train") if need_train or task.labels is None or task.kind == "regression" else []
+        labels = [] if task.kind == "regression" else task.label_list(train)
+        for split in task.eval_splits() if run.config.do_eval else []:
+            task.check_labels(task.examples(split), labels, split)
+        value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
+        head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels)
+        loaded.append(TaskData(task, head, train))
+    return loaded
+
+
+def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume or reuse a trial that was trained with other hparams."""
+    path = trial_dir / "finetune_config.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    changed = sorted(
+        key
+        for key in set(previous) | set(record)
+        if key not in RUN_INDEPENDENT_HPARAMS and previous.get(key) != record.get(key)
+    )
+    if changed:
+        raise UserError(
+            f"{trial_dir} holds a run with other settings ({', '.join(changed[:6])} differ): delete that folder "
+            "to start again, or restore the settings to resume it"
+        )
+
+
+def train_trial(
+    run: FinetuningRun, data: list[TaskData], trial: int, featurizer: Featurizer, processes: Processes
+) -> FinetuningModel:
+    """Train one trial (resuming it if it was interrupted), export it, and return the trained model."""
+    config = run.config
+    trial_dir = run.trial_dir(trial)
+    seed = config.seed + trial - 1
+    record = {**config.to_dict(), "seed": seed, "labels": {item.head.name: item.head.labels for item in data}}
+    _check_trial_record(trial_dir, record)
+    torch.manual_seed(seed)
+    model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
+    model = FinetuningModel(model_config, [item.head for item in data])
+    exported = trial_dir / "model"
+    if (exported / "config.json").is_file() or (exported / data[0].head.name / "config.json").is_file():
+        _load_exported(model, exported, data)
+        return model
+    if run.init_checkpoint is not None:
+        load_encoder_weights(model, run.init_checkpoint)
+    features = [
+        feature for task_id, item in enumerate(data) for feature in featurizer.features(item.train, item.head, task_id)
+    ]
+    steps = int(config.num_train_epochs * len(features) / config.train_batch_size)
+    if steps < 1:
+        raise UserError(
+            f"{len(features)} training examples make no full batch of {config.train_batch_size}: "
+            "lower train_batch_size or add examples"
+        )
+    if processes.is_main:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(trial_dir / "finetune_config.json", json.dumps(record, indent=2) + "\n")
+    settings = TrainSettings.from_config(
+        config,
+        batch_size=config.train_batch_size,
+        num_train_steps=steps,
+        num_warmup_steps=int(config.warmup_proportion * steps),
+        seed=seed,
+    )
+    batches = FinetuningBatches(features, config.train_batch_size, seed, config.length_bucketing, featurizer.pad_id)
+    groups = layerwise_param_groups(model, config.weight_decay_rate, config.layerwise_lr_decay)
+    trainer = Trainer(model, batches, settings, trial_dir, processes, groups, f"{run.tasks_name} trial {trial}")
+    trainer.train()
+    if processes.is_main:
+        extra = {"max_seq_length": config.max_seq_length, "do_lower_case": config.do_lower_case}
+        for item in data:
+            folder = exported if len(data) == 1 else exported / item.head.name
+            export_task_model(model, item.head, folder, run.vocab_file, {**extra, **_task_columns(item.task)})
+        shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # the exported model is the result
+    processes.barrier()
+    return model
+
+
+def _task_columns(task: Task) -> dict[str, Any]:
+    """Column names of a user task, so `electra predict` reads files of the same layout."""
+    names = ("text_column", "text_column_2")
+    return {name: getattr(task, name) for name in names if getattr(task, name, None)}
+
+
+def _load_exported(model: FinetuningModel, exported: Path, data: list[TaskData]) -> None:
+    for item in data:
+        folder = exported if len(data) == 1 else exported / item.head.name
+        trained, _, _ = load_task_model(folder)
+        model.electra.load_state_dict(trained.electra.state_dict())
+        model.heads[item.head.name].load_state_dict(trained.heads[item.head.name].state_dict())
+
+
+def evaluate_task(
+    model: FinetuningModel,
+    item: TaskData,
+    task_id: int,
+    split: str,
+    featurizer: Featurizer,
+    run: FinetuningRun,
+    device: torch.device,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Scores of one split (empty for unlabelled test splits) and the decoded predictions."""
+    examples = item.task.examples(split)
+    features = featurizer.features(examples, item.head, task_id)
+    outputs = predict_features(model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id)
+    decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+    if any(example.label is None for example in examples):
+        return {}, decoded
+    key = {"classification": "label", "regression": "value", "tagging": "tags"}[item.head.kind]
+    return item.task.score(examples, [entry[key] for entry in decoded], item.head.labels), decoded
+
+
+def write_test_outputs(run: FinetuningRun, item: TaskData, split: str, trial: int, decoded: list[dict]) -> Path:
+    folder = run.model_dir / "test_predictions" / f"{run.tasks_name}_{trial}"
+    folder.mkdir(parents=True, exist_ok=True)
+    glue_name = GLUE_SUBMISSION_NAMES.get(split) or GLUE_SUBMISSION_NAMES.get(item.task.name)
+    if glue_name and item.head.kind != "tagging":
+        path = folder / f"{glue_name}.tsv"
+        key = "value" if item.head.kind == "regression" else "label"
+        text = "index\tprediction\n" + "".join(f"{i}\t{entry[key]}\n" for i, entry in enumerate(decoded))
+    else:
+        path = folder / f"{item.task.name}_{split}.jsonl"
+        text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in decoded)
+    write_text_atomic(path, text)
+    return path
+
+
+def summarise_trials(scores: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per "task/split metric": the median, mean, standard deviation, min and max over trials."""
+    summary = {}
+    for key in scores[0]:
+        values = [trial[key] for trial in scores if key in trial]
+        for metric in values[0]:
+            series = [value[metric] for value in values]
+            summary[f"{key} {metric}"] = {
+                "median": statistics.median(series),
+                "mean": statistics.fmean(series),
+                "std": statistics.pstdev(series) if len(series) > 1 else 0.0,
+                "min": min(series),
+                "max": max(series),
+            }
+    return summary
+
+
+def write_results(run: FinetuningRun, scores: list[dict[str, dict[str, float]]]) -> Path:
+    folder = run.model_dir / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise_trials(scores)
+    lines = []
+    for trial, trial_scores in enumerate(scores, 1):
+        for key, metrics in trial_scores.items():
+            values = " - ".join(f"{metric}: {value:.2f}" for metric, value in metrics.items())
+            lines.append(f"trial {trial} {key}: {values}")
+    for key, stats in summary.items():
+        lines.append(f"{key} over {len(scores)} trial(s): " + ", ".join(f"{k} {v:.2f}" for k, v in stats.items()))
+    base = folder / f"{run.tasks_name}_results"
+    write_text_atomic(base.with_suffix(".txt"), "\n".join(lines) + "\n")
+    payload = {"trials": scores, "summary": summary, "hparams": run.hparams}
+    write_text_atomic(base.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+    return base.with_suffix(".txt")
+
+
+def run_finetuning(
+    data_dir: str | Path, model_name: str, hparams: dict[str, Any], processes: Processes | None = None
+) -> dict[str, Any]:
+    """Train and/or evaluate `num_trials` times as `electra finetune` does; returns what it did."""
+    run = prepare_finetuning(data_dir, model_name, hparams)
+    config = run.config
+    if not (config.do_train or config.do_eval):
+        raise UserError("both do_train and do_eval are false: nothing to do")
+    processes = processes or setup_processes()
+    data = load_task_data(run, need_train=config.do_train)
+    featurizer = Featurizer(run.vocab, config.max_seq_length, config.do_lower_case)
+    scores: list[dict[str, dict[str, float]]] = []
+    outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}
+    for trial in range(1, config.num_trials + 1):
+        trial_dir = run.trial_dir(trial)
+        if config.do_train:
+            model = train_trial(run, data, trial, featurizer, processes)
+        else:
+            model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
+            model = FinetuningModel(model_config, [item.head for item in data])
+            if not (trial_dir / "model").is_dir():
+                raise UserError(f'{trial_dir / "model"} does not exist: train first ("do_train": true)')
+            _load_exported(model, trial_dir / "model", data)
+        model.to(processes.device)
+        trial_scores: dict[str, dict[str, float]] = {}
+        if processes.is_main:
+            for task_id, item in enumerate(data):
+                for split in item.task.eval_splits() if config.do_eval else []:
+                    found, _ = evaluate_task(model, item, task_id, split, featurizer, run, processes.device)
+                    trial_scores[f"{item.task.name}/{split}"] = found
+                if config.write_test_outputs and trial <= config.n_writes_test:
+                    for split in item.task.test_splits():
+                        if item.task.has_split(split):
+                            _, decoded = evaluate_task(model, item, task_id, split, featurizer, run, processes.device)
+                            outcome.setdefault("test_outputs", []).append(
+                                write_test_outputs(run, item, split, trial, decoded)
+                            )
+        if not config.keep_all_models and trial < config.num_trials and processes.is_main:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+        scores.append(trial_scores)
+        outcome["trials"].append({"dir": trial_dir, "scores": trial_scores})
+    if config.do_eval and processes.is_main:
+        outcome["results_file"] = write_results(run, scores)
+        outcome["summary"] = summarise_trials(scores)
+    return outcome
+
+
+def describe_finetuning(outcome: dict[str, Any]) -> str:
+    lines = []
+    for trial, entry in enumerate(outcome["trials"], 1):
+        lines.append(f"trial {trial}: model in {entry['dir'] / 'model'}")
+        for key, metrics in entry["scores"].items():
+            lines.append(f"  {key}: " + ", ".join(f"{metric} {value:.2f}" for metric, value in metrics.items()))
+    if len(outcome["trials"]) > 1 and "summary" in outcome:
+        lines.append("over all trials (median / mean / std):")
+        for key, stats in outcome["summary"].items():
+            lines.append(f"  {key}: {stats['median']:.2f} / {stats['mean']:.2f} / {stats['std']:.2f}")
+    lines += [f"test predictions written to {path}" for path in outcome.get("test_outputs", [])]
+    if "results_file" in outcome:
+        lines.append(f"results written to {outcome['results_file']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- predict
+def read_prediction_inputs(
+    path: Path, head: TaskHead, spec: dict[str, Any], columns: dict[str, str | None]
+) -> list[Example]:
+    """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; a tab
+    separates a pair's two texts; tagging splits the line into words at whitespace)."""
+    if not path.is_file():
+        raise UserError(f"input file {path} does not exist")
+    tagging = head.kind == "tagging"
+    text_column = columns.get("text_column") or spec.get("text_column") or ("tokens" if tagging else "text")
+    text_column_2 = columns.get("text_column_2") or spec.get("text_column_2")
+    examples = []
+    if path.suffix in (".csv", ".tsv", ".jsonl"):
+        rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, header=True)
+        for number, row in rows:
+            if text_column not in row or (text_column_2 and text_column_2 not in row):
+                missing = text_column if text_column not in row else text_column_2
+                raise UserError(
+                    f"{path}:{number}: no column {missing!r} (columns: {', '.join(map(str, row))}); "
+                    "name the text column with --text-column"
+                )
+            value = row[text_column]
+            if tagging:
+                words = value if isinstance(value, list) else str(value).split()
+                examples.append(Example(len(examples), words=[str(w) for w in words], source=f"{path}:{number}"))
+            else:
+                second = str(row[text_column_2]) if text_column_2 else None
+                examples.append(Example(len(examples), text_a=str(value), text_b=second, source=f"{path}:{number}"))
+        return examples
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if tagging:
+                examples.append(Example(len(examples), words=line.split(), source=f"{path}:{number}"))
+            else:
+                first, _, second = line.partition("\t")
+                examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
+    return examples
+
+
+def run_prediction(
+    model_dir: str | Path,
+    input_file: str | Path,
+    output_file: str | Path | None = None,
+    batch_size: int = 32,
+    columns: dict[str, str | None] | None = None,
+    show_progress: bool = True,
+) -> tuple[Path, int]:
+    """`electra predict`: a fine-tuned model over a file, one JSON line per example; returns (path, count)."""
+    folder, source = Path(model_dir), Path(input_file)
+    model, head, spec = load_task_model(folder)
+    vocab = read_vocab(folder / "vocab.txt")
+    featurizer = Featurizer(vocab, spec.get("max_seq_length", 128), spec.get("do_lower_case", True))
+    examples = read_prediction_inputs(source, head, spec, columns or {})
+    if not examples:
+        raise UserError(f"{source} holds no examples to predict")
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    features = featurizer.features(examples, head, 0)
+    outputs = predict_features(model, features, 0, batch_size, device, featurizer.pad_id, show_progress)
+    target = Path(output_file) if output_file else source.with_name(f"{source.stem}.predictions.jsonl")
+    with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for example, output, feature in zip(examples, outputs, features, strict=True):
+            entry = {"line": int(example.source.rsplit(":", 1)[1]), **decode(head, output, feature)}
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    return target, len(examples)

@@ -1,0 +1,440 @@
+"""Fine-tuning tasks: where examples come from, what their labels are, and how predictions are scored.
+
+Each task reads `<data-dir>/finetuning_data/<name>/<split>.<ext>`. The GLUE tasks and CoNLL-2000
+chunking have the reference's names, file layouts and metrics; a user task is described by a small
+spec (text and label columns of a CSV/TSV/JSONL file, or a CoNLL-style tagging file), and a new kind
+of task is a subclass of `Task` registered with `@register_task("name")`.
+
+A task is one of three kinds, which decide the head and the loss: "classification" (softmax over
+`labels`), "regression" (one value, trained on targets scaled to [0, 1] by `value_range`) and
+"tagging" (one label per word, predicted at its first word piece).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from electra.errors import UserError
+from electra.metrics import bioes_tags, classification_scores, regression_scores, tagging_scores
+
+KINDS = ("classification", "regression", "tagging")
+TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl")
+DEBUG_MAX_EXAMPLES = 100  # "debug": true reads this many examples per split, as the reference
+
+
+@dataclass
+class Example:
+    eid: int
+    text_a: str = ""
+    text_b: str | None = None
+    words: list[str] | None = None  # tagging
+    label: Any = None  # a label name, a float, or (tagging) one tag per word; None where a test set has none
+    source: str = ""  # "file:line", for error messages
+
+
+class Task:
+    """A fine-tuning task. Subclasses set `kind` (and `labels` where fixed) and implement `read_split`."""
+
+    kind = "classification"
+    labels: Sequence[str] | None = None  # None: discovered from the training file (sorted)
+    metrics: tuple[str, ...] = ("accuracy",)
+    value_range: tuple[float, float] = (0.0, 1.0)  # regression targets are scaled by it for training
+    span_labels = True  # tagging: train on BIOES-encoded chunks (the reference's encoding) rather than raw tags
+
+    def __init__(self, name: str, folder: Path, debug: bool = False, double_unordered: bool = True):
+        self.name = name
+        self.folder = folder
+        self.debug = debug
+        self.double_unordered = double_unordered  # pair tasks whose order does not matter: train on both orders
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_split(self, split: str) -> list[Example]:
+        raise NotImplementedError
+
+    def split_file(self, split: str, suffixes: Sequence[str]) -> Path:
+        for suffix in suffixes:
+            path = self.folder / f"{split}{suffix}"
+            if path.is_file():
+                return path
+        expected = " or ".join(f"{split}{suffix}" for suffix in suffixes)
+        raise UserError(
+            f"task {self.name!r}: {self.folder / expected} not found. Put the {split} split of {self.name} "
+            f"in {self.folder}/ as {expected} (the layout of the reference: <data-dir>/finetuning_data/<task>/)"
+        )
+
+    def has_split(self, split: str) -> bool:
+        return any((self.folder / f"{split}{suffix}").is_file() for suffix in (*TABLE_SUFFIXES, ".txt", ".json"))
+
+    def examples(self, split: str) -> list[Example]:
+        examples = self.read_split(split)
+        if self.debug:
+            examples = examples[:DEBUG_MAX_EXAMPLES]
+        if not examples:
+            raise UserError(f"task {self.name!r}: the {split} split in {self.folder} holds no examples")
+        return examples
+
+    def eval_splits(self) -> list[str]:
+        return ["dev"]
+
+    def test_splits(self) -> list[str]:
+        return ["test"]
+
+    # -- labels ----------------------------------------------------------------------------------
+    def label_list(self, train: list[Example] | None = None) -> list[str]:
+        """Class names (classification) or tags (tagging, BIOES-encoded when `span_labels`), in id order."""
+        if self.labels is not None:
+            return list(self.labels)
+        train = train if train is not None else self.examples("train")
+        if self.kind == "tagging":
+            return sorted({tag for example in train for tag in self.training_tags(example.label)})
+        return sorted({str(example.label) for example in train})
+
+    def training_tags(self, tags: list[str]) -> list[str]:
+        return bioes_tags(tags) if self.span_labels else list(tags)
+
+    def check_labels(self, examples: list[Example], labels: list[str], split: str) -> None:
+        known = set(labels)
+        for example in examples:
+            if example.label is None or self.kind == "regression":
+                continue
+            found = self.training_tags(example.label) if self.kind == "tagging" else [str(example.label)]
+            unknown = [tag for tag in found if tag not in known]
+            if unknown:
+                raise UserError(
+                    f"{example.source}: label {unknown[0]!r} of the {split} split of task {self.name!r} is not "
+                    f"among the labels learned from the training file ({', '.join(labels[:20])}): fix the "
+                    'row, or list every label in the task spec\'s "labels"'
+                )
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score(self, examples: list[Example], predictions: list[Any], labels: list[str]) -> dict[str, float]:
+        """Metrics of predictions (label names, values, or tag lists) against the examples' labels."""
+        if self.kind == "regression":
+            return regression_scores([float(example.label) for example in examples], predictions)
+        if self.kind == "tagging":
+            if self.span_labels:
+                return tagging_scores([example.label for example in examples], predictions)
+            pairs = [
+                (g, p)
+                for example, tags in zip(examples, predictions, strict=True)
+                for g, p in zip(example.label, tags, strict=True)
+            ]
+            return {"accuracy": 100.0 * sum(g == p for g, p in pairs) / max(len(pairs), 1)}
+        index = {label: i for i, label in enumerate(labels)}
+        return classification_scores(
+            [index[str(example.label)] for example in examples], [index[p] for p in predictions], self.metrics
+        )
+
+
+# ----------------------------------------------------------------------------------------------- registry
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str) -> Callable:
+    """Class decorator: `@register_task("my_task")` makes "task_names": ["my_task"] use the class."""
+
+    def register(cls: type[Task]) -> type[Task]:
+        TASKS[name] = cls
+        return cls
+
+    return register
+
+
+def get_task(
+    name: str, finetuning_data: Path, specs: dict[str, Any], debug: bool = False, double_unordered: bool = True
+) -> Task:
+    folder = finetuning_data / name
+    if name in specs:
+        return TableTask(name, folder, debug, specs[name])
+    if name in TASKS:
+        return TASKS[name](name, folder, debug, double_unordered)
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(TASKS), n=1)
+    raise UserError(
+        f"unknown task {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}: built-in tasks are "
+        f"{', '.join(sorted(TASKS))}; for your own data add a spec, e.g. "
+        f'"tasks": {{"{name}": {{"type": "classification", "text_column": "text", "label_column": "label"}}}}'
+    )
+
+
+# ----------------------------------------------------------------------------------------------- GLUE
+def read_tsv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a tab-separated file, quotes taken literally as the reference's reader."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return [
+            (number, row) for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
+        ]
+
+
+@dataclass(frozen=True)
+class Columns:
+    text_a: int
+    text_b: int | None
+    label: int | None
+    skip_header: bool = True
+
+
+class GlueTask(Task):
+    """A GLUE task in the layout of `download_glue_data.py`, read as the reference reads it: malformed rows
+    (the official QQP and MNLI files have a few) are skipped with a warning naming them."""
+
+    columns: Columns
+    test_columns: Columns
+    swap_in_training = False  # with double_unordered, also train on (text_b, text_a)
+
+    def split_path(self, split: str) -> Path:
+        return self.split_file(split, (".tsv",))
+
+    def read_split(self, split: str) -> list[Example]:
+        path = self.split_path(split)
+        columns = self.test_columns if split.startswith("test") else self.columns
+        examples, skipped = [], []
+        for number, row in read_tsv_rows(path):
+            if number == 1 and columns.skip_header:
+                continue
+            try:
+                label = row[columns.label] if columns.label is not None else None
+                if label is not None and self.kind == "regression":
+                    label = float(label)
+                example = Example(
+                    eid=len(examples),
+                    text_a=row[columns.text_a],
+                    text_b=row[columns.text_b] if columns.text_b is not None else None,
+                    label=label,
+                    source=f"{path}:{number}",
+                )
+            except (IndexError, ValueError):
+                skipped.append(number)
+                continue
+            if self.labels is not None and label is not None and label not in self.labels:
+                skipped.append(number)
+                continue
+            examples.append(example)
+        if skipped:
+            lines = ", ".join(str(number) for number in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            print(f"warning: {path}: skipped {len(skipped)} malformed row(s), line(s) {lines}", file=sys.stderr)
+        if split == "train" and self.swap_in_training and self.double_unordered:
+            examples += [
+                Example(len(examples) + i, e.text_b or "", e.text_a, label=e.label, source=e.source)
+                for i, e in enumerate(examples)
+            ]
+        return examples
+
+
+def _glue(
+    name: str, labels: tuple[str, ...] | None, columns: Columns, test_columns: Columns, **attributes: Any
+) -> None:
+    cls = type(name.upper(), (GlueTask,), {"labels": labels, "columns": columns, "test_columns": test_columns})
+    for key, value in attributes.items():
+        setattr(cls, key, value)
+    register_task(name)(cls)
+
+
+BINARY = ("0", "1")
+ENTAILMENT = ("entailment", "not_entailment")
+_glue("cola", BINARY, Columns(3, None, 1, skip_header=False), Columns(1, None, None), metrics=("mcc", "accuracy"))
+_glue("sst", BINARY, Columns(0, None, 1), Columns(1, None, None))
+_glue("mrpc", BINARY, Columns(3, 4, 0), Columns(3, 4, None), metrics=("accuracy", "f1"), swap_in_training=True)
+_glue("qqp", BINARY, Columns(3, 4, 5), Columns(1, 2, None), metrics=("accuracy", "f1"))
+_glue("rte", ENTAILMENT, Columns(1, 2, 3), Columns(1, 2, None))
+_glue("qnli", ENTAILMENT, Columns(1, 2, 3), Columns(1, 2, None))
+_glue(
+    "sts",
+    None,
+    Columns(-3, -2, -1),
+    Columns(-2, -1, None),
+    kind="regression",
+    metrics=("spearman", "pearson"),
+    value_range=(0.0, 5.0),
+    swap_in_training=True,
+)
+
+
+@register_task("mnli")
+class MNLI(GlueTask):
+    labels = ("contradiction", "entailment", "neutral")
+    columns = Columns(8, 9, -1)
+    test_columns = Columns(8, 9, None)
+
+    def split_path(self, split: str) -> Path:
+        return self.split_file("dev_matched" if split == "dev" else split, (".tsv",))
+
+    def eval_splits(self) -> list[str]:
+        return ["dev"] + (["dev_mismatched"] if self.has_split("dev_mismatched") else [])
+
+    def test_splits(self) -> list[str]:
+        return ["test_matched", "test_mismatched"]
+
+
+# ----------------------------------------------------------------------------------------------- tagging
+def read_conll(path: Path) -> list[Example]:
+    """Sentences of a CoNLL file: one `word ... tag` line per token (first and last fields), blank lines between."""
+    examples: list[Example] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    examples.append(Example(len(examples), words=words, label=tags, source=f"{path}:{start}"))
+                words, tags = [], []
+                continue
+            if len(fields) < 2:
+                raise UserError(
+                    f"{path}:{number}: expected a word and its tag separated by whitespace, got {line.strip()!r}"
+                )
+            if not words:
+                start = number
+            words.append(fields[0])
+            tags.append(fields[-1])
+    if words:
+        examples.append(Example(len(examples), words=words, label=tags, source=f"{path}:{start}"))
+    return examples
+
+
+@register_task("chunk")
+class Chunking(Task):
+    """CoNLL-2000 text chunking: `word POS chunk` lines, chunk F1 as conlleval."""
+
+    kind = "tagging"
+    metrics = ("f1", "precision", "recall", "accuracy")
+
+    def read_split(self, split: str) -> list[Example]:
+        return read_conll(self.split_file(split, (".txt",)))
+
+
+# ----------------------------------------------------------------------------------------------- user tasks
+SPEC_KEYS = {"type", "text_column", "text_column_2", "label_column", "labels", "metrics", "header", "span_labels"}
+
+
+class TableTask(Task):
+    """A user task from a spec: CSV/TSV/JSONL rows with named text and label columns (classification,
+    regression), or tagging from CoNLL-style `.txt` files or JSONL rows with a list of tokens and of tags."""
+
+    def __init__(self, name: str, folder: Path, debug: bool, spec: dict[str, Any]):
+        super().__init__(name, folder, debug)
+        if not isinstance(spec, dict):
+            raise UserError(f'the spec of task {name!r} must be a JSON object such as {{"type": "classification"}}')
+        unknown = set(spec) - SPEC_KEYS
+        if unknown:
+            raise UserError(f"task {name!r}: unknown spec key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+        self.kind = spec.get("type", "classification")
+        if self.kind not in KINDS:
+            raise UserError(f"task {name!r}: type {self.kind!r} is not one of {', '.join(KINDS)}")
+        tagging = self.kind == "tagging"
+        self.text_column = spec.get("text_column", "tokens" if tagging else "text")
+        self.text_column_2 = spec.get("text_column_2")
+        self.label_column = spec.get("label_column", "tags" if tagging else "label")
+        self.header = spec.get("header", True)
+        self.span_labels = spec.get("span_labels", True)
+        if spec.get("labels") is not None:
+            self.labels = [str(label) for label in spec["labels"]]
+        default_metrics = {"regression": ("pearson", "spearman"), "tagging": ("f1", "precision", "recall")}
+        self.metrics = tuple(spec.get("metrics") or default_metrics.get(self.kind, ("accuracy", "macro_f1")))
+        if tagging and not self.span_labels:
+            self.metrics = ("accuracy",)
+        self._value_range: tuple[float, float] | None = None
+
+    @property
+    def value_range(self) -> tuple[float, float]:  # type: ignore[override]
+        if self._value_range is None:
+            values = [float(example.label) for example in self.examples("train")]
+            low, high = min(values), max(values)
+            self._value_range = (low, high if high > low else low + 1.0)
+        return self._value_range
+
+    def read_split(self, split: str) -> list[Example]:
+        suffixes = (".txt", ".jsonl") if self.kind == "tagging" else TABLE_SUFFIXES
+        path = self.split_file(split, suffixes)
+        if path.suffix == ".txt":
+            return read_conll(path)
+        rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, self.header)
+        return [self._example(index, path, number, row) for index, (number, row) in enumerate(rows)]
+
+    def _field(self, path: Path, number: int, row: dict[str, Any], column: str, required: bool = True) -> Any:
+        if column not in row or (required and row[column] in (None, "")):
+            available = ", ".join(map(str, row)) or "none"
+            raise UserError(
+                f"{path}:{number}: no value in column {column!r} (columns: {available}); set the task spec's "
+                '"text_column" / "label_column" to the right names'
+            )
+        return row[column]
+
+    def _example(self, index: int, path: Path, number: int, row: dict[str, Any]) -> Example:
+        source = f"{path}:{number}"
+        has_label = self.label_column in row and row[self.label_column] not in (None, "")
+        label = self._field(path, number, row, self.label_column) if has_label else None
+        if self.kind == "tagging":
+            words, tags = self._field(path, number, row, self.text_column), label
+            if not isinstance(words, list) or (
+                tags is not None and (not isinstance(tags, list) or len(tags) != len(words))
+            ):
+                raise UserError(
+                    f"{source}: {self.text_column!r} and {self.label_column!r} must be lists of equal length"
+                )
+            return Example(
+                index, words=[str(w) for w in words], label=[str(t) for t in tags] if tags else None, source=source
+            )
+        if self.kind == "regression" and label is not None:
+            try:
+                label = float(label)
+            except (TypeError, ValueError):
+                raise UserError(f"{source}: label {label!r} is not a number, as a regression task needs") from None
+        text_b = str(self._field(path, number, row, self.text_column_2)) if self.text_column_2 else None
+        return Example(
+            index,
+            text_a=str(self._field(path, number, row, self.text_column)),
+            text_b=text_b,
+            label=label if label is None or self.kind == "regression" else str(label),
+            source=source,
+        )
+
+
+def read_table_rows(path: Path, header: bool) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0")."""
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            lines = [(reader.line_num, row) for row in reader]
+        except csv.Error as error:
+            raise UserError(f"{path}:{reader.line_num}: {error}") from None
+    if not lines:
+        raise UserError(f"{path} is empty")
+    names = lines[0][1] if header else [str(i) for i in range(len(lines[0][1]))]
+    rows = []
+    for number, row in lines[1:] if header else lines:
+        if not row:
+            continue
+        if len(row) != len(names):
+            raise UserError(
+                f"{path}:{number}: {len(row)} field(s) where the header has {len(names)}; quote fields that contain "
+                f"{'tabs' if delimiter == chr(9) else 'commas'}"
+            )
+        rows.append((number, dict(zip(names, row, strict=True))))
+    return rows
+
+
+def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    return rows

@@ -1,0 +1,355 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from electra.config import ModelConfig, build_finetuning_config
+from electra.errors import UserError
+from electra.finetune import (
+    Featurizer,
+    FinetuningBatches,
+    FinetuningModel,
+    TaskHead,
+    collate,
+    layerwise_param_groups,
+    load_encoder_weights,
+    run_finetuning,
+    run_prediction,
+    truncated_pair_lengths,
+)
+from electra.tasks import get_task
+from electra.tokenization import SPECIAL_TOKENS, write_vocab
+
+WORDS = "good great fine bad awful poor movie film plot actor the a is was very not 好 差 服 务 态 度".split()
+
+
+def reference_truncation(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
+    """The reference's _truncate_seq_pair, one pop at a time."""
+    while length_a + length_b > budget:
+        if length_a > length_b:
+            length_a -= 1
+        else:
+            length_b -= 1
+    return length_a, length_b
+
+
+def test_pair_truncation_matches_reference() -> None:
+    rng = random.Random(0)
+    for _ in range(2000):
+        a, b, budget = rng.randint(0, 60), rng.randint(0, 60), rng.randint(1, 80)
+        assert truncated_pair_lengths(a, b, budget) == reference_truncation(a, b, budget)
+
+
+def small_config(layers: int = 2) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=len(SPECIAL_TOKENS) + len(WORDS),
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+
+
+def test_layerwise_learning_rates_follow_reference() -> None:
+    model = FinetuningModel(small_config(layers=3), [TaskHead("t", "classification", ["0", "1"])])
+    scale_of = {}
+    for group in layerwise_param_groups(model, 0.01, 0.8):
+        for param in group["params"]:
+            scale_of[id(param)] = (group["lr_scale"], group["weight_decay"])
+    named = dict(model.named_parameters())
+    n = 3
+    assert scale_of[id(named["electra.embeddings.word_embeddings.weight"])] == (pytest.approx(0.8 ** (n + 2)), 0.01)
+    assert scale_of[id(named["electra.embeddings_project.weight"])][0] == pytest.approx(0.8 ** (n + 2))
+    for layer in range(n):
+        weight = named[f"electra.encoder.layer.{layer}.attention.self.query.weight"]
+        assert scale_of[id(weight)] == (pytest.approx(0.8 ** (n + 1 - layer)), 0.01)
+        bias = named[f"electra.encoder.layer.{layer}.output.LayerNorm.bias"]
+        assert scale_of[id(bias)] == (pytest.approx(0.8 ** (n + 1 - layer)), 0.0)
+    assert scale_of[id(named["heads.t.out_proj.weight"])] == (1.0, 0.01)
+    assert scale_of[id(named["heads.t.out_proj.bias"])] == (1.0, 0.0)
+    off = layerwise_param_groups(model, 0.01, 0.0)
+    assert {group["lr_scale"] for group in off} == {1.0}
+
+
+@pytest.fixture
+def vocab_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    write_vocab([*SPECIAL_TOKENS, *WORDS], path)
+    return path
+
+
+def test_dynamic_padding_equals_static_padding(vocab_file: Path) -> None:
+    from electra.tasks import Example
+
+    vocab = vocab_file.read_text().split()
+    featurizer = Featurizer(vocab, max_seq_length=40)
+    torch.manual_seed(0)
+    for head in (TaskHead("c", "classification", ["0", "1"]), TaskHead("r", "regression", [])):
+        model = FinetuningModel(small_config(), [head]).eval()
+        examples = [Example(i, text_a=" ".join(random.Random(i).choices(WORDS, k=3 + 4 * i))) for i in range(5)]
+        features = featurizer.features(examples, head, 0)
+        dynamic = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu")), 0)
+        static = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu"), pad_to=40), 0)
+        torch.testing.assert_close(dynamic, static, atol=1e-5, rtol=1e-5)
+
+
+def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) -> None:
+    from electra.finetune import Features
+
+    lengths = np.random.default_rng(0).integers(3, 100, size=400)
+    features = [Features(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8), 0) for n in lengths]
+    batches = FinetuningBatches(features, batch_size=8, seed=1, bucketing=True, pad_id=0)
+    epoch = np.concatenate([batches.batch_indices(step) for step in range(50)])
+    assert sorted(epoch.tolist()) == list(range(400))
+    spread = np.mean([np.ptp(lengths[batches.batch_indices(step)]) for step in range(50)])
+    plain = FinetuningBatches(features, batch_size=8, seed=1, bucketing=False, pad_id=0)
+    plain_spread = np.mean([np.ptp(lengths[plain.batch_indices(step)]) for step in range(50)])
+    assert spread < plain_spread / 4
+    assert not np.array_equal(batches.batch_indices(0), batches.batch_indices(50))  # a new order each epoch
+
+
+def test_finetune_config_precedence() -> None:
+    assert build_finetuning_config({"task_names": ["rte"]}).num_train_epochs == 10.0
+    assert build_finetuning_config({"task_names": ["chunk"]}).max_seq_length == 256
+    large = build_finetuning_config({"task_names": ["sst"], "model_size": "large"})
+    assert (large.learning_rate, large.layerwise_lr_decay) == (5e-5, 0.9)
+    assert build_finetuning_config({"task_names": "sst,cola", "learning_rate": 3e-4}).learning_rate == 3e-4
+    with pytest.raises(UserError, match="did you mean 'layerwise_lr_decay'"):
+        build_finetuning_config({"layerwise_lr_decy": 0.8})
+
+
+# ----------------------------------------------------------------------------------------------- data files
+def write_glue(folder: Path) -> Path:
+    root = folder / "finetuning_data"
+    (root / "cola").mkdir(parents=True)
+    (root / "cola" / "train.tsv").write_text("gj04\t1\t\tThe dog barked.\ngj04\t0\t*\tDog the barked.\n")
+    (root / "mrpc").mkdir()
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    (root / "mrpc" / "train.tsv").write_text(header + "1\t1\t2\tA cat sat.\tThe cat sat.\n0\t3\t4\tIt rains.\n")
+    (root / "mnli").mkdir()
+    mnli_header = "\t".join(["index", *[f"c{i}" for i in range(7)], "sentence1", "sentence2", "gold_label"])
+    row = "\t".join(["0", *["x"] * 7, "A man sleeps.", "Nobody sleeps.", "contradiction"])
+    for split in ("dev_matched", "dev_mismatched"):
+        (root / "mnli" / f"{split}.tsv").write_text(f"{mnli_header}\n{row}\n")
+    return root
+
+
+def test_glue_layouts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_glue(tmp_path)
+    cola = get_task("cola", root, {}).examples("train")
+    assert [(e.text_a, e.label) for e in cola] == [("The dog barked.", "1"), ("Dog the barked.", "0")]
+    mrpc = get_task("mrpc", root, {}).examples("train")  # one good row, swapped copy added; the short row skipped
+    assert [(e.text_a, e.text_b, e.label) for e in mrpc] == [
+        ("A cat sat.", "The cat sat.", "1"),
+        ("The cat sat.", "A cat sat.", "1"),
+    ]
+    assert "skipped 1 malformed row(s), line(s) 3" in capsys.readouterr().err
+    assert len(get_task("mrpc", root, {}, double_unordered=False).examples("train")) == 1
+    mnli = get_task("mnli", root, {})
+    assert mnli.eval_splits() == ["dev", "dev_mismatched"]
+    assert mnli.examples("dev")[0].label == "contradiction"
+    with pytest.raises(UserError, match=r"sst/train\.tsv not found.*finetuning_data/<task>/"):
+        get_task("sst", root, {}).examples("train")
+    with pytest.raises(UserError, match="did you mean 'cola'"):
+        get_task("colla", root, {})
+
+
+def write_user_task(root: Path, rows: dict[str, list[tuple[str, str]]], name: str = "tickets") -> None:
+    folder = root / "finetuning_data" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, pairs in rows.items():
+        lines = ["text,label"] + [f"{text},{label}" for text, label in pairs]
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
+    spec = {"tickets": {"type": "classification"}}
+    write_user_task(tmp_path, {"train": [("服务态度好", "好评"), ("差", "差评")], "dev": [("好", "中评")]})
+    task = get_task("tickets", tmp_path / "finetuning_data", spec)
+    labels = task.label_list()
+    assert labels == ["好评", "差评"]
+    with pytest.raises(UserError, match=r"dev\.csv:2: label '中评'"):
+        task.check_labels(task.examples("dev"), labels, "dev")
+    bad = tmp_path / "finetuning_data" / "tickets" / "train.csv"
+    bad.write_text("text,label\nfine,1\ntoo,many,fields\n")
+    with pytest.raises(UserError, match=r"train\.csv:3: 3 field\(s\) where the header has 2"):
+        task.examples("train")
+    bad.write_text("text,label\nfine,1\n")
+    with pytest.raises(UserError, match="no value in column 'review'"):
+        get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_column": "review"}}).examples("train")
+    with pytest.raises(UserError, match="unknown spec key"):
+        get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_colum": "x"}})
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def sentiment_rows(count: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        word = rng.choice(["good", "great", "fine", "好"] if positive else ["bad", "awful", "poor", "差"])
+        filler = rng.choices(["the", "movie", "film", "plot", "actor", "was", "very", "a"], k=rng.randint(2, 8))
+        filler.insert(rng.randint(0, len(filler)), word)
+        rows.append((" ".join(filler), "pos" if positive else "neg"))
+    return rows
+
+
+TINY_MODEL = {
+    "model_size": "small",
+    "embedding_size": 32,
+    "model_hparam_overrides": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "learning_rate": 3e-3,
+    "train_batch_size": 16,
+    "eval_batch_size": 16,
+    "num_train_epochs": 5,
+    "log_every_steps": 5,
+    "init_checkpoint": None,
+}
+
+
+def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path) -> None:
+    write_user_task(tmp_path, {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1)})
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {"type": "classification"}}}
+    hparams["vocab_file"] = str(vocab_file)
+    outcome = run_finetuning(tmp_path, "m", hparams)
+    accuracy = outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"]
+    assert accuracy > 90
+    exported = tmp_path / "models" / "m" / "finetuning_models" / "tickets_model_1" / "model"
+    assert not (exported.parent / "checkpoints").exists()
+    results = (tmp_path / "models" / "m" / "results" / "tickets_results.txt").read_text()
+    assert "trial 1 tickets/dev: accuracy" in results
+
+    # the export is a Hugging Face model with the same outputs
+    from transformers import ElectraForSequenceClassification
+
+    from electra.finetune import load_task_model
+
+    hf = ElectraForSequenceClassification.from_pretrained(exported).eval()
+    ours, head, _ = load_task_model(exported)
+    ours.eval()
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+    featurizer = Featurizer(vocab_file.read_text().split(), 128)
+    from electra.tasks import Example
+
+    batch = collate(featurizer.features([Example(0, "a very good film"), Example(1, "bad")], head, 0), 0, "cpu")
+    with torch.no_grad():
+        expected = hf(batch.input_ids, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids)
+        torch.testing.assert_close(ours.outputs(batch, 0), expected.logits, atol=1e-5, rtol=1e-5)
+
+    source = tmp_path / "new.csv"
+    source.write_text("id,text\n1,the film was great\n2,an awful plot\n", encoding="utf-8")
+    path, count = run_prediction(exported, source, show_progress=False)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert count == 2 and [line["label"] for line in lines] == ["pos", "neg"]
+    assert lines[0]["line"] == 2 and set(lines[0]["probabilities"]) == {"neg", "pos"}
+    assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-5
+
+    again = run_finetuning(tmp_path, "m", hparams)  # a finished trial is reused, not retrained
+    assert again["trials"][0]["scores"] == outcome["trials"][0]["scores"]
+    with pytest.raises(UserError, match="other settings.*learning_rate"):
+        run_finetuning(tmp_path, "m", {**hparams, "learning_rate": 5e-4})
+
+
+def write_tagging(root: Path, name: str, sentences: int, seed: int, split: str) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(sentences):
+        for _ in range(rng.randint(1, 4)):
+            if rng.random() < 0.5:
+                lines += ["the B-NP", f"{rng.choice(['movie', 'film', 'plot'])} I-NP"]
+            else:
+                lines += [f"{rng.choice(['is', 'was'])} B-VP"]
+        lines.append("")
+    folder = root / "finetuning_data" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path) -> None:
+    write_tagging(tmp_path, "chunk", 200, 0, "train")
+    write_tagging(tmp_path, "chunk", 40, 1, "dev")
+    folder = tmp_path / "finetuning_data" / "scores"
+    folder.mkdir(parents=True)
+    for split, seed in (("train", 0), ("dev", 1)):
+        rows = [(text, "4.5" if label == "pos" else "0.5") for text, label in sentiment_rows(160, seed)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "label": v}) + "\n" for t, v in rows))
+    hparams = {
+        **TINY_MODEL,
+        "task_names": ["chunk", "scores"],
+        "tasks": {"scores": {"type": "regression"}},
+        "num_trials": 2,
+        "vocab_file": str(vocab_file),
+        "max_seq_length": 64,
+    }
+    outcome = run_finetuning(tmp_path, "m", hparams)
+    for trial in outcome["trials"]:
+        assert trial["scores"]["chunk/dev"]["f1"] > 90
+        assert trial["scores"]["scores/dev"]["spearman"] > 70
+    summary = outcome["summary"]
+    assert set(summary["chunk/dev f1"]) == {"median", "mean", "std", "min", "max"}
+    model_dir = tmp_path / "models" / "m" / "finetuning_models" / "chunk,scores_model_2" / "model"
+    source = tmp_path / "words.txt"
+    source.write_text("the movie was\n")
+    path, _ = run_prediction(model_dir / "chunk", source, tmp_path / "out.jsonl", show_progress=False)
+    assert json.loads(path.read_text())["tags"] == ["B-NP", "I-NP", "B-VP"]
+    from transformers import ElectraForTokenClassification
+
+    hf = ElectraForTokenClassification.from_pretrained(model_dir / "chunk")
+    assert sorted(hf.config.label2id) == ["B-NP", "E-NP", "S-VP"]  # trained on BIOES, as the reference
+
+
+def test_encoder_shape_mismatch_lists_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    from electra.modeling import ElectraForPreTraining
+
+    save_model(ElectraForPreTraining(small_config(layers=2)), str(tmp_path / "model.safetensors"))
+    wider = ModelConfig(**{**small_config().to_dict(), "hidden_size": 64, "intermediate_size": 128})
+    model = FinetuningModel(wider, [TaskHead("t", "classification", ["0", "1"])])
+    with pytest.raises(UserError, match=r"embeddings_project\.weight: checkpoint \(32, 16\), model \(64, 16\)"):
+        load_encoder_weights(model, tmp_path / "model.safetensors")
+    same = FinetuningModel(small_config(layers=2), [TaskHead("t", "classification", ["0", "1"])])
+    load_encoder_weights(same, tmp_path / "model.safetensors")  # the discriminator's encoder loads
+
+
+def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:
+    """The default init_checkpoint is the pre-trained discriminator, whose shape is inherited."""
+    import shutil
+
+    from electra.pretrain import run_pretraining
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pretrain_data_dir, data_dir)
+    overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    run_pretraining(
+        data_dir,
+        "tiny",
+        {"embedding_size": 32, "model_hparam_overrides": overrides, "train_batch_size": 8, "num_train_steps": 3},
+    )
+    write_user_task(data_dir, {"train": sentiment_rows(32, 0), "dev": sentiment_rows(16, 1)})
+    hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "train_batch_size": 8, "num_train_epochs": 1}
+    outcome = run_finetuning(data_dir, "tiny", hparams)
+    assert "tickets/dev" in outcome["trials"][0]["scores"]
+    config = json.loads((outcome["trials"][0]["dir"] / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["embedding_size"]) == (32, 2, 32)
+    with pytest.raises(UserError, match="no pre-trained model at"):
+        run_finetuning(data_dir, "missing", hparams)
+
+
+def test_shared_glue_and_chunk_files_read() -> None:
+    from tests.conftest import shared_data
+
+    root = shared_data("sst").parent
+    expected = {"cola": 8551, "sst": 67349, "mrpc": 2 * 3668, "sts": 2 * 5749, "qqp": 23496}
+    for name, count in expected.items():
+        assert len(get_task(name, root, {}).examples("train")) == count
+    assert len(get_task("qnli", root, {}).examples("dev")) == 5463
+    chunk = get_task("chunk", root, {})
+    assert len(chunk.examples("train")) == 8936 and len(chunk.examples("dev")) == 2012
