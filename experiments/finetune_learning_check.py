@@ -1,0 +1,148 @@
+"""Learning check: does pre-training help? Fine-tune a tiny pre-trained ELECTRA and the same model from random
+weights on SST-2, CoLA, MRPC and a Chinese review-sentiment set, with the same budget, and compare.
+
+English: the model pre-trained by `pretrain_learning_check.py` (pass its --workdir and --model-name).
+Chinese: a tiny model pre-trained here on ../shared/data/pretrain_zh (vocabulary, data, pre-training),
+fine-tuned on waimai_10k (takeaway reviews; it barely overlaps the other Chinese sets), split 80/20
+into train/dev with seed 0. Every run is `electra finetune` with one trial; prints a table and a
+final JSON line and appends nothing anywhere else (record the table in experiments/RESULTS.md).
+Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
+       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,waimai]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data"
+TINY = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512}
+BUDGET = {"learning_rate": 3e-4, "train_batch_size": 32, "eval_batch_size": 128, "log_every_steps": 100}
+EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "waimai": 3}
+HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "waimai": "accuracy"}
+
+
+def electra(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "electra.cli", *args], check=True)
+
+
+def link(target: Path, link_path: Path) -> None:
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    if not link_path.exists():
+        link_path.symlink_to(target)
+
+
+def split_waimai(folder: Path) -> None:
+    """waimai_10k.csv (label,review) -> train.csv / dev.csv, 80/20 with a fixed seed."""
+    if (folder / "dev.csv").exists():
+        return
+    with open(SHARED / "zh_cls" / "waimai_10k" / "waimai_10k.csv", encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    random.Random(0).shuffle(rows)
+    cut = int(0.8 * len(rows))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", rows[:cut]), ("dev", rows[cut:])):
+        with open(folder / f"{name}.csv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["label", "review"])
+            writer.writeheader()
+            writer.writerows(part)
+
+
+def pretrain_chinese(workdir: Path, steps: int) -> None:
+    zh = workdir / "zh"
+    if (zh / "models" / "zh_pretrained" / "discriminator").exists():
+        return
+    zh.mkdir(parents=True, exist_ok=True)
+    corpus = SHARED / "pretrain_zh"
+    if not (zh / "vocab.txt").exists():
+        electra("vocab", "--corpus-dir", str(corpus), "--output", str(zh / "vocab.txt"), "--vocab-size", "8000")
+    electra(
+        "build-data",
+        "--corpus-dir",
+        str(corpus),
+        "--vocab-file",
+        str(zh / "vocab.txt"),
+        "--output-dir",
+        str(zh / "pretrain_data"),
+    )
+    hparams = {
+        "embedding_size": 128,
+        "model_hparam_overrides": TINY,
+        "train_batch_size": 32,
+        "num_train_steps": steps,
+        "num_warmup_steps": steps // 10,
+        "learning_rate": 1e-4,
+        "save_checkpoints_steps": 500,
+        "log_every_steps": 50,
+        "do_eval": True,
+        "num_eval_steps": 10,
+        "eval_batch_size": 64,
+    }
+    electra("pretrain", "--data-dir", str(zh), "--model-name", "zh_pretrained", "--hparams", json.dumps(hparams))
+
+
+def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool) -> tuple[float, float]:
+    """(headline score, minutes) of one fine-tuning run."""
+    hparams = {
+        **BUDGET,
+        "task_names": [task],
+        "num_train_epochs": EPOCHS[task],
+        "embedding_size": 128,
+        "model_hparam_overrides": TINY,
+    }
+    if task == "waimai":
+        hparams["tasks"] = {"waimai": {"type": "classification", "text_column": "review"}}
+    if not pretrained:
+        hparams["init_checkpoint"] = None
+    started = time.time()
+    electra("finetune", "--data-dir", str(data_dir), "--model-name", model_name, "--hparams", json.dumps(hparams))
+    minutes = (time.time() - started) / 60
+    results = json.loads((data_dir / "models" / model_name / "results" / f"{task}_results.json").read_text())
+    return results["trials"][0][f"{task}/dev"][HEADLINE[task]], minutes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrain-workdir", required=True, help="--workdir of pretrain_learning_check.py")
+    parser.add_argument("--model-name", required=True, help="--model-name of pretrain_learning_check.py")
+    parser.add_argument("--workdir", default="/tmp/electra-finetune-check")
+    parser.add_argument("--zh-steps", type=int, default=1500)
+    parser.add_argument("--tasks", default="sst,cola,mrpc,waimai")
+    args = parser.parse_args()
+    if not SHARED.exists():
+        sys.exit(f"{SHARED} is absent")
+    workdir = Path(args.workdir)
+    english = workdir / "en"
+    source = Path(args.pretrain_workdir)
+    link(source / "vocab.txt", english / "vocab.txt")
+    link(source / "models" / args.model_name, english / "models" / "en_pretrained")
+    for task in ("sst", "cola", "mrpc"):
+        link(SHARED / task, english / "finetuning_data" / task)
+    tasks = args.tasks.split(",")
+    if "waimai" in tasks:
+        pretrain_chinese(workdir, args.zh_steps)
+        split_waimai(workdir / "zh" / "finetuning_data" / "waimai")
+    rows = []
+    for task in tasks:
+        data_dir, prefix = (workdir / "zh", "zh") if task == "waimai" else (english, "en")
+        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, pretrained=True)
+        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, pretrained=False)
+        rows.append((task, HEADLINE[task], pretrained, random_init, minutes, random_minutes))
+    print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>11} | {'random init':>11} | {'minutes (each)':>14}")
+    for task, metric, with_pretraining, without, minutes, random_minutes in rows:
+        print(
+            f"{task:<8} | {metric:<8} | {with_pretraining:11.2f} | {without:11.2f} | "
+            f"{minutes:6.1f} / {random_minutes:<6.1f}"
+        )
+    print(json.dumps({task: {"pretrained": round(p, 2), "random": round(r, 2)} for task, _, p, r, _, _ in rows}))
+
+
+if __name__ == "__main__":
+    main()
