@@ -25,7 +25,30 @@ from electra.finetune import (
 from electra.tasks import get_task
 from electra.tokenization import SPECIAL_TOKENS, write_vocab
 
-WORDS = "good great fine bad awful poor movie film plot actor the a is was very not 好 差 服 务 态 度".split()
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "bad",
+    "awful",
+    "poor",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "the",
+    "a",
+    "is",
+    "was",
+    "very",
+    "not",
+    "好",
+    "差",
+    "服",
+    "务",
+    "态",
+    "度",
+]
 
 
 def reference_truncation(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
@@ -253,7 +276,7 @@ def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path)
 
     again = run_finetuning(tmp_path, "m", hparams)  # a finished trial is reused, not retrained
     assert again["trials"][0]["scores"] == outcome["trials"][0]["scores"]
-    with pytest.raises(UserError, match="other settings.*learning_rate"):
+    with pytest.raises(UserError, match=r"other settings.*learning_rate"):
         run_finetuning(tmp_path, "m", {**hparams, "learning_rate": 5e-4})
 
 
