@@ -376,3 +376,19 @@ def test_shared_glue_and_chunk_files_read() -> None:
     assert len(get_task("qnli", root, {}).examples("dev")) == 5463
     chunk = get_task("chunk", root, {})
     assert len(chunk.examples("train")) == 8936 and len(chunk.examples("dev")) == 2012
+
+
+def test_glue_task_writes_submission_file(tmp_path: Path, vocab_file: Path) -> None:
+    folder = tmp_path / "finetuning_data" / "sst"
+    folder.mkdir(parents=True)
+    labels = {"pos": "1", "neg": "0"}
+    for split, count, seed in (("train", 320, 0), ("dev", 64, 1)):
+        rows = "".join(f"{text}\t{labels[label]}\n" for text, label in sentiment_rows(count, seed))
+        (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    (folder / "test.tsv").write_text("index\tsentence\n0\tthe film was great\n1\tan awful plot\n")
+    hparams = {**TINY_MODEL, "task_names": ["sst"], "vocab_file": str(vocab_file), "write_test_outputs": True}
+    outcome = run_finetuning(tmp_path, "m", hparams)
+    assert outcome["trials"][0]["scores"]["sst/dev"]["accuracy"] > 90
+    submission = tmp_path / "models" / "m" / "test_predictions" / "sst_1" / "SST-2.tsv"
+    assert outcome["test_outputs"] == [submission]
+    assert submission.read_text() == "index\tprediction\n0\t1\n1\t0\n"

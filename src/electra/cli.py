@@ -174,6 +174,9 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-column", default=None, help="column of the text (default: the task's, or 'text')")
     parser.add_argument("--text-column-2", default=None, help="column of a pair's second text")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    parser.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
+    )
     parser.set_defaults(run=_run_predict)
 
 
@@ -293,7 +296,9 @@ def _run_predict(args: argparse.Namespace) -> None:
     from electra.finetune import run_prediction
 
     columns = {"text_column": args.text_column, "text_column_2": args.text_column_2}
-    path, count = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns)
+    path, count = run_prediction(
+        args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision
+    )
     print(f"wrote {count:,} predictions to {path}")
 
 

@@ -143,7 +143,8 @@ class Featurizer:
             return self._tagging_features(examples, head, task_id)
         firsts = self._pieces([example.text_a for example in examples])
         paired = [example.text_b is not None for example in examples]
-        seconds = self._pieces([example.text_b or "" for example in examples])
+        second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b is not None]))
+        seconds = [next(second_pieces) if pair else [] for pair in paired]
         label_ids = {label: i for i, label in enumerate(head.labels)}
         low, high = head.value_range
         features = []
@@ -457,15 +458,16 @@ def predict_features(
     batch_size: int,
     device: torch.device,
     pad_id: int,
+    precision: str = "auto",
     show_progress: bool = False,
 ) -> list[np.ndarray]:
     """Each example's head output (float32, unpadded), computed in batches of similar length."""
     model.eval()
     order = np.argsort([len(item.input_ids) for item in features], kind="stable")
     outputs: list[np.ndarray | None] = [None] * len(features)
-    autocast_dtype = resolve_precision("auto", device)
+    autocast_dtype = resolve_precision(precision, device)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=not show_progress, file=sys.stderr):
+    for start in tqdm(starts, desc="predict", unit="batch", disable=None if show_progress else True, file=sys.stderr):
         chosen = order[start : start + batch_size]
         batch = collate([features[i] for i in chosen], pad_id, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -679,7 +681,9 @@ def evaluate_task(
     """Scores of one split (empty for unlabelled test splits) and the decoded predictions."""
     examples = item.task.examples(split)
     features = featurizer.features(examples, item.head, task_id)
-    outputs = predict_features(model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id)
+    outputs = predict_features(
+        model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id, run.config.precision
+    )
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
         return {}, decoded
@@ -849,6 +853,7 @@ def run_prediction(
     batch_size: int = 32,
     columns: dict[str, str | None] | None = None,
     show_progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[Path, int]:
     """`electra predict`: a fine-tuned model over a file, one JSON line per example; returns (path, count)."""
     folder, source = Path(model_dir), Path(input_file)
@@ -861,7 +866,7 @@ def run_prediction(
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     features = featurizer.features(examples, head, 0)
-    outputs = predict_features(model, features, 0, batch_size, device, featurizer.pad_id, show_progress)
+    outputs = predict_features(model, features, 0, batch_size, device, featurizer.pad_id, precision, show_progress)
     target = Path(output_file) if output_file else source.with_name(f"{source.stem}.predictions.jsonl")
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, output, feature in zip(examples, outputs, features, strict=True):

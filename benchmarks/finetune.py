@@ -1,0 +1,306 @@
+"""Fine-tuning speed on SST-2: ours vs a peer built from `transformers`' ElectraForSequenceClassification.
+
+The peer does what the reference and popular ports do: every example padded to max_seq_length 128,
+batches in random order, fp32, torch AdamW, the loss from `labels=`. Ours is `electra.finetune` as
+`electra finetune` runs it: padded per batch (dynamic padding), training batches length-bucketed
+(`FinetuningBatches`), the layer-wise AdamWeightDecay, gradient clipping at 1.0, in fp32 and in the
+default precision ("auto": bf16 autocast on CPUs with fast bf16). Both start from random weights of the
+same shape (ELECTRA-Small by default, a 30,522-row embedding table as the released models, whatever the
+size of the vocabulary the text is tokenised with) and see the same real SST-2 examples.
+
+Training examples/s counts whole steps (forward, backward, clipping, optimizer) over --train-steps after
+2 warm-up steps; bucketed batches vary in length, so it is total examples over total time, not a
+median step. Evaluation examples/s is one pass over the first --eval-examples dev examples without
+gradients, after a warm-up pass over two batches. Ours is timed through `predict_features`, the
+function `electra finetune` evaluates with (length-sorted batches padded per batch). The peer runs the
+dev examples in input order, padded to 128. Each variant runs in its own process, so its peak memory is its own.
+
+Without --vocab, a WordPiece vocabulary is trained on the SST-2 training sentences (a few seconds).
+Prints a table, then one JSON line of headline figures.
+Usage: python benchmarks/finetune.py [--size small|tiny] [--batch 32] [--train-steps 20] [--eval-examples 872]
+       [--threads 2] [--vocab VOCAB_TXT] [--data SST_FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from electra.finetune import Features, TaskHead
+
+SEQ, MODEL_VOCAB, WARMUP_STEPS = 128, 30522, 2
+SHAPES = {  # hidden, layers, heads, intermediate, embedding
+    "small": (256, 12, 4, 1024, 128),
+    "tiny": (128, 4, 2, 512, 128),
+}
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst"
+CPU = torch.device("cpu")
+
+
+def load_sst(data: Path, vocab_file: Path) -> tuple[list[Features], list[Features], TaskHead, int]:
+    """Train and dev features, the SST head and the [PAD] id."""
+    from electra.finetune import Featurizer, TaskHead
+    from electra.tasks import get_task
+    from electra.tokenization import read_vocab
+
+    vocab = read_vocab(vocab_file)
+    featurizer = Featurizer(vocab, max_seq_length=SEQ)
+    head = TaskHead("sst", "classification", ["0", "1"])
+    task = get_task("sst", data.parent, {})
+    train = featurizer.features(task.examples("train"), head, 0)
+    dev = featurizer.features(task.examples("dev"), head, 0)
+    return train, dev, head, featurizer.pad_id
+
+
+def model_vocab_size(vocab_file: Path) -> int:
+    from electra.tokenization import read_vocab
+
+    return max(MODEL_VOCAB, len(read_vocab(vocab_file)))
+
+
+def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable, Callable]:
+    from electra.config import ModelConfig
+    from electra.finetune import (
+        FinetuningBatches,
+        FinetuningModel,
+        layerwise_param_groups,
+        predict_features,
+    )
+    from electra.trainer import AdamWeightDecay, resolve_precision
+
+    hidden, layers, heads, intermediate, embedding = SHAPES[size]
+    train, dev, head, pad_id = load_sst(data, vocab_file)
+    config = ModelConfig(
+        vocab_size=model_vocab_size(vocab_file),
+        embedding_size=embedding,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        pad_token_id=pad_id,
+    )
+    model = FinetuningModel(config, [head])
+    optimizer = AdamWeightDecay(layerwise_param_groups(model, 0.01, 0.8), lr=1e-4)
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    batches = FinetuningBatches(train, batch, seed=0, bucketing=True, pad_id=pad_id)
+    dtype = resolve_precision(precision, CPU)
+
+    def train_step(step: int) -> int:
+        model.train()
+        inputs = batches.make_batch(batches.batch_indices(step), slice(0, batch), batch, 0, CPU)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            sums = model(inputs)
+        (sums["task_loss"] / batch).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-4
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return inputs.input_ids.shape[1]
+
+    def evaluate(count: int) -> None:
+        predict_features(model, dev[:count], 0, batch, CPU, pad_id, precision)
+
+    return train_step, evaluate
+
+
+def peer(size: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable, Callable]:
+    import transformers
+
+    from electra.finetune import collate
+
+    hidden, layers, heads, intermediate, embedding = SHAPES[size]
+    train, dev, _, pad_id = load_sst(data, vocab_file)
+    config = transformers.ElectraConfig(
+        vocab_size=model_vocab_size(vocab_file),
+        embedding_size=embedding,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+        pad_token_id=pad_id,
+        num_labels=2,
+    )
+    model = transformers.ElectraForSequenceClassification(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    order = np.random.default_rng(0).permutation(len(train))
+
+    def train_step(step: int) -> int:
+        model.train()
+        chosen = order[(step * batch + np.arange(batch)) % len(train)]
+        inputs = collate([train[i] for i in chosen], pad_id, CPU, pad_to=SEQ)
+        output = model(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            token_type_ids=inputs.token_type_ids,
+            labels=inputs.labels.long(),
+        )
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return SEQ
+
+    @torch.no_grad()
+    def evaluate(count: int) -> None:
+        model.eval()
+        for start in range(0, count, batch):
+            inputs = collate(dev[start : min(start + batch, count)], pad_id, CPU, pad_to=SEQ)
+            model(
+                input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, token_type_ids=inputs.token_type_ids
+            )
+
+    return train_step, evaluate
+
+
+def measure(variant: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    name, precision = variant.split("-")
+    if name == "ours":
+        train_step, evaluate = ours(args.size, precision, args.vocab, args.data, args.batch)
+    else:
+        train_step, evaluate = peer(args.size, args.vocab, args.data, args.batch)
+    for step in range(WARMUP_STEPS):
+        train_step(step)
+    started = time.perf_counter()
+    padded = [train_step(step) for step in range(WARMUP_STEPS, WARMUP_STEPS + args.train_steps)]
+    train_seconds = time.perf_counter() - started
+    evaluate(2 * args.batch)
+    started = time.perf_counter()
+    evaluate(args.eval_examples)
+    eval_seconds = time.perf_counter() - started
+    return {
+        "train_ex_s": args.train_steps * args.batch / train_seconds,
+        "eval_ex_s": args.eval_examples / eval_seconds,
+        "train_padded_len": float(np.mean(padded)),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def train_sst_vocab(data: Path, folder: Path) -> Path:
+    from electra.tasks import get_task
+    from electra.tokenization import train_vocab, write_vocab
+
+    sentences = folder / "sst_train.txt"
+    sentences.write_text(
+        "".join(f"{example.text_a}\n" for example in get_task("sst", data.parent, {}).examples("train"))
+    )
+    vocab_file = folder / "vocab.txt"
+    write_vocab(train_vocab([sentences], vocab_size=MODEL_VOCAB, show_progress=False), vocab_file)
+    return vocab_file
+
+
+def run_variants(args: argparse.Namespace) -> dict[str, dict]:
+    rows = {}
+    for variant in args.variants.split(","):
+        command = [sys.executable, __file__, "--run-one", variant, "--vocab", str(args.vocab), "--data", str(args.data)]
+        for flag in ("size", "batch", "train_steps", "eval_examples", "threads"):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{variant} failed:\n{done.stderr}")
+        rows[variant] = json.loads(done.stdout.splitlines()[-1])
+    return rows
+
+
+def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    from electra.trainer import resolve_precision
+
+    train, dev, _, _ = load_sst(args.data, args.vocab)
+    train_tokens = np.mean([len(item.input_ids) for item in train])
+    dev_tokens = np.mean([len(item.input_ids) for item in dev[: args.eval_examples]])
+    auto = resolve_precision("auto", CPU)
+    print(
+        f"ELECTRA-{args.size} on SST-2, batch {args.batch}, {args.train_steps} timed steps, "
+        f"{args.eval_examples} dev examples, {args.threads} threads, torch {torch.__version__}; "
+        f'"auto" = {auto or "fp32"}'
+    )
+    print(
+        f"real tokens per example, [CLS] and [SEP] included: train {train_tokens:.1f}, dev {dev_tokens:.1f}; "
+        f"the peer pads to {SEQ}"
+    )
+    for variant, row in rows.items():
+        if variant.startswith("ours"):
+            print(f"{variant}: timed training batches padded to {row['train_padded_len']:.1f} tokens on average")
+    peer_row = rows.get("peer-fp32")
+    print(
+        f"{'variant':<10} | {'train ex/s':>10} | {'eval ex/s':>10} | {'peak RSS GB':>11} | "
+        f"{'train vs peer':>13} | {'eval vs peer':>12}"
+    )
+    for variant, row in rows.items():
+        train_ratio = f"{row['train_ex_s'] / peer_row['train_ex_s']:.2f}x" if peer_row else "-"
+        eval_ratio = f"{row['eval_ex_s'] / peer_row['eval_ex_s']:.2f}x" if peer_row else "-"
+        print(
+            f"{variant:<10} | {row['train_ex_s']:10,.1f} | {row['eval_ex_s']:10,.1f} | {row['peak_rss_gb']:11.2f} | "
+            f"{train_ratio:>13} | {eval_ratio:>12}"
+        )
+
+    def figure(variant: str, key: str) -> float | None:
+        return round(rows[variant][key], 1) if variant in rows else None
+
+    def ratio(variant: str, key: str) -> float | None:
+        return round(rows[variant][key] / peer_row[key], 2) if variant in rows and peer_row else None
+
+    headline = {
+        "ours_precision": str(auto or "fp32").removeprefix("torch."),
+        "ours_train_ex_s": figure("ours-auto", "train_ex_s"),
+        "peer_train_ex_s": figure("peer-fp32", "train_ex_s"),
+        "train_ratio": ratio("ours-auto", "train_ex_s"),
+        "ours_eval_ex_s": figure("ours-auto", "eval_ex_s"),
+        "peer_eval_ex_s": figure("peer-fp32", "eval_ex_s"),
+        "eval_ratio": ratio("ours-auto", "eval_ex_s"),
+        "ours_fp32_train_ex_s": figure("ours-fp32", "train_ex_s"),
+        "ours_fp32_train_ratio": ratio("ours-fp32", "train_ex_s"),
+        "ours_fp32_eval_ex_s": figure("ours-fp32", "eval_ex_s"),
+        "ours_fp32_eval_ratio": ratio("ours-fp32", "eval_ex_s"),
+        "mean_train_tokens": round(float(train_tokens), 1),
+        "mean_dev_tokens": round(float(dev_tokens), 1),
+    }
+    print(json.dumps(headline))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SHAPES, default="small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--eval-examples", type=int, default=872, help="the first N dev examples (SST-2 has 872)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vocab", type=Path, default=None, help="vocab.txt; default: trained on SST-2 train")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding SST-2 train.tsv, dev.tsv")
+    parser.add_argument("--variants", default="peer-fp32,ours-fp32,ours-auto")
+    parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_one:
+        print(json.dumps(measure(args.run_one, args)))
+        return
+    missing = [name for name in ("train.tsv", "dev.tsv") if not (args.data / name).is_file()]
+    if missing:
+        sys.exit(f"SST-2 not found: {', '.join(str(args.data / name) for name in missing)} missing (see --data)")
+    from electra.tasks import get_task
+
+    args.eval_examples = min(args.eval_examples, len(get_task("sst", args.data.parent, {}).examples("dev")))
+    with tempfile.TemporaryDirectory() as folder:
+        if args.vocab is None:
+            args.vocab = train_sst_vocab(args.data, Path(folder))
+        rows = run_variants(args)
+        torch.set_num_threads(args.threads)
+        report(args, rows)
+
+
+if __name__ == "__main__":
+    main()
