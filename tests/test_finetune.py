@@ -392,3 +392,32 @@ def test_glue_task_writes_submission_file(tmp_path: Path, vocab_file: Path) -> N
     submission = tmp_path / "models" / "m" / "test_predictions" / "sst_1" / "SST-2.tsv"
     assert outcome["test_outputs"] == [submission]
     assert submission.read_text() == "index\tprediction\n0\t1\n1\t0\n"
+
+
+def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path) -> None:
+    """A local Hugging Face ELECTRA folder (as a released discriminator) is a starting point, shape included."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    hf_config = ElectraConfig(
+        vocab_size=len(SPECIAL_TOKENS) + len(WORDS),
+        embedding_size=24,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=96,
+    )
+    released = tmp_path / "electra-tiny-discriminator"
+    ElectraForPreTraining(hf_config).save_pretrained(released)
+    shutil.copyfile(vocab_file, released / "vocab.txt")
+    write_user_task(tmp_path, {"train": sentiment_rows(32, 0), "dev": sentiment_rows(16, 1)})
+    hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "train_batch_size": 8, "num_train_epochs": 1}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, "init_checkpoint": str(released), "learning_rate": 0.0})
+    exported = outcome["trials"][0]["dir"] / "model"
+    config = json.loads((exported / "config.json").read_text())
+    assert [config[key] for key in ("embedding_size", "hidden_size", "num_hidden_layers")] == [24, 48, 3]
+    original, tuned = load_file(str(released / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    encoder_keys = [key for key in original if key.startswith("electra.")]
+    assert encoder_keys and all(torch.equal(original[key], tuned[key]) for key in encoder_keys)  # lr 0: unchanged

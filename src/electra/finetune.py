@@ -515,36 +515,56 @@ class FinetuningRun:
 
 
 INHERITED_SHAPE_HPARAMS = ("model_size", "model_hparam_overrides", "embedding_size")
+SIZE_BY_HIDDEN = {256: "small", 768: "base", 1024: "large"}
+
+
+def inherited_shape(init: Path | None, model_dir: Path) -> dict[str, Any]:
+    """The shape hparams of the model fine-tuning starts from: its pretrain_config.json (our pre-training)
+    or its config.json (a Hugging Face folder, e.g. a released google/electra-*-discriminator)."""
+    if init is None:
+        return {}
+    if init == model_dir and (model_dir / "pretrain_config.json").is_file():
+        recorded = json.loads((model_dir / "pretrain_config.json").read_text())
+        return {key: recorded[key] for key in INHERITED_SHAPE_HPARAMS if key in recorded}
+    folder = init / "discriminator" if (init / "discriminator" / "config.json").is_file() else init
+    if not (folder / "config.json").is_file():
+        return {}
+    config = json.loads((folder / "config.json").read_text())
+    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    if any(name not in config for name in names):
+        return {}
+    return {
+        "model_size": SIZE_BY_HIDDEN.get(config["hidden_size"], "small"),
+        "embedding_size": config.get("embedding_size", config["hidden_size"]),
+        "model_hparam_overrides": {name: config[name] for name in names},
+    }
 
 
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
     """Resolve hparams, paths, vocabulary and tasks as the reference's configure_finetuning does.
 
-    The model's shape defaults to the one it was pre-trained with (its pretrain_config.json), so a
-    model pre-trained with overrides fine-tunes without repeating them.
+    Unless the hparams give a shape, the model's shape is the one of the weights it starts from (our
+    pretrain_config.json or a Hugging Face config.json), so nothing needs repeating.
     """
     data_dir = Path(data_dir)
     model_dir = data_dir / "models" / model_name
-    pretrain_record = model_dir / "pretrain_config.json"
-    if pretrain_record.is_file() and "init_checkpoint" not in hparams:
-        recorded = json.loads(pretrain_record.read_text())
-        inherited = {key: recorded[key] for key in INHERITED_SHAPE_HPARAMS if key in recorded}
-        if "model_size" in hparams:  # a different size given explicitly: the recorded overrides do not apply
-            inherited = {}
-        hparams = {**inherited, **hparams}
+    if "init_checkpoint" in hparams:
+        init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
+    else:
+        init = None if hparams.get("debug") else model_dir
+    if not any(key in hparams for key in INHERITED_SHAPE_HPARAMS):
+        hparams = {**inherited_shape(init, model_dir), **hparams}
     config = build_finetuning_config(hparams)
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
         candidates = [model_dir / "vocab.txt", model_dir / "discriminator" / "vocab.txt", data_dir / "vocab.txt"]
+        if init is not None and init.is_dir() and init != model_dir:
+            candidates.insert(0, init / "vocab.txt")
         vocab_file = next((path for path in candidates if path.is_file()), candidates[-1])
     vocab = read_vocab(vocab_file)
     if config.vocab_size is not None and config.vocab_size != len(vocab):
         raise UserError(f"vocab_size {config.vocab_size} does not match the {len(vocab):,} tokens of {vocab_file}")
-    if "init_checkpoint" in hparams:
-        init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
-    else:
-        init = None if config.debug else model_dir
     init_checkpoint = None
     if init is not None:
         if init == model_dir and (model_dir / "discriminator" / "model.safetensors").is_file():
@@ -625,6 +645,10 @@ def train_trial(
     features = [
         feature for task_id, item in enumerate(data) for feature in featurizer.features(item.train, item.head, task_id)
     ]
+    if config.log_examples and processes.is_main:
+        for feature in features[:3]:
+            tokens = " ".join(run.vocab[i] for i in feature.input_ids)
+            print(f"example of task {data[feature.task_id].head.name}: {tokens} (label {feature.label:g})")
     steps = int(config.num_train_epochs * len(features) / config.train_batch_size)
     if steps < 1:
         raise UserError(
