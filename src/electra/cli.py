@@ -180,6 +180,26 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_predict)
 
 
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve a fine-tuned model over HTTP (JSON)",
+        description='An HTTP JSON service for a fine-tuned model: POST /predict with {"texts": [...]} '
+        '(or "pairs", or "tokens" for taggers), GET /health, OpenAPI docs at /docs. Concurrent requests '
+        'share batches. Needs the serve extra: pip install "electra[serve]".',
+    )
+    parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--max-examples", type=int, default=64, help="examples per request (default: 64)")
+    parser.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default: 10000)")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="examples per model batch (default: 64)")
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default: 2)"
+    )
+    parser.set_defaults(run=_run_serve)
+
+
 def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "plot",
@@ -204,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(commands)
     _add_finetune_parser(commands)
     _add_predict_parser(commands)
+    _add_serve_parser(commands)
     _add_plot_parser(commands)
     _add_quickstart_parser(commands)
     return parser
@@ -300,6 +321,18 @@ def _run_predict(args: argparse.Namespace) -> None:
         args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision
     )
     print(f"wrote {count:,} predictions to {path}")
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from electra.serving import ServeLimits, serve
+
+    limits = ServeLimits(
+        max_examples=args.max_examples,
+        max_chars=args.max_chars,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    serve(args.model_dir, args.host, args.port, limits)
 
 
 def _run_plot(args: argparse.Namespace) -> None:

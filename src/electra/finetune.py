@@ -870,6 +870,28 @@ def read_prediction_inputs(
     return examples
 
 
+class Predictor:
+    """A fine-tuned model folder ready to predict: model, task head, featurizer, on the best device."""
+
+    def __init__(self, model_dir: str | Path, precision: str = "auto", device: torch.device | None = None):
+        self.folder = Path(model_dir)
+        self.model, self.head, self.spec = load_task_model(self.folder)
+        vocab = read_vocab(self.folder / "vocab.txt")
+        self.featurizer = Featurizer(vocab, self.spec.get("max_seq_length", 128), self.spec.get("do_lower_case", True))
+        cuda = torch.cuda.is_available()
+        self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
+        self.model.to(self.device).eval()
+        self.precision = precision
+
+    def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
+        """Decoded predictions (see `decode`), in the order of `examples`."""
+        features = self.featurizer.features(examples, self.head, 0)
+        outputs = predict_features(
+            self.model, features, 0, batch_size, self.device, self.featurizer.pad_id, self.precision, show_progress
+        )
+        return [decode(self.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+
+
 def run_prediction(
     model_dir: str | Path,
     input_file: str | Path,
@@ -880,20 +902,15 @@ def run_prediction(
     precision: str = "auto",
 ) -> tuple[Path, int]:
     """`electra predict`: a fine-tuned model over a file, one JSON line per example; returns (path, count)."""
-    folder, source = Path(model_dir), Path(input_file)
-    model, head, spec = load_task_model(folder)
-    vocab = read_vocab(folder / "vocab.txt")
-    featurizer = Featurizer(vocab, spec.get("max_seq_length", 128), spec.get("do_lower_case", True))
-    examples = read_prediction_inputs(source, head, spec, columns or {})
+    source = Path(input_file)
+    predictor = Predictor(model_dir, precision)
+    examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {})
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model.to(device)
-    features = featurizer.features(examples, head, 0)
-    outputs = predict_features(model, features, 0, batch_size, device, featurizer.pad_id, precision, show_progress)
+    predictions = predictor.predict(examples, batch_size, show_progress)
     target = Path(output_file) if output_file else source.with_name(f"{source.stem}.predictions.jsonl")
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        for example, output, feature in zip(examples, outputs, features, strict=True):
-            entry = {"line": int(example.source.rsplit(":", 1)[1]), **decode(head, output, feature)}
+        for example, prediction in zip(examples, predictions, strict=True):
+            entry = {"line": int(example.source.rsplit(":", 1)[1]), **prediction}
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
     return target, len(examples)

@@ -1,0 +1,191 @@
+"""`electra serve`: a fine-tuned model behind an HTTP JSON API (FastAPI + uvicorn, the `serve` extra).
+
+POST /predict takes {"texts": [...]}, {"pairs": [[a, b], ...]} or, for taggers, {"tokens": [[w, ...], ...]}
+and answers {"predictions": [...]} as `electra predict` writes them. Concurrent requests are gathered
+into one batch (micro-batching: up to `max_batch_size` examples, waiting at most `batch_wait_ms` for
+company), and the model runs in a worker thread so the event loop keeps accepting requests. Limits
+on the number of examples, text length and body size are answered with 413, malformed bodies with
+422, each with a message saying what to change. GET /health describes the model; /docs is OpenAPI.
+
+(No `from __future__ import annotations` here: FastAPI reads the request model from the annotations
+of handlers defined inside `create_app`, which postponed annotations would hide.)
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from electra.errors import UserError
+from electra.finetune import Predictor
+from electra.tasks import Example
+
+
+@dataclass
+class ServeLimits:
+    max_examples: int = 64  # per request
+    max_chars: int = 10_000  # per text
+    max_body_bytes: int = 1_000_000
+    max_batch_size: int = 64  # examples the model runs at once, across requests
+    batch_wait_ms: float = 2.0
+
+
+class MicroBatcher:
+    """Gathers the examples of concurrent requests into shared batches for one model worker."""
+
+    def __init__(self, predictor: Predictor, limits: ServeLimits):
+        self.predictor = predictor
+        self.limits = limits
+        self.queue: asyncio.Queue[tuple[list[Example], asyncio.Future]] = asyncio.Queue()
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+    async def predict(self, examples: list[Example]) -> list[dict]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((examples, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = [await self.queue.get()]
+            size = len(pending[0][0])
+            deadline = loop.time() + self.limits.batch_wait_ms / 1000
+            while size < self.limits.max_batch_size:
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                pending.append(item)
+                size += len(item[0])
+            examples = [example for batch, _ in pending for example in batch]
+            try:
+                predictions = await asyncio.to_thread(self.predictor.predict, examples, self.limits.max_batch_size)
+            except Exception as error:  # a failed batch fails its requests, not the server
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            start = 0
+            for batch, future in pending:
+                if not future.done():
+                    future.set_result(predictions[start : start + len(batch)])
+                start += len(batch)
+
+
+def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:
+    """The FastAPI application serving the fine-tuned model in `model_dir`."""
+    try:
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.responses import JSONResponse
+        from pydantic import BaseModel
+    except ImportError:
+        raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
+
+    limits = limits or ServeLimits()
+    predictor = Predictor(model_dir, precision)
+    head = predictor.head
+    batcher = MicroBatcher(predictor, limits)
+
+    class PredictRequest(BaseModel):
+        texts: list[str] | None = None
+        pairs: list[tuple[str, str]] | None = None
+        tokens: list[list[str]] | None = None
+
+    class PredictResponse(BaseModel):
+        predictions: list[dict[str, Any]]
+        model: str
+        milliseconds: float
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title=f"electra: {head.name}",
+        description=f"A fine-tuned ELECTRA {head.kind} model ({len(head.labels)} labels) from {predictor.folder}.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"request body of {length} bytes exceeds the {limits.max_body_bytes:,}-byte limit"},
+            )
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "task": head.name, "kind": head.kind, "labels": head.labels}
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(request: PredictRequest) -> PredictResponse:
+        examples = to_examples(request.texts, request.pairs, request.tokens, head.kind, limits)
+        if not examples:
+            return PredictResponse(predictions=[], model=head.name, milliseconds=0.0)
+        started = time.perf_counter()
+        try:
+            predictions = await batcher.predict(examples)
+        except UserError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        return PredictResponse(
+            predictions=predictions, model=head.name, milliseconds=1000 * (time.perf_counter() - started)
+        )
+
+    def to_examples(
+        texts: list[str] | None,
+        pairs: list[tuple[str, str]] | None,
+        tokens: list[list[str]] | None,
+        kind: str,
+        limits: ServeLimits,
+    ) -> list[Example]:
+        given = [name for name, value in (("texts", texts), ("pairs", pairs), ("tokens", tokens)) if value is not None]
+        if len(given) != 1:
+            raise HTTPException(status_code=422, detail='send exactly one of "texts", "pairs" or "tokens"')
+        if tokens is not None and kind != "tagging":
+            raise HTTPException(status_code=422, detail=f'"tokens" is for taggers; this is a {kind} model')
+        count = len(texts or pairs or tokens or [])
+        if count > limits.max_examples:
+            raise HTTPException(
+                status_code=413, detail=f"{count} examples in one request; send at most {limits.max_examples}"
+            )
+        lengths = [len(t) for t in texts or []] + [len(a) + len(b) for a, b in pairs or []]
+        lengths += [sum(len(word) for word in words) for words in tokens or []]
+        too_long = [index for index, length in enumerate(lengths) if length > limits.max_chars]
+        if too_long:
+            raise HTTPException(
+                status_code=413,
+                detail=f"example {too_long[0]} is longer than {limits.max_chars:,} characters; shorten or split it",
+            )
+        if tokens is not None:
+            return [Example(i, words=list(words)) for i, words in enumerate(tokens)]
+        if kind == "tagging":
+            return [Example(i, words=text.split()) for i, text in enumerate(texts or [])]
+        if pairs is not None:
+            return [Example(i, text_a=a, text_b=b) for i, (a, b) in enumerate(pairs)]
+        return [Example(i, text_a=text) for i, text in enumerate(texts or [])]
+
+    return app
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
+    uvicorn.run(create_app(model_dir, limits), host=host, port=port, log_level="info")

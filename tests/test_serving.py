@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from electra.finetune import run_finetuning
+from electra.serving import ServeLimits, create_app
+from electra.tokenization import SPECIAL_TOKENS, write_vocab
+from tests.test_finetune import TINY_MODEL, WORDS, sentiment_rows, write_user_task
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    write_vocab([*SPECIAL_TOKENS, *WORDS], root / "vocab.txt")
+    write_user_task(root, {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1)})
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(root / "vocab.txt")}
+    outcome = run_finetuning(root, "m", hparams)
+    assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    return outcome["trials"][0]["dir"] / "model"
+
+
+def test_health_and_predictions(classifier: Path) -> None:
+    with TestClient(create_app(classifier)) as client:
+        health = client.get("/health").json()
+        assert health == {"status": "ok", "task": "tickets", "kind": "classification", "labels": ["neg", "pos"]}
+        reply = client.post("/predict", json={"texts": ["the film was great", "an awful plot", "服务 好"]})
+        assert reply.status_code == 200
+        predictions = reply.json()["predictions"]
+        assert [p["label"] for p in predictions] == ["pos", "neg", "pos"]
+        assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in predictions)
+        assert client.post("/predict", json={"texts": []}).json()["predictions"] == []
+        assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_limits_and_malformed_requests(classifier: Path) -> None:
+    limits = ServeLimits(max_examples=3, max_chars=50, max_body_bytes=2_000)
+    with TestClient(create_app(classifier, limits)) as client:
+        too_many = client.post("/predict", json={"texts": ["good"] * 4})
+        assert too_many.status_code == 413 and "at most 3" in too_many.json()["detail"]
+        too_long = client.post("/predict", json={"texts": ["good", "x" * 51]})
+        assert too_long.status_code == 413 and "example 1 is longer than 50" in too_long.json()["detail"]
+        body = client.post("/predict", content=json.dumps({"texts": ["a" * 3000]}), headers={"content-type": "json"})
+        assert body.status_code == 413 and "2,000-byte limit" in body.json()["detail"]
+        both = client.post("/predict", json={"texts": ["good"], "pairs": [["a", "b"]]})
+        assert both.status_code == 422 and "exactly one of" in both.json()["detail"]
+        assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
+        tagging_input = client.post("/predict", json={"tokens": [["good"]]})
+        assert tagging_input.status_code == 422 and "for taggers" in tagging_input.json()["detail"]
+
+
+def test_concurrent_requests_share_batches(classifier: Path) -> None:
+    app = create_app(classifier, ServeLimits(batch_wait_ms=200))
+    batcher = app.state.batcher
+    sizes: list[int] = []
+    original = batcher.predictor.predict
+
+    def recording(examples: list, batch_size: int) -> list[dict]:
+        sizes.append(len(examples))
+        return original(examples, batch_size)
+
+    batcher.predictor.predict = recording
+    texts = [f"the movie was {word}" for word in ("good", "bad", "great", "awful", "fine", "poor")]
+    with TestClient(app) as client:
+        alone = [client.post("/predict", json={"texts": [text]}).json()["predictions"][0] for text in texts]
+        sizes.clear()
+        answers: dict[int, dict] = {}
+
+        def ask(index: int) -> None:
+            answers[index] = client.post("/predict", json={"texts": [texts[index]]}).json()["predictions"][0]
+
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [answers[index]["label"] for index in range(len(texts))] == [p["label"] for p in alone]
+    for index, prediction in enumerate(alone):
+        assert answers[index]["probability"] == pytest.approx(prediction["probability"], abs=1e-3)
+    assert sum(sizes) == len(texts) and max(sizes) > 1  # requests were answered together
