@@ -73,3 +73,19 @@ def pretrain_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         show_progress=False,
     )
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def finetuned_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentiment classifier fine-tuned from random weights (labels neg/pos): its exported model folder."""
+    from electra.finetune import run_finetuning
+    from electra.tokenization import SPECIAL_TOKENS, write_vocab
+    from tests.test_finetune import TINY_MODEL, WORDS, sentiment_rows, write_user_task
+
+    root = tmp_path_factory.mktemp("classifier")
+    write_vocab([*SPECIAL_TOKENS, *WORDS], root / "vocab.txt")
+    write_user_task(root, {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1)})
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(root / "vocab.txt")}
+    outcome = run_finetuning(root, "m", hparams)
+    assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    return outcome["trials"][0]["dir"] / "model"

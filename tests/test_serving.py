@@ -11,21 +11,12 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
 
-from electra.finetune import run_finetuning
 from electra.serving import ServeLimits, create_app
-from electra.tokenization import SPECIAL_TOKENS, write_vocab
-from tests.test_finetune import TINY_MODEL, WORDS, sentiment_rows, write_user_task
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    write_vocab([*SPECIAL_TOKENS, *WORDS], root / "vocab.txt")
-    write_user_task(root, {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1)})
-    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(root / "vocab.txt")}
-    outcome = run_finetuning(root, "m", hparams)
-    assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
-    return outcome["trials"][0]["dir"] / "model"
+@pytest.fixture
+def classifier(finetuned_classifier: Path) -> Path:
+    return finetuned_classifier
 
 
 def test_health_and_predictions(classifier: Path) -> None:

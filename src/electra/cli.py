@@ -200,6 +200,20 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_serve)
 
 
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="export a model to a Hugging Face folder or to ONNX",
+        description="hf: a folder transformers loads with from_pretrained (model and tokenizer), for a fine-tuned "
+        "model or a pre-trained model's discriminator and generator. onnx: a fine-tuned model as model.onnx "
+        "(dynamic batch and sequence axes), checked against PyTorch with onnxruntime.",
+    )
+    parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder or a pre-trained model folder")
+    parser.add_argument("--format", choices=("hf", "onnx"), required=True, help="what to write")
+    parser.add_argument("--output", required=True, help="folder to write")
+    parser.set_defaults(run=_run_export)
+
+
 def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "plot",
@@ -225,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_parser(commands)
     _add_predict_parser(commands)
     _add_serve_parser(commands)
+    _add_export_parser(commands)
     _add_plot_parser(commands)
     _add_quickstart_parser(commands)
     return parser
@@ -333,6 +348,16 @@ def _run_serve(args: argparse.Namespace) -> None:
         batch_wait_ms=args.batch_wait_ms,
     )
     serve(args.model_dir, args.host, args.port, limits)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from electra.export import export_hf, export_onnx
+
+    if args.format == "onnx":
+        print(f"wrote {export_onnx(args.model_dir, args.output)}")
+    else:
+        for path in export_hf(args.model_dir, args.output):
+            print(f"wrote {path}")
 
 
 def _run_plot(args: argparse.Namespace) -> None:

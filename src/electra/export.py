@@ -1,0 +1,147 @@
+"""`electra export`: models out to Hugging Face `transformers` folders and to ONNX.
+
+Hugging Face: our model folders already hold `config.json` + `model.safetensors` with `transformers`'
+parameter names; the export adds the tokenizer files, so `AutoTokenizer.from_pretrained` and
+`AutoModel...from_pretrained` both load the folder. A pre-trained model's folder exports its
+`discriminator/` and `generator/`; a fine-tuned one (holding electra_task.json) exports itself.
+
+ONNX (fine-tuned classifiers, regressors and taggers): inputs `input_ids`, `attention_mask`,
+`token_type_ids` (int64, batch and sequence axes dynamic), output `logits`; checked against PyTorch
+with ONNX Runtime when it is installed (the `onnx` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from electra.errors import UserError
+from electra.fileio import atomic_directory
+from electra.finetune import TASK_FILE, FinetuningModel, load_task_model
+from electra.tokenization import CLS, MASK, PAD, SEP, UNK
+
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_TOLERANCE = 1e-4
+
+
+def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) -> None:
+    """The files `transformers` needs beside vocab.txt to build the matching WordPiece tokenizer."""
+    special = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+    config = {
+        "tokenizer_class": "ElectraTokenizer",
+        "do_lower_case": do_lower_case,
+        "strip_accents": None,
+        "tokenize_chinese_chars": True,
+        "model_max_length": max_length,
+        **special,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def _copy_model_folder(source: Path, target: Path, do_lower_case: bool) -> None:
+    with atomic_directory(target) as tmp:
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        tokenizer_files(tmp, do_lower_case)
+
+
+def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
+    """Hugging Face folders for a fine-tuned model, or for a pre-trained model's discriminator and generator."""
+    source, target = Path(model_dir), Path(output)
+    if (source / TASK_FILE).is_file():
+        spec = json.loads((source / TASK_FILE).read_text())
+        _copy_model_folder(source, target, spec.get("do_lower_case", True))
+        return [target]
+    parts = [name for name in ("discriminator", "generator") if (source / name / "config.json").is_file()]
+    if not parts:
+        inside = sorted(path.parent.name for path in source.glob(f"*/{TASK_FILE}"))
+        hint = f"; it holds fine-tuned models: {', '.join(inside)}" if inside else ""
+        raise UserError(
+            f"{source} is neither a fine-tuned model folder (electra_task.json) nor a pre-trained model folder "
+            f"(discriminator/, generator/){hint}"
+        )
+    do_lower_case = True
+    if (source / "pretrain_config.json").is_file():
+        do_lower_case = json.loads((source / "pretrain_config.json").read_text()).get("do_lower_case", True)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in parts:
+        _copy_model_folder(source / name, target / name, do_lower_case)
+    return [target / name for name in parts]
+
+
+class _LogitsOnly(nn.Module):
+    """The fine-tuned model as a function of three tensors, what ONNX graphs take."""
+
+    def __init__(self, model: FinetuningModel):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.model.electra(input_ids, attention_mask, token_type_ids)
+        return self.model._head(hidden, 0)
+
+
+def _sample_inputs(batch: int, length: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1:, length // 2 :] = 0  # padded rows, so the mask's path is exercised
+    return input_ids * attention_mask, attention_mask, torch.zeros_like(input_ids)
+
+
+def export_onnx(model_dir: str | Path, output: str | Path) -> Path:
+    """`model.onnx` plus the model's config, vocabulary and task spec in `output`; returns the .onnx path."""
+    source, target = Path(model_dir), Path(output)
+    model, _, _ = load_task_model(source)
+    wrapper = _LogitsOnly(model).eval()
+    example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    with atomic_directory(target) as tmp:
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                example,
+                input_names=list(ONNX_INPUTS),
+                output_names=["logits"],
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in ONNX_INPUTS},
+                dynamo=True,
+                verbose=False,
+            )
+        except ImportError as error:
+            raise UserError(f'ONNX export needs onnx and onnxscript ({error}): pip install "electra[onnx]"') from None
+        program.save(str(tmp / "model.onnx"))
+        for name in ("config.json", "vocab.txt", TASK_FILE):
+            shutil.copyfile(source / name, tmp / name)
+        check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size)
+    return target / "model.onnx"
+
+
+def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int) -> float | None:
+    """Largest difference between ONNX Runtime and PyTorch on shapes other than the traced ones (None
+    without onnxruntime); a UserError above ONNX_TOLERANCE."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch, length in ((1, 7), (3, 40)):
+        inputs = _sample_inputs(batch, length, vocab_size, seed=batch)
+        (onnx_logits,) = session.run(
+            None, {name: tensor.numpy() for name, tensor in zip(ONNX_INPUTS, inputs, strict=True)}
+        )
+        with torch.no_grad():
+            expected = wrapper(*inputs).numpy()
+        worst = max(worst, float(abs(onnx_logits - expected).max()))
+    if worst > ONNX_TOLERANCE:
+        raise UserError(f"the ONNX model differs from PyTorch by up to {worst:.2e} (> {ONNX_TOLERANCE}): not exported")
+    return worst

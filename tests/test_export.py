@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from electra.errors import UserError
+from electra.export import export_hf, export_onnx
+from electra.finetune import Predictor, collate
+from electra.tasks import Example
+
+TEXTS = ["the film was great", "an awful plot , very poor", "好"]
+
+
+def test_hugging_face_export_of_a_fine_tuned_model(finetuned_classifier: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    (folder,) = export_hf(finetuned_classifier, tmp_path / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    predictor = Predictor(finetuned_classifier, precision="fp32")
+    features = predictor.featurizer.features([Example(i, text) for i, text in enumerate(TEXTS)], predictor.head, 0)
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    batch = collate(features, predictor.featurizer.pad_id, torch.device("cpu"))
+    assert torch.equal(encoded["input_ids"], batch.input_ids)  # the same WordPiece ids, [CLS] and [SEP] included
+    with torch.no_grad():
+        logits = model(**encoded).logits
+        torch.testing.assert_close(logits, predictor.model.outputs(batch, 0), atol=1e-5, rtol=1e-5)
+    assert model.config.id2label[int(logits[0].argmax())] == "pos"
+
+
+def test_hugging_face_export_of_a_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
+
+    from electra.pretrain import run_pretraining
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pretrain_data_dir, data_dir)
+    run_pretraining(data_dir, "tiny", {"debug": True, "num_train_steps": 2})
+    written = export_hf(data_dir / "models" / "tiny", tmp_path / "hf")
+    assert [path.name for path in written] == ["discriminator", "generator"]
+    assert ElectraForPreTraining.from_pretrained(written[0]).config.hidden_size == 144
+    assert ElectraForMaskedLM.from_pretrained(written[1]) is not None
+    assert AutoTokenizer.from_pretrained(written[0])("a fox")["input_ids"][0] == 2  # [CLS]
+    with pytest.raises(UserError, match="neither a fine-tuned model folder"):
+        export_hf(data_dir, tmp_path / "nothing")
+
+
+def test_onnx_export_matches_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = export_onnx(finetuned_classifier, tmp_path / "onnx")
+    assert {p.name for p in path.parent.iterdir()} >= {"model.onnx", "config.json", "vocab.txt", "electra_task.json"}
+    predictor = Predictor(finetuned_classifier, precision="fp32")
+    features = predictor.featurizer.features([Example(i, text) for i, text in enumerate(TEXTS)], predictor.head, 0)
+    batch = collate(features, predictor.featurizer.pad_id, torch.device("cpu"))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {name: getattr(batch, name).numpy() for name in ("input_ids", "attention_mask", "token_type_ids")}
+    (logits,) = session.run(None, inputs)
+    with torch.no_grad():
+        expected = predictor.model.outputs(batch, 0).numpy()
+    assert np.abs(logits - expected).max() < 1e-4
