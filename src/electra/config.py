@@ -247,21 +247,13 @@ class FinetuningConfig:
 
 def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
     """The reference's precedence: defaults < per-task defaults < per-size defaults < debug < user values."""
-    fields = {item.name: item for item in dataclasses.fields(FinetuningConfig)}
-    check_names(hparams, set(fields) | IGNORED_HPARAMS, "hparam")
-    values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
+    values = _known_values(hparams, FinetuningConfig)
     if isinstance(values.get("task_names"), str):
         values["task_names"] = [name.strip() for name in values["task_names"].split(",") if name.strip()]
     if not values.get("task_names", FinetuningConfig().task_names):
         raise UserError('task_names is empty: name at least one task, e.g. "task_names": ["sst"]')
     task_names = values.get("task_names", FinetuningConfig().task_names)
     size = values.get("model_size", FinetuningConfig.model_size)
-    if size not in SIZE_PRESETS:
-        raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")
-    overrides = values.get("model_hparam_overrides", {})
-    if not isinstance(overrides, dict):
-        raise UserError('model_hparam_overrides must be a JSON object such as {"hidden_size": 128}')
-    check_names(overrides, {item.name for item in dataclasses.fields(ModelConfig)}, "model_hparam_overrides entry")
     resolved: dict[str, Any] = {}
     if len(task_names) == 1:
         task = task_names[0]
@@ -278,22 +270,11 @@ def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
     if values.get("debug"):
         resolved.update(num_trials=1, train_batch_size=32, num_train_epochs=3.0, save_checkpoints_steps=1_000_000)
     resolved.update(values)
-    for name, value in resolved.items():
-        expected = fields[name].type
-        if value is not None and not _matches(value, expected):
-            raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
-    config = FinetuningConfig(**resolved)
-    if config.precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
+    config = _typed_config(FinetuningConfig, resolved)
     if config.num_trials < 1:
         raise UserError(f"num_trials {config.num_trials} must be at least 1")
     if not 0 <= config.layerwise_lr_decay <= 1:
         raise UserError(f"layerwise_lr_decay {config.layerwise_lr_decay} must be between 0 (off) and 1")
-    if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:
-        raise UserError(
-            f"train_batch_size {config.train_batch_size} must be a multiple of "
-            f"gradient_accumulation_steps {config.gradient_accumulation_steps}"
-        )
     return config
 
 
@@ -348,41 +329,53 @@ def check_names(values: dict[str, Any], known: set[str], what: str) -> None:
 
 def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
     """Resolve hparams with the reference's precedence: defaults < model_size preset < debug < user values."""
-    fields = {item.name: item for item in dataclasses.fields(PretrainingConfig)}
-    check_names(hparams, set(fields) | IGNORED_HPARAMS, "hparam")
+    values = _known_values(hparams, PretrainingConfig)
+    resolved: dict[str, Any] = dict(SIZE_PRESETS[values.get("model_size", PretrainingConfig.model_size)])
+    if values.get("debug"):
+        resolved.update(DEBUG_SETTINGS)
+    resolved.update(values)
+    if resolved.get("electric_objective"):
+        resolved.setdefault("two_tower_generator", True)  # Electric's noise model is the two-tower cloze model
+    config = _typed_config(PretrainingConfig, resolved)
+    if config.electra_objective and config.electric_objective:
+        raise UserError(
+            "electra_objective and electric_objective are both true: Electric needs "
+            '"electra_objective": false, "electric_objective": true'
+        )
+    if not 0 < config.mask_prob < 1:
+        raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
+    return config
+
+
+def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The user's hparams minus the ignored TPU ones, after checking every name, the size and the overrides."""
+    check_names(hparams, {item.name for item in dataclasses.fields(cls)} | IGNORED_HPARAMS, "hparam")
     values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
-    size = values.get("model_size", PretrainingConfig.model_size)
+    size = values.get("model_size", cls.model_size)
     if size not in SIZE_PRESETS:
         raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")
     overrides = values.get("model_hparam_overrides", {})
     if not isinstance(overrides, dict):
         raise UserError('model_hparam_overrides must be a JSON object such as {"hidden_size": 128}')
     check_names(overrides, {item.name for item in dataclasses.fields(ModelConfig)}, "model_hparam_overrides entry")
-    resolved: dict[str, Any] = dict(SIZE_PRESETS[size])
-    if values.get("debug"):
-        resolved.update(DEBUG_SETTINGS)
-    resolved.update(values)
-    if resolved.get("electric_objective"):
-        resolved.setdefault("two_tower_generator", True)  # Electric's noise model is the two-tower cloze model
+    return values
+
+
+def _typed_config(cls: type, resolved: dict[str, Any]) -> Any:
+    """`cls(**resolved)` after checking each value's type, then the settings both commands share."""
+    fields = {item.name: item for item in dataclasses.fields(cls)}
     for name, value in resolved.items():
         expected = fields[name].type
         if value is not None and not _matches(value, expected):
             raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
-    config = PretrainingConfig(**resolved)
-    if config.electra_objective and config.electric_objective:
-        raise UserError(
-            "electra_objective and electric_objective are both true: Electric needs "
-            '"electra_objective": false, "electric_objective": true'
-        )
+    config = cls(**resolved)
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
     if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:
         raise UserError(
             f"train_batch_size {config.train_batch_size} must be a multiple of "
             f"gradient_accumulation_steps {config.gradient_accumulation_steps}"
         )
-    if config.precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
-    if not 0 < config.mask_prob < 1:
-        raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
     return config
 
 
