@@ -214,6 +214,21 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_export)
 
 
+def _add_convert_tf_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "convert-tf",
+        help="convert a released TensorFlow ELECTRA checkpoint (no TensorFlow needed)",
+        description="Convert a checkpoint of Google's reference code (electra_small, electra_base, electra_large, or "
+        "one you trained with it) into a model folder: model.safetensors (for continued pre-training with "
+        "init_checkpoint), discriminator/ and generator/ (Hugging Face folders, for fine-tuning). Put it at "
+        "<data-dir>/models/<name> to fine-tune it with --model-name <name>.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint prefix, one of its files, or its folder")
+    parser.add_argument("--output", required=True, help="model folder to write")
+    parser.add_argument("--vocab-file", default=None, help="the model's vocab.txt (default: beside the checkpoint)")
+    parser.set_defaults(run=_run_convert_tf)
+
+
 def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "plot",
@@ -240,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(commands)
     _add_serve_parser(commands)
     _add_export_parser(commands)
+    _add_convert_tf_parser(commands)
     _add_plot_parser(commands)
     _add_quickstart_parser(commands)
     return parser
@@ -358,6 +374,12 @@ def _run_export(args: argparse.Namespace) -> None:
     else:
         for path in export_hf(args.model_dir, args.output):
             print(f"wrote {path}")
+
+
+def _run_convert_tf(args: argparse.Namespace) -> None:
+    from electra.tf_checkpoint import convert_tf_checkpoint
+
+    print(f"wrote {convert_tf_checkpoint(args.checkpoint, args.output, args.vocab_file)}")
 
 
 def _run_plot(args: argparse.Namespace) -> None:

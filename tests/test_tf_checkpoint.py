@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from electra.errors import UserError
+from electra.tf_checkpoint import TFCheckpoint, convert_tf_checkpoint, our_name
+from tests.fixtures.make_tf_checkpoint import fixture_values
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tf_checkpoint"
+
+
+def test_reader_sees_every_variable_as_tensorflow_wrote_it() -> None:
+    expected = json.loads((FIXTURE / "variables.json").read_text())
+    checkpoint = TFCheckpoint(FIXTURE)  # a folder: found through its `checkpoint` file
+    assert checkpoint.names() == sorted(expected)
+    for name, shape in expected.items():
+        assert checkpoint.shape(name) == tuple(shape)
+        if name != "global_step":
+            np.testing.assert_array_equal(checkpoint.tensor(name), fixture_values(name, tuple(shape)))
+    assert int(checkpoint.tensor("global_step")) == 7
+    assert TFCheckpoint(FIXTURE / "model.ckpt-7.index").names() == checkpoint.names()
+
+
+def test_conversion_puts_each_variable_in_its_parameter(tmp_path: Path) -> None:
+    model_dir = convert_tf_checkpoint(FIXTURE, tmp_path / "converted")
+    state = load_file(str(model_dir / "model.safetensors"))
+    expected = json.loads((FIXTURE / "variables.json").read_text())
+    landed = set()
+    for tf_name, shape in expected.items():
+        name = our_name(tf_name)
+        if name is None:
+            assert tf_name == "global_step" or tf_name.endswith(("adam_m", "adam_v"))
+            continue
+        values = fixture_values(tf_name, tuple(shape))
+        if tf_name.endswith("kernel"):
+            values = values.T
+        np.testing.assert_array_equal(state[name].numpy(), values)
+        landed.add(name)
+    # all but the aliases of shared weights (the generator's embeddings and tied output layer) came from TF
+    assert set(state) - landed <= {"generator.generator_lm_head.weight"} | {
+        key for key in state if key.startswith("generator.electra.embeddings.")
+    }
+    config = json.loads((model_dir / "pretrain_config.json").read_text())
+    assert config["model_hparam_overrides"]["hidden_size"] == 64 and config["embedding_size"] == 32
+    assert config["generator_hidden_size"] == 0.25
+
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    discriminator = ElectraForPreTraining.from_pretrained(model_dir / "discriminator")
+    word = fixture_values("electra/embeddings/word_embeddings", (34, 32))
+    torch.testing.assert_close(discriminator.electra.embeddings.word_embeddings.weight, torch.from_numpy(word))
+    generator = ElectraForMaskedLM.from_pretrained(model_dir / "generator")
+    assert generator.config.hidden_size == 16
+    torch.testing.assert_close(generator.generator_lm_head.weight, torch.from_numpy(word))  # tied, as trained
+
+
+def test_converted_model_fine_tunes_and_continues_pretraining(tmp_path: Path) -> None:
+    from electra.finetune import prepare_finetuning
+
+    data_dir = tmp_path / "data"
+    convert_tf_checkpoint(FIXTURE, data_dir / "models" / "released")
+    run = prepare_finetuning(data_dir, "released", {"task_names": ["sst"]})
+    assert run.init_checkpoint == data_dir / "models" / "released" / "discriminator" / "model.safetensors"
+    assert run.config.model_hparam_overrides["num_hidden_layers"] == 2
+
+
+def test_bad_checkpoints_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no TensorFlow checkpoint"):
+        TFCheckpoint(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.index").write_bytes(b"not a table" * 10)
+    with pytest.raises(UserError, match="not a TensorFlow checkpoint index"):
+        TFCheckpoint(broken / "model")
+    copy = tmp_path / "copy"
+    shutil.copytree(FIXTURE, copy)
+    # a `checkpoint` file naming the absolute path of the machine that trained it: the prefix is still found
+    (copy / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/run/model.ckpt-7"\n')
+    assert TFCheckpoint(copy).prefix == copy / "model.ckpt-7"
+    (copy / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    with pytest.raises(UserError, match="5 tokens but the checkpoint's embeddings 34"):
+        convert_tf_checkpoint(copy, tmp_path / "out")
