@@ -105,14 +105,17 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def timed(call: Callable[[], object], iterations: int, warmup: int) -> list[float]:
+def timed(calls: dict[str, Callable[[], object]], iterations: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each call, the calls taking turns, so that a change in the machine's load hits them all alike."""
     for _ in range(warmup):
-        call()
-    times = []
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iterations):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
     return times
 
 
@@ -125,9 +128,7 @@ def ours_torch(folder: Path, precision: str, args: argparse.Namespace) -> dict:
 
     predictor = Predictor(folder, precision=precision, device=torch.device("cpu"))
     examples = [Example(0, text_a=TEXT)]
-    result = percentiles(timed(lambda: predictor.predict(examples), args.iterations, args.warmup))
-
-    # The same request in parts, each timed on its own, to see what the whole costs beyond its parts.
+    # The request in parts as well, to see what a request costs beyond them (the remainder of predict()).
     featurizer, model, head, device = predictor.featurizer, predictor.model, predictor.head, predictor.device
     features = featurizer.features(examples, head, 0)
     batch = collate(features, featurizer.pad_id, device)
@@ -139,16 +140,16 @@ def ours_torch(folder: Path, precision: str, args: argparse.Namespace) -> dict:
             return model.outputs(batch, 0).float().cpu().numpy()
 
     output = forward()[0]
-    parts: dict[str, Callable[[], object]] = {
+    calls: dict[str, Callable[[], object]] = {
+        "request": lambda: predictor.predict(examples),
         "featurize": lambda: featurizer.features(examples, head, 0),
         "collate": lambda: collate(features, featurizer.pad_id, device),
         "forward": forward,
         "decode": lambda: decode(head, output, features[0]),
     }
-    part_iterations = max(1, args.iterations // 2)
-    result["parts_p50"] = {
-        name: percentiles(timed(call, part_iterations, args.warmup))["p50"] for name, call in parts.items()
-    }
+    times = timed(calls, args.iterations, args.warmup)
+    result = percentiles(times.pop("request"))
+    result["parts_p50"] = {name: percentiles(seconds)["p50"] for name, seconds in times.items()}
     result["tokens"] = len(features[0].input_ids)
     return result
 
@@ -157,7 +158,7 @@ def ours_onnx(folder: Path, args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from electra.finetune import Featurizer, TaskHead, collate, decode
+    from electra.finetune import Features, Featurizer, TaskHead, collate, decode
     from electra.tasks import Example
     from electra.tokenization import read_vocab
 
@@ -171,25 +172,27 @@ def ours_onnx(folder: Path, args: argparse.Namespace) -> dict:
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     examples, cpu = [Example(0, text_a=TEXT)], torch.device("cpu")
 
+    def feed(features: list[Features]) -> dict[str, np.ndarray]:
+        batch = collate(features, featurizer.pad_id, cpu)
+        return {name: getattr(batch, name).numpy() for name in ("input_ids", "attention_mask", "token_type_ids")}
+
     def request() -> dict:
         features = featurizer.features(examples, head, 0)
-        batch = collate(features, featurizer.pad_id, cpu)
-        inputs = {
-            "input_ids": batch.input_ids.numpy(),
-            "attention_mask": batch.attention_mask.numpy(),
-            "token_type_ids": batch.token_type_ids.numpy(),
-        }
-        (logits,) = session.run(None, inputs)
+        (logits,) = session.run(None, feed(features))
         return decode(head, logits[0], features[0])
 
-    return percentiles(timed(request, args.iterations, args.warmup))
+    inputs = feed(featurizer.features(examples, head, 0))
+    times = timed({"request": request, "session.run": lambda: session.run(None, inputs)}, args.iterations, args.warmup)
+    result = percentiles(times["request"])
+    result["parts_p50"] = {"session.run": percentiles(times["session.run"])["p50"]}
+    return result
 
 
 def peer(folder: Path, args: argparse.Namespace) -> dict:
     import transformers
 
     pipe = transformers.pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu")
-    return percentiles(timed(lambda: pipe(TEXT), args.iterations, args.warmup))
+    return percentiles(timed({"request": lambda: pipe(TEXT)}, args.iterations, args.warmup)["request"])
 
 
 def measure(variant: str, args: argparse.Namespace) -> dict:
@@ -249,9 +252,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict], auto: str) -> None:
     for variant, row in rows.items():
         if "parts_p50" in row:
             parts = row["parts_p50"]
-            rest = row["p50"] - sum(parts.values())
             listed = ", ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
-            print(f"{variant} parts, p50 ms each: {listed}; the rest of predict() {rest:.2f}")
+            print(f"{variant} parts, p50 ms each: {listed}; the rest {row['p50'] - sum(parts.values()):.2f}")
 
     ours = {variant: row["p50"] for variant, row in rows.items() if variant.startswith("ours")}
     torch_rows = {variant: p50 for variant, p50 in ours.items() if variant.startswith("ours-torch")}

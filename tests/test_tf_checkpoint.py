@@ -87,3 +87,27 @@ def test_bad_checkpoints_are_explained(tmp_path: Path) -> None:
     (copy / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     with pytest.raises(UserError, match="5 tokens but the checkpoint's embeddings 34"):
         convert_tf_checkpoint(copy, tmp_path / "out")
+
+
+def test_pretraining_continues_from_a_converted_checkpoint(tmp_path: Path) -> None:
+    from electra.pretrain import run_pretraining
+    from electra.pretrain_data import BuildSettings, build_pretraining_data
+    from tests.conftest import ENGLISH_DOCUMENTS, write_corpus
+
+    converted = convert_tf_checkpoint(FIXTURE, tmp_path / "released")
+    data_dir = tmp_path / "data"
+    corpus = write_corpus(tmp_path / "corpus", ENGLISH_DOCUMENTS * 20)
+    shutil.copyfile(FIXTURE / "vocab.txt", data_dir.mkdir() or data_dir / "vocab.txt")
+    build_pretraining_data(
+        corpus,
+        data_dir / "vocab.txt",
+        data_dir / "pretrain_data",
+        BuildSettings(max_seq_length=32),
+        show_progress=False,
+    )
+    hparams = {"init_checkpoint": str(converted), "train_batch_size": 4, "num_train_steps": 2, "learning_rate": 0.0}
+    outcome = run_pretraining(data_dir, "continued", hparams)  # weights only: a fresh optimizer
+    assert outcome["train"].step == 2
+    before = load_file(str(converted / "discriminator" / "model.safetensors"))
+    after = load_file(str(data_dir / "models" / "continued" / "discriminator" / "model.safetensors"))
+    assert all(torch.equal(before[key], after[key]) for key in before)  # learning rate 0: the released weights

@@ -299,6 +299,33 @@ def encoder_config(config: PretrainingConfig | FinetuningConfig, vocab_size: int
     )
 
 
+SHAPE_HPARAMS = ("model_size", "model_hparam_overrides", "embedding_size")
+GENERATOR_SHAPE_HPARAMS = ("generator_hidden_size", "generator_layers")
+SIZE_BY_HIDDEN = {256: "small", 768: "base", 1024: "large"}
+
+
+def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
+    """The shape hparams of the weights in `folder`, so that starting from them needs no repeated settings:
+    from its pretrain_config.json (ours, or a converted TF checkpoint), else from a Hugging Face config.json
+    (its own or its discriminator/'s, e.g. a released google/electra-*-discriminator)."""
+    names = SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ())
+    if (folder / "pretrain_config.json").is_file():
+        recorded = json.loads((folder / "pretrain_config.json").read_text())
+        return {key: recorded[key] for key in names if key in recorded}
+    hf_folder = folder / "discriminator" if (folder / "discriminator" / "config.json").is_file() else folder
+    if not (hf_folder / "config.json").is_file():
+        return {}
+    config = json.loads((hf_folder / "config.json").read_text())
+    layout = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    if any(name not in config for name in layout):
+        return {}
+    return {
+        "model_size": SIZE_BY_HIDDEN.get(config["hidden_size"], "small"),
+        "embedding_size": config.get("embedding_size", config["hidden_size"]),
+        "model_hparam_overrides": {name: config[name] for name in layout},
+    }
+
+
 def parse_hparams(text: str) -> dict[str, Any]:
     """`--hparams`: a JSON object, or the path of a .json file holding one (as in the reference)."""
     source = "--hparams"

@@ -30,7 +30,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from electra.config import FinetuningConfig, ModelConfig, build_finetuning_config, encoder_config
+from electra.config import (
+    SHAPE_HPARAMS,
+    FinetuningConfig,
+    ModelConfig,
+    build_finetuning_config,
+    encoder_config,
+    inherited_shape,
+)
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, write_text_atomic
 from electra.metrics import iob2_tags
@@ -514,32 +521,6 @@ class FinetuningRun:
         return self.model_dir / "finetuning_models" / f"{self.tasks_name}_model_{trial}"
 
 
-INHERITED_SHAPE_HPARAMS = ("model_size", "model_hparam_overrides", "embedding_size")
-SIZE_BY_HIDDEN = {256: "small", 768: "base", 1024: "large"}
-
-
-def inherited_shape(init: Path | None, model_dir: Path) -> dict[str, Any]:
-    """The shape hparams of the model fine-tuning starts from: its pretrain_config.json (our pre-training)
-    or its config.json (a Hugging Face folder, e.g. a released google/electra-*-discriminator)."""
-    if init is None:
-        return {}
-    if init == model_dir and (model_dir / "pretrain_config.json").is_file():
-        recorded = json.loads((model_dir / "pretrain_config.json").read_text())
-        return {key: recorded[key] for key in INHERITED_SHAPE_HPARAMS if key in recorded}
-    folder = init / "discriminator" if (init / "discriminator" / "config.json").is_file() else init
-    if not (folder / "config.json").is_file():
-        return {}
-    config = json.loads((folder / "config.json").read_text())
-    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-    if any(name not in config for name in names):
-        return {}
-    return {
-        "model_size": SIZE_BY_HIDDEN.get(config["hidden_size"], "small"),
-        "embedding_size": config.get("embedding_size", config["hidden_size"]),
-        "model_hparam_overrides": {name: config[name] for name in names},
-    }
-
-
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
     """Resolve hparams, paths, vocabulary and tasks as the reference's configure_finetuning does.
 
@@ -552,8 +533,8 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
     else:
         init = None if hparams.get("debug") else model_dir
-    if not any(key in hparams for key in INHERITED_SHAPE_HPARAMS):
-        hparams = {**inherited_shape(init, model_dir), **hparams}
+    if init is not None and not any(key in hparams for key in SHAPE_HPARAMS):
+        hparams = {**inherited_shape(init), **hparams}
     config = build_finetuning_config(hparams)
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config
+from electra.config import SHAPE_HPARAMS, ModelConfig, PretrainingConfig, build_pretraining_config, inherited_shape
 from electra.errors import UserError
 from electra.fileio import atomic_directory, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
@@ -92,7 +92,13 @@ class PretrainingTask:
 
 
 def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> PretrainingRun:
-    """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does."""
+    """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does.
+
+    Continuing from a model folder (`init_checkpoint`) takes its shape unless the hparams give one.
+    """
+    init = Path(hparams["init_checkpoint"]) if hparams.get("init_checkpoint") else None
+    if init is not None and init.is_dir() and not any(key in hparams for key in SHAPE_HPARAMS):
+        hparams = {**inherited_shape(init, generator=True), **hparams}
     config = build_pretraining_config(hparams)
     data_dir = Path(data_dir)
     model_dir = Path(config.model_dir) if config.model_dir else data_dir / "models" / model_name
