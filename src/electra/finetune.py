@@ -469,7 +469,8 @@ def predict_features(
     show_progress: bool = False,
 ) -> list[np.ndarray]:
     """Each example's head output (float32, unpadded), computed in batches of similar length."""
-    model.eval()
+    if model.training:
+        model.eval()
     order = np.argsort([len(item.input_ids) for item in features], kind="stable")
     outputs: list[np.ndarray | None] = [None] * len(features)
     autocast_dtype = resolve_precision(precision, device)
@@ -863,6 +864,12 @@ class Predictor:
         self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
         self.model.to(self.device).eval()
         self.precision = precision
+        if resolve_precision(precision, self.device) == torch.bfloat16:
+            # Autocast would convert each weight to bf16 on every call; converting the linear layers once
+            # is ~1.5x faster for a single request and gives the same outputs (LayerNorm stays float32).
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear):
+                    module.to(torch.bfloat16)
 
     def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
         """Decoded predictions (see `decode`), in the order of `examples`."""

@@ -75,11 +75,23 @@ class ElectraSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
+    def _fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three projections as one [3 x hidden, hidden] matrix; kept while no gradient is recorded and
+        the weights are unchanged (inference), rebuilt on every call in training."""
+        parts = (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled():
+            return torch.cat(parts[:3]), torch.cat(parts[3:])
+        versions = tuple((part.data_ptr(), part._version, part.dtype) for part in parts)
+        cached = getattr(self, "_fused", None)
+        if cached is None or cached[0] != versions:
+            cached = (versions, torch.cat(parts[:3]), torch.cat(parts[3:]))
+            self._fused = cached
+        return cached[1], cached[2]
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         batch, seq_length, width = hidden.shape
         # One matmul for the three projections: faster than three, and the parameters keep their own names.
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        weight, bias = self._fused_projection()
         qkv = F.linear(hidden, weight, bias).view(batch, seq_length, 3, self.num_heads, width // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
         if self.training and self.dropout_prob > 0 and hidden.device.type == "cpu":

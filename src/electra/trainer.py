@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -115,6 +116,7 @@ def derived_seed(*parts: int | str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with bf16 matrix instructions (AMX or AVX512-BF16), where bf16 autocast is 1.5-2x faster."""
     try:
