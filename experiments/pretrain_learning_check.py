@@ -40,6 +40,23 @@ def unigram_baseline(data_dir: Path, model_name: str, hparams: dict) -> float:
     return float(counts.max() / counts.sum())
 
 
+def evaluate_checkpoints(data_dir: Path, model_name: str, hparams: dict) -> list[tuple[int, dict]]:
+    """Held-out metrics of every checkpoint, to see the discriminator's AUC over training."""
+    from electra.objectives import PretrainingModel
+    from electra.pretrain import evaluate
+    from electra.tokenization import PAD, read_vocab
+    from electra.trainer import checkpoint_dirs, load_weights
+
+    run = prepare_run(data_dir, model_name, hparams)
+    vocab = read_vocab(run.vocab_file)
+    model = PretrainingModel(run.config, len(vocab), vocab.index(PAD))
+    found = []
+    for folder in checkpoint_dirs(run.model_dir):
+        load_weights(model, folder / "model.safetensors")
+        found.append((int(folder.name.split("-")[1]), evaluate(model, run, torch.device("cpu"))))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/electra-learning-check")
@@ -51,6 +68,7 @@ def main() -> None:
     parser.add_argument("--generator-hidden-size", type=float, default=0.25)
     parser.add_argument("--model-name", default="tiny")
     parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (each evaluated)")
     args = parser.parse_args()
     if not CORPUS.exists():
         sys.exit(f"{CORPUS} is absent")
@@ -87,7 +105,8 @@ def main() -> None:
         "learning_rate": args.learning_rate,
         "generator_hidden_size": args.generator_hidden_size,
         "num_eval_steps": 20,
-        "save_checkpoints_steps": 200,
+        "save_checkpoints_steps": args.checkpoint_every,
+        "keep_checkpoint_max": 0,  # all of them, to evaluate each
         "log_every_steps": 20,
         "model_hparam_overrides": {
             "hidden_size": args.hidden_size,
@@ -111,6 +130,7 @@ def main() -> None:
     model_dir = data_dir / "models" / args.model_name
     results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
     baseline = unigram_baseline(data_dir, args.model_name, hparams)
+    per_checkpoint = evaluate_checkpoints(data_dir, args.model_name, hparams)
     electra("plot", str(model_dir), "--output", str(HERE / "pretrain_learning_check.png"))
     log = [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     print(f"{args.steps} steps of batch {args.batch} x 128 in {minutes:.1f} min")
@@ -119,6 +139,12 @@ def main() -> None:
         print(
             f"{record['step']:>6} | {record['loss']:7.3f} | {record['mlm_accuracy']:7.3f} | "
             f"{record['disc_accuracy']:8.3f} | {record['tokens_per_second']:7,.0f}"
+        )
+    print(f"{'checkpoint':>10} | {'disc AUC':>8} | {'disc acc':>8} | {'chance':>6} | {'gen acc':>7}")
+    for step, found in per_checkpoint:
+        print(
+            f"{step:>10} | {found['disc_auc']:8.3f} | {found['disc_accuracy']:8.3f} | "
+            f"{1 - found['replaced_share']:6.3f} | {found['masked_lm_accuracy']:7.3f}"
         )
     chance_accuracy = 1 - results["replaced_share"]
     print("held-out evaluation (chance in brackets):")
