@@ -1,0 +1,274 @@
+"""Question answering data: SQuAD 1.1/2.0 and MRQA examples and their sliding-window features, as the reference.
+
+Reading follows the reference's `qa_tasks.py`: the context is split into words at whitespace (keeping a
+map from each character to its word), a training answer becomes a start and end word, and an answer
+whose text is not found at its offsets is counted, reported and skipped (never silently). Features
+follow BERT/ELECTRA: `[CLS] question [SEP] window of the context [SEP]`, the question cut to
+`max_query_length` word pieces, windows of at most `max_seq_length - question - 3` pieces every
+`doc_stride` pieces, each piece mapped back to its word and marked where its window gives it the most
+context; a training answer outside a window (or none, in SQuAD 2.0) points at [CLS].
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from electra.errors import UserError
+from electra.tokenization import CLS, SEP, build_tokenizer
+
+
+@dataclass
+class QAExample:
+    qas_id: str
+    question: str
+    doc_tokens: list[str]  # the context split at whitespace
+    answer_text: str = ""
+    start_word: int = -1  # training answer, in words; -1 when there is none
+    end_word: int = -1
+    is_impossible: bool = False
+    gold_answers: list[str] = field(default_factory=list)  # every annotated answer, for scoring
+
+
+@dataclass
+class QAFeature:
+    example_index: int
+    window_index: int
+    input_ids: list[int]
+    token_type_ids: list[int]
+    token_to_word: dict[int, int]  # position in input_ids -> word of the context
+    token_is_max_context: dict[int, bool]
+    start_position: int = 0  # training target; 0 ([CLS]) when the window holds no answer
+    end_position: int = 0
+
+
+@dataclass
+class ReadReport:
+    """Answers that could not be placed in their context (skipped from training), for one clear message."""
+
+    failures: list[str] = field(default_factory=list)
+
+    def warn(self, path: Path) -> None:
+        if self.failures:
+            shown = "; ".join(self.failures[:3])
+            print(
+                f"warning: {path}: skipped {len(self.failures)} training question(s) whose answer is not at its "
+                f"offsets ({shown}{' ...' if len(self.failures) > 3 else ''})",
+                file=sys.stderr,
+            )
+
+
+def is_whitespace(character: str) -> bool:
+    return character in " \t\r\n" or ord(character) == 0x202F
+
+
+def split_context(text: str) -> tuple[list[str], list[int]]:
+    """Whitespace words of a context and, for each character, the index of its word."""
+    words: list[str] = []
+    char_to_word: list[int] = []
+    previous_is_space = True
+    for character in text:
+        if is_whitespace(character):
+            previous_is_space = True
+        else:
+            if previous_is_space:
+                words.append(character)
+            else:
+                words[-1] += character
+            previous_is_space = False
+        char_to_word.append(len(words) - 1)
+    return words, char_to_word
+
+
+def _examples_of_paragraph(
+    context: str, questions: list[dict[str, Any]], training: bool, v2: bool, report: ReadReport
+) -> list[QAExample]:
+    words, char_to_word = split_context(context)
+    if not words:
+        report.failures.extend(f"{qa.get('id', qa.get('qid'))}: empty context" for qa in questions)
+        return []
+    examples = []
+    for qa in questions:
+        qas_id = str(qa.get("id", qa.get("qid")))
+        golds = [answer if isinstance(answer, str) else answer["text"] for answer in qa.get("answers", [])]
+        example = QAExample(qas_id, qa["question"], words, gold_answers=golds)
+        if training:
+            example.is_impossible = bool(qa.get("is_impossible", False)) if v2 else False
+            if not example.is_impossible:
+                if "detected_answers" in qa:  # MRQA
+                    answer = qa["detected_answers"][0]
+                    offset = answer["char_spans"][0][0]
+                else:
+                    answer = qa["answers"][0]
+                    offset = answer["answer_start"]
+                text = answer["text"]
+                last = offset + len(text) - 1
+                if not text or last >= len(char_to_word) or offset < 0:
+                    report.failures.append(f"{qas_id}: answer offset {offset} outside the context")
+                    continue
+                start, end = char_to_word[offset], char_to_word[last]
+                found = " ".join(words[start : end + 1]).lower()
+                if " ".join(text.split()).lower() not in found:
+                    report.failures.append(f"{qas_id}: {text!r} is not at offset {offset}")
+                    continue
+                example.answer_text, example.start_word, example.end_word = text, start, end
+        examples.append(example)
+    return examples
+
+
+def read_squad(path: Path, training: bool, v2: bool) -> list[QAExample]:
+    """Examples of a SQuAD JSON file (`data` -> paragraphs -> qas)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f'{path} is not a SQuAD JSON file with a top-level "data" list ({error})') from None
+    report = ReadReport()
+    examples = [
+        example
+        for article in data
+        for paragraph in article["paragraphs"]
+        for example in _examples_of_paragraph(paragraph["context"], paragraph["qas"], training, v2, report)
+    ]
+    report.warn(path)
+    return examples
+
+
+def read_mrqa(path: Path, training: bool) -> list[QAExample]:
+    """Examples of an MRQA jsonl file (one context and its questions a line; a header line is skipped)."""
+    report = ReadReport()
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if "header" in record:
+                continue
+            examples += _examples_of_paragraph(record["context"], record["qas"], training, False, report)
+    report.warn(path)
+    return examples
+
+
+class QAFeaturizer:
+    """Sliding-window features of QA examples with the reference's layout and targets."""
+
+    def __init__(
+        self, vocab: list[str], max_seq_length: int, max_query_length: int, doc_stride: int, do_lower_case: bool = True
+    ):
+        self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
+        self.index = {token: i for i, token in enumerate(vocab)}
+        self.max_seq_length = max_seq_length
+        self.max_query_length = max_query_length
+        self.doc_stride = doc_stride
+        self.truncated_questions = 0
+
+    def _pieces(self, texts: list[str]) -> list[list[str]]:
+        return [encoding.tokens for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def features(self, examples: list[QAExample], training: bool) -> list[QAFeature]:
+        questions = self._pieces([example.question for example in examples])
+        answers = self._pieces([example.answer_text for example in examples]) if training else [[]] * len(examples)
+        documents = self.tokenizer.encode_batch(
+            [example.doc_tokens for example in examples], is_pretokenized=True, add_special_tokens=False
+        )
+        features: list[QAFeature] = []
+        for index, (example, question, answer, document) in enumerate(
+            zip(examples, questions, answers, documents, strict=True)
+        ):
+            if len(question) > self.max_query_length:
+                self.truncated_questions += 1
+                question = question[: self.max_query_length]
+            features += self._windows(index, example, question, answer, document.tokens, document.word_ids, training)
+        return features
+
+    def _windows(
+        self,
+        index: int,
+        example: QAExample,
+        question: list[str],
+        answer: list[str],
+        pieces: list[str],
+        piece_words: list[int | None],
+        training: bool,
+    ) -> list[QAFeature]:
+        word_first_piece: dict[int, int] = {}
+        for position, word in enumerate(piece_words):
+            word_first_piece.setdefault(word, position)
+
+        def first_piece_from(word: int) -> int:  # words without pieces (stray control characters) take the next
+            return next(
+                (word_first_piece[w] for w in range(word, len(example.doc_tokens)) if w in word_first_piece),
+                len(pieces),
+            )
+
+        start = end = -1
+        if training and not example.is_impossible:
+            start = first_piece_from(example.start_word)
+            end = first_piece_from(example.end_word + 1) - 1
+            start, end = improve_answer_span(pieces, start, end, " ".join(answer))
+        budget = self.max_seq_length - len(question) - 3
+        if budget < 1:
+            raise UserError(
+                f"max_seq_length {self.max_seq_length} leaves no room for the context after a question "
+                f"of {len(question)} pieces: raise max_seq_length or lower max_query_length"
+            )
+        spans = []
+        offset = 0
+        while offset < len(pieces):
+            length = min(len(pieces) - offset, budget)
+            spans.append((offset, length))
+            if offset + length == len(pieces):
+                break
+            offset += min(length, self.doc_stride)
+        if not spans:
+            spans = [(0, 0)]
+        prefix = [CLS, *question, SEP]
+        features = []
+        for window, (span_start, span_length) in enumerate(spans):
+            tokens = prefix + pieces[span_start : span_start + span_length] + [SEP]
+            token_to_word = {}
+            is_max = {}
+            for i in range(span_length):
+                position = len(prefix) + i
+                token_to_word[position] = piece_words[span_start + i]
+                is_max[position] = max_context_span(spans, span_start + i) == window
+            feature = QAFeature(
+                index,
+                window,
+                [self.index.get(token, self.index["[UNK]"]) for token in tokens],
+                [0] * len(prefix) + [1] * (span_length + 1),
+                token_to_word,
+                is_max,
+            )
+            if training and not example.is_impossible and span_start <= start and end <= span_start + span_length - 1:
+                feature.start_position = start - span_start + len(prefix)
+                feature.end_position = end - span_start + len(prefix)
+            features.append(feature)
+        return features
+
+
+def improve_answer_span(pieces: list[str], start: int, end: int, answer_pieces: str) -> tuple[int, int]:
+    """The sub-span of [start, end] whose pieces spell the answer exactly (e.g. "1895" in "(1895-1943)"), if any."""
+    for new_start in range(start, end + 1):
+        for new_end in range(end, new_start - 1, -1):
+            if " ".join(pieces[new_start : new_end + 1]) == answer_pieces:
+                return new_start, new_end
+    return start, end
+
+
+def max_context_span(spans: list[tuple[int, int]], position: int) -> int:
+    """The window in which a piece has the most context: the largest min(left, right) + 0.01 x length."""
+    best_score, best = -1.0, -1
+    for window, (start, length) in enumerate(spans):
+        end = start + length - 1
+        if start <= position <= end:
+            score = min(position - start, end - position) + 0.01 * length
+            if score > best_score:
+                best_score, best = score, window
+    return best
