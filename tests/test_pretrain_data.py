@@ -176,6 +176,22 @@ def test_invalid_utf8_is_replaced_counted_and_reported(tmp_path: Path, vocab_fil
     assert PretrainingData(tmp_path / "out").metadata["counts"]["invalid_utf8"] == 3
 
 
+def test_split_sentences_keeps_long_lines_that_the_reference_cuts(tmp_path: Path):
+    """One article per line: the reference keeps one example's worth of each line; split_sentences keeps it all."""
+    sentence = "数学家们拓展这些概念。"
+    corpus = write_corpus(tmp_path / "corpus", [[sentence * 20], [sentence * 15]])
+    vocab = tmp_path / "vocab.txt"
+    write_vocab(train_vocab(list_corpus_files(corpus), vocab_size=100, show_progress=False), vocab)
+    settings = BuildSettings(max_seq_length=32)
+    cut = build(corpus, vocab, tmp_path / "cut", settings=settings)
+    kept = build(corpus, vocab, tmp_path / "kept", settings=BuildSettings(max_seq_length=32, split_sentences=True))
+    corpus_characters = 35 * len(sentence)
+    assert cut.tokens <= 2 * 32  # one example per line
+    assert kept.tokens > 0.8 * corpus_characters  # (what is lost: the tail of a sentence that ends an example)
+    old = json.loads((tmp_path / "cut" / METADATA_FILE).read_text())["settings"]
+    assert "split_sentences" not in old  # data built before the option existed still matches
+
+
 def test_rebuild_refuses_other_settings_unless_overwrite(english_corpus: Path, vocab_file: Path, tmp_path: Path):
     output = tmp_path / "out"
     build(english_corpus, vocab_file, output)

@@ -91,6 +91,12 @@ def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_casing_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example lengths (default: 0)")
+    parser.add_argument(
+        "--split-sentences",
+        action="store_true",
+        help="split lines into sentences first (for corpora with one article or paragraph per line, which the "
+        "reference would cut to one example each)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace data built with other settings")
     parser.set_defaults(run=_run_build_data)
 
@@ -316,6 +322,7 @@ def _run_build_data(args: argparse.Namespace) -> None:
         do_lower_case=args.do_lower_case,
         strip_accents=args.strip_accents,
         seed=args.seed,
+        split_sentences=args.split_sentences,
     )
     summary = build_pretraining_data(
         args.corpus_dir,
