@@ -64,3 +64,24 @@ def test_onnx_export_matches_pytorch(finetuned_classifier: Path, tmp_path: Path)
     with torch.no_grad():
         expected = predictor.model.outputs(batch, 0).numpy()
     assert np.abs(logits - expected).max() < 1e-4
+
+
+def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from fastapi.testclient import TestClient
+
+    from electra.export import OnnxPredictor, open_predictor
+    from electra.serving import create_app
+
+    folder = export_onnx(finetuned_classifier, tmp_path / "onnx").parent
+    onnx = open_predictor(folder)
+    assert isinstance(onnx, OnnxPredictor)
+    examples = [Example(i, text) for i, text in enumerate(TEXTS * 3)]
+    expected = Predictor(finetuned_classifier, precision="fp32").predict(examples, batch_size=4)
+    found = onnx.predict(examples, batch_size=4)
+    assert [p["label"] for p in found] == [p["label"] for p in expected]
+    assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(found, expected, strict=True))
+    with TestClient(create_app(folder)) as client:
+        reply = client.post("/predict", json={"texts": TEXTS}).json()
+    assert [p["label"] for p in reply["predictions"]] == [p["label"] for p in expected[:3]]

@@ -435,15 +435,20 @@ def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, voca
         shutil.copyfile(vocab_file, tmp / "vocab.txt")
 
 
-def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
-    """A model written by `export_task_model`, for prediction."""
+def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
+    """The task head and spec (electra_task.json) of a fine-tuned model folder."""
     spec_file = folder / TASK_FILE
     if not spec_file.is_file():
         inside = sorted(path.parent.name for path in folder.glob(f"*/{TASK_FILE}"))
         hint = f"; it holds one per task: {', '.join(str(folder / name) for name in inside)}" if inside else ""
         raise UserError(f"{folder} is not a fine-tuned model folder (no {TASK_FILE}){hint}")
     spec = json.loads(spec_file.read_text())
-    head = TaskHead(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"])
+    return TaskHead(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"]), spec
+
+
+def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
+    """A model written by `export_task_model`, for prediction."""
+    head, spec = read_task_spec(folder)
     config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = FinetuningModel(config, [head])
     state = load_file(str(folder / "model.safetensors"))
@@ -890,8 +895,10 @@ def run_prediction(
     precision: str = "auto",
 ) -> tuple[Path, int]:
     """`electra predict`: a fine-tuned model over a file, one JSON line per example; returns (path, count)."""
+    from electra.export import open_predictor  # ONNX folders too; export.py builds on this module
+
     source = Path(input_file)
-    predictor = Predictor(model_dir, precision)
+    predictor = open_predictor(model_dir, precision)
     examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {})
     if not examples:
         raise UserError(f"{source} holds no examples to predict")

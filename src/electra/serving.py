@@ -1,5 +1,8 @@
 """`electra serve`: a fine-tuned model behind an HTTP JSON API (FastAPI + uvicorn, the `serve` extra).
 
+The model folder is either a fine-tuned model (run by PyTorch) or its `electra export --format onnx`
+folder (run by ONNX Runtime, the faster path for single short requests on CPUs).
+
 POST /predict takes {"texts": [...]}, {"pairs": [[a, b], ...]} or, for taggers, {"tokens": [[w, ...], ...]}
 and answers {"predictions": [...]} as `electra predict` writes them. Concurrent requests are gathered
 into one batch (micro-batching: up to `max_batch_size` examples, waiting at most `batch_wait_ms` for
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from electra.errors import UserError
+from electra.export import OnnxPredictor, open_predictor
 from electra.finetune import Predictor
 from electra.tasks import Example
 
@@ -34,7 +38,7 @@ class ServeLimits:
 class MicroBatcher:
     """Gathers the examples of concurrent requests into shared batches for one model worker."""
 
-    def __init__(self, predictor: Predictor, limits: ServeLimits):
+    def __init__(self, predictor: Predictor | OnnxPredictor, limits: ServeLimits):
         self.predictor = predictor
         self.limits = limits
         self.queue: asyncio.Queue[tuple[list[Example], asyncio.Future]] = asyncio.Queue()
@@ -90,7 +94,7 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
         raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
 
     limits = limits or ServeLimits()
-    predictor = Predictor(model_dir, precision)
+    predictor = open_predictor(model_dir, precision)
     head = predictor.head
     batcher = MicroBatcher(predictor, limits)
 
