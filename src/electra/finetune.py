@@ -41,7 +41,13 @@ from electra.config import (
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, write_text_atomic
 from electra.metrics import iob2_tags
-from electra.modeling import ElectraClassificationHead, ElectraModel, ElectraTokenClassificationHead, init_weights
+from electra.modeling import (
+    ElectraClassificationHead,
+    ElectraModel,
+    ElectraQuestionAnsweringHead,
+    ElectraTokenClassificationHead,
+    init_weights,
+)
 from electra.pretrain import hf_config, resolve_init_checkpoint
 from electra.tasks import Example, Task, get_task, read_jsonl_rows, read_table_rows
 from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
@@ -96,7 +102,7 @@ class TaskHead:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.kind == "regression" else len(self.labels)
+        return {"regression": 1, "qa": 2}.get(self.kind, len(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +123,8 @@ class Features:
     label: float = 0.0  # class id or scaled regression target
     token_labels: np.ndarray | None = None  # tagging: [length] label id at each word's first piece, else -100
     word_starts: np.ndarray | None = None  # tagging: token position of each word's first piece, -1 if cut off
+    span: tuple[int, int] = (0, 0)  # question answering: the answer's first and last token ([CLS] if none)
+    window: Any = None  # question answering: the QAFeature, to map predictions back to the context
 
 
 def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
@@ -136,7 +144,18 @@ def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[i
 class Featurizer:
     """Turns examples into token ids with the reference's layout: [CLS] a [SEP] (b [SEP])."""
 
-    def __init__(self, vocab: list[str], max_seq_length: int, do_lower_case: bool = True):
+    def __init__(
+        self,
+        vocab: list[str],
+        max_seq_length: int,
+        do_lower_case: bool = True,
+        max_query_length: int = 64,
+        doc_stride: int = 128,
+    ):
+        from electra.qa import QAFeaturizer
+
+        self.vocab = vocab
+        self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, do_lower_case)
         self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
         index = {token: i for i, token in enumerate(vocab)}
         self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
@@ -148,6 +167,17 @@ class Featurizer:
     def features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:
         if head.kind == "tagging":
             return self._tagging_features(examples, head, task_id)
+        if head.kind == "qa":
+            return [
+                Features(
+                    np.asarray(window.input_ids, dtype=np.int32),
+                    np.asarray(window.token_type_ids, dtype=np.int8),
+                    task_id,
+                    span=(window.start_position, window.end_position),
+                    window=window,
+                )
+                for window in self.qa.features(examples)  # type: ignore[arg-type]
+            ]
         firsts = self._pieces([example.text_a for example in examples])
         paired = [example.text_b is not None for example in examples]
         second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b is not None]))
@@ -221,6 +251,7 @@ class FinetuningBatch:
     task_ids: torch.Tensor  # [batch]
     labels: torch.Tensor  # [batch] float: class id or scaled target
     token_labels: torch.Tensor  # [batch, seq] long, IGNORE_INDEX where unlabelled
+    spans: torch.Tensor  # [batch, 2] long: question answering's answer start and end
 
 
 def collate(features: list[Features], pad_id: int, device: torch.device, pad_to: int | None = None) -> FinetuningBatch:
@@ -244,6 +275,7 @@ def collate(features: list[Features], pad_id: int, device: torch.device, pad_to:
         task_ids=torch.tensor([item.task_id for item in features], device=device),
         labels=torch.tensor([item.label for item in features], dtype=torch.float32, device=device),
         token_labels=torch.from_numpy(token_labels).to(device),
+        spans=torch.tensor([item.span for item in features], dtype=torch.long, device=device),
     )
 
 
@@ -303,7 +335,9 @@ class FinetuningModel(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 head.name: (
-                    ElectraTokenClassificationHead(config, head.num_outputs)
+                    ElectraQuestionAnsweringHead(config)
+                    if head.kind == "qa"
+                    else ElectraTokenClassificationHead(config, head.num_outputs)
                     if head.kind == "tagging"
                     else ElectraClassificationHead(config, head.num_outputs)
                 )
@@ -349,6 +383,14 @@ class FinetuningModel(nn.Module):
                 total = total + F.cross_entropy(out, labels.long(), reduction="sum")
             elif head.kind == "regression":
                 total = total + ((out - labels) ** 2).sum()
+            elif head.kind == "qa":
+                real = (batch.attention_mask if rows is None else batch.attention_mask[rows]).bool()
+                logits = out.masked_fill(~real[:, :, None], -1e4)  # padding is never an answer
+                spans = batch.spans if rows is None else batch.spans[rows]
+                total = total + 0.5 * (
+                    F.cross_entropy(logits[:, :, 0], spans[:, 0], reduction="sum")
+                    + F.cross_entropy(logits[:, :, 1], spans[:, 1], reduction="sum")
+                )
             else:
                 token_labels = batch.token_labels if rows is None else batch.token_labels[rows]
                 total = total + F.cross_entropy(
@@ -408,17 +450,22 @@ def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
 def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab_file: Path, extra: dict) -> None:
     """One task's model as a Hugging Face folder: ElectraForSequenceClassification or ...TokenClassification."""
     prefix = f"heads.{head.name}."
-    target = "" if head.kind == "tagging" else "classifier."
+    target = "" if head.kind in ("tagging", "qa") else "classifier."
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("electra."):
             state[key] = value
         elif key.startswith(prefix):
             state[target + key[len(prefix) :]] = value
-    architecture = "ElectraForTokenClassification" if head.kind == "tagging" else "ElectraForSequenceClassification"
+    architecture = {
+        "tagging": "ElectraForTokenClassification",
+        "qa": "ElectraForQuestionAnswering",
+    }.get(head.kind, "ElectraForSequenceClassification")
     config = hf_config(model.config, architecture)
     if head.kind == "regression":
         config.update(num_labels=1, problem_type="regression")
+    elif head.kind == "qa":
+        config.update(num_labels=2)
     else:
         config.update(
             id2label={str(i): label for i, label in enumerate(head.labels)},
@@ -452,7 +499,7 @@ def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, 
     config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = FinetuningModel(config, [head])
     state = load_file(str(folder / "model.safetensors"))
-    source = "" if head.kind == "tagging" else "classifier."
+    source = "" if head.kind in ("tagging", "qa") else "classifier."
     renamed = {
         (key if key.startswith("electra.") else f"heads.{head.name}.{key[len(source) :]}"): value
         for key, value in state.items()
@@ -695,11 +742,55 @@ def evaluate_task(
     outputs = predict_features(
         model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id, run.config.precision
     )
+    if item.head.kind == "qa":
+        decoded = decode_answers(examples, features, outputs, featurizer, run.config, item.task)
+        write_qa_files(run, item.task.name, split, examples, decoded)
+        return item.task.score(examples, decoded, []), decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
         return {}, decoded
     key = {"classification": "label", "regression": "value", "tagging": "tags"}[item.head.kind]
     return item.task.score(examples, [entry[key] for entry in decoded], item.head.labels), decoded
+
+
+def decode_answers(
+    examples: list[Any],
+    features: list[Features],
+    outputs: list[np.ndarray],
+    featurizer: Featurizer,
+    config: FinetuningConfig,
+    task: Task,
+) -> list[dict[str, Any]]:
+    """Each question's answer text and no-answer odds from its windows' start/end logits."""
+    from electra.qa import best_answer
+
+    windows: dict[int, list] = {}
+    for feature, output in zip(features, outputs, strict=True):
+        windows.setdefault(feature.window.example_index, []).append((feature.window, output))
+    decoded = []
+    for index, example in enumerate(examples):
+        text, odds = best_answer(
+            example,
+            windows.get(index, []),
+            featurizer.vocab,
+            featurizer.tokenizer,
+            config.n_best_size,
+            config.max_answer_length,
+            allow_no_answer=getattr(task, "v2", False),
+        )
+        decoded.append({"id": example.qas_id, "answer": text, "no_answer_odds": odds})
+    return decoded
+
+
+def write_qa_files(run: FinetuningRun, task_name: str, split: str, examples: list[Any], decoded: list[dict]) -> None:
+    """predictions and null odds as the reference writes them, so the official scripts can score them again."""
+    folder = run.model_dir / "results" / f"{run.tasks_name}_qa"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = "" if split == "dev" else f"_{split}"
+    answers = {entry["id"]: entry["answer"] for entry in decoded}
+    odds = {entry["id"]: entry["no_answer_odds"] for entry in decoded}
+    write_text_atomic(folder / f"{task_name}{suffix}_preds.json", json.dumps(answers, indent=1, ensure_ascii=False))
+    write_text_atomic(folder / f"{task_name}{suffix}_null_odds.json", json.dumps(odds, indent=1))
 
 
 def write_test_outputs(run: FinetuningRun, item: TaskData, split: str, trial: int, decoded: list[dict]) -> Path:
@@ -762,7 +853,9 @@ def run_finetuning(
         raise UserError("both do_train and do_eval are false: nothing to do")
     processes = processes or setup_processes()
     data = load_task_data(run, need_train=config.do_train)
-    featurizer = Featurizer(run.vocab, config.max_seq_length, config.do_lower_case)
+    featurizer = Featurizer(
+        run.vocab, config.max_seq_length, config.do_lower_case, config.max_query_length, config.doc_stride
+    )
     scores: list[dict[str, dict[str, float]]] = []
     outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}
     for trial in range(1, config.num_trials + 1):

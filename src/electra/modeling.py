@@ -311,6 +311,18 @@ class ElectraTokenClassificationHead(nn.Module):
         return self.classifier(self.dropout(hidden))
 
 
+class ElectraQuestionAnsweringHead(nn.Module):
+    """Hugging Face's `ElectraForQuestionAnswering` head: start and end logits at every position."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, seq, 2]: start, end."""
+        return self.qa_outputs(hidden)
+
+
 def init_weights(module: nn.Module, initializer_range: float) -> None:
     """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
     for child in module.modules():

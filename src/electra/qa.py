@@ -171,9 +171,10 @@ class QAFeaturizer:
     def _pieces(self, texts: list[str]) -> list[list[str]]:
         return [encoding.tokens for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def features(self, examples: list[QAExample], training: bool) -> list[QAFeature]:
+    def features(self, examples: list[QAExample]) -> list[QAFeature]:
+        """Windows of every example; targets for those read for training (with an answer, or impossible)."""
         questions = self._pieces([example.question for example in examples])
-        answers = self._pieces([example.answer_text for example in examples]) if training else [[]] * len(examples)
+        answers = self._pieces([example.answer_text for example in examples])
         documents = self.tokenizer.encode_batch(
             [example.doc_tokens for example in examples], is_pretokenized=True, add_special_tokens=False
         )
@@ -184,6 +185,7 @@ class QAFeaturizer:
             if len(question) > self.max_query_length:
                 self.truncated_questions += 1
                 question = question[: self.max_query_length]
+            training = example.start_word >= 0 or example.is_impossible
             features += self._windows(index, example, question, answer, document.tokens, document.word_ids, training)
         return features
 
@@ -272,3 +274,71 @@ def max_context_span(spans: list[tuple[int, int]], position: int) -> int:
             if score > best_score:
                 best_score, best = score, window
     return best
+
+
+# ----------------------------------------------------------------------------------------------- answers
+def get_final_text(predicted: str, original: str, normalizer: Any, pre_tokenizer: Any) -> str:
+    """The span of the original words that the (normalised, word-piece) prediction covers, as BERT does: align
+    the two texts without spaces and map the prediction's ends back, so "(1895-1943)." yields "1895". Falls
+    back to the original words when they cannot be aligned (e.g. accents stripped)."""
+    normalised = " ".join(piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(original)))
+    start = normalised.find(predicted)
+    if start == -1:
+        return original
+
+    def without_spaces(text: str) -> tuple[str, dict[int, int]]:
+        kept = [(index, character) for index, character in enumerate(text) if character != " "]
+        return "".join(character for _, character in kept), {new: old for new, (old, _) in enumerate(kept)}
+
+    original_chars, original_map = without_spaces(original)
+    normalised_chars, normalised_map = without_spaces(normalised)
+    if len(original_chars) != len(normalised_chars):
+        return original
+    to_compact = {old: new for new, old in normalised_map.items()}
+    end = start + len(predicted) - 1
+    if start not in to_compact or end not in to_compact:
+        return original
+    return original[original_map[to_compact[start]] : original_map[to_compact[end]] + 1]
+
+
+def best_answer(
+    example: QAExample,
+    windows: list[tuple[QAFeature, Any]],
+    vocab: list[str],
+    tokenizer: Any,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_no_answer: bool = False,
+    no_answer_threshold: float = 0.0,
+) -> tuple[str, float]:
+    """(answer text, no-answer odds) from each window's start/end logits [length, 2], as BERT/ELECTRA decode:
+    the best-scoring valid span (start in its max-context window, end after it, at most `max_answer_length`
+    pieces); with `allow_no_answer` (SQuAD 2.0), "" when [CLS]'s score beats it by more than the threshold."""
+    import numpy as np
+
+    best_score, best_text = -float("inf"), ""
+    null_score = float("inf")
+    for feature, logits in windows:
+        starts, ends = logits[:, 0], logits[:, 1]
+        null_score = min(null_score, float(starts[0] + ends[0]))
+        top_starts = np.argsort(-starts)[:n_best_size]
+        top_ends = np.argsort(-ends)[:n_best_size]
+        for start in top_starts:
+            if start not in feature.token_to_word or not feature.token_is_max_context.get(int(start), False):
+                continue
+            for end in top_ends:
+                if end not in feature.token_to_word or end < start or end - start + 1 > max_answer_length:
+                    continue
+                score = float(starts[start] + ends[end])
+                if score > best_score:
+                    pieces = " ".join(vocab[i] for i in feature.input_ids[start : end + 1])
+                    predicted = " ".join(pieces.replace(" ##", "").replace("##", "").split())
+                    words = example.doc_tokens[feature.token_to_word[int(start)] : feature.token_to_word[int(end)] + 1]
+                    best_score = score
+                    best_text = get_final_text(
+                        predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer
+                    )
+    odds = null_score - best_score
+    if allow_no_answer and (best_score == -float("inf") or odds > no_answer_threshold):
+        return "", odds
+    return best_text, odds

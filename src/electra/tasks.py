@@ -23,7 +23,7 @@ from typing import Any
 from electra.errors import UserError
 from electra.metrics import bioes_tags, classification_scores, regression_scores, tagging_scores
 
-KINDS = ("classification", "regression", "tagging")
+KINDS = ("classification", "regression", "tagging")  # user tasks; "qa" is built in (see QATask)
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl")
 DEBUG_MAX_EXAMPLES = 100  # "debug": true reads this many examples per split, as the reference
 
@@ -310,6 +310,56 @@ class Chunking(Task):
 
     def read_split(self, split: str) -> list[Example]:
         return read_conll(self.split_file(split, (".txt",)))
+
+
+# ----------------------------------------------------------------------------------------------- question answering
+class QATask(Task):
+    """Extractive question answering: SQuAD (`<split>.json`) or MRQA (`<split>.jsonl`), scored as their official
+    scripts. Training splits carry answer positions; answers not found at their offsets are skipped with a count."""
+
+    kind = "qa"
+    labels = ()
+    squad_format = False
+    v2 = False
+    metrics = ("exact_match", "f1")
+
+    def read_split(self, split: str) -> list[Any]:
+        from electra.qa import read_mrqa, read_squad
+
+        training = split == "train"
+        if self.squad_format:
+            return read_squad(self.split_file(split, (".json",)), training, self.v2)
+        return read_mrqa(self.split_file(split, (".jsonl",)), training)
+
+    def check_labels(self, examples: list[Any], labels: list[str], split: str) -> None:
+        return None  # answers are spans of the context, not labels
+
+    def test_splits(self) -> list[str]:
+        return []  # the official test sets are hidden; dev predictions are written as the reference does
+
+    def score(self, examples: list[Any], predictions: list[Any], labels: list[str]) -> dict[str, float]:
+        """`predictions`: {"answer", "no_answer_odds"} per example."""
+        from electra.qa_metrics import mrqa_scores, squad_v2_scores
+
+        answers = {example.qas_id: entry["answer"] for example, entry in zip(examples, predictions, strict=True)}
+        if not self.v2:
+            return mrqa_scores({example.qas_id: example.gold_answers for example in examples}, answers)
+        questions = [
+            {"id": example.qas_id, "answers": [{"text": text} for text in example.gold_answers]} for example in examples
+        ]
+        dataset = {"data": [{"paragraphs": [{"qas": questions}]}]}
+        odds = {example.qas_id: entry["no_answer_odds"] for example, entry in zip(examples, predictions, strict=True)}
+        return squad_v2_scores(dataset, answers, odds)
+
+
+def _qa(name: str, **attributes: Any) -> None:
+    register_task(name)(type(name.upper(), (QATask,), attributes))
+
+
+_qa("squadv1", squad_format=True)
+_qa("squad", squad_format=True, v2=True)
+for _mrqa_name in ("newsqa", "naturalqs", "triviaqa", "searchqa", "hotpotqa"):
+    _qa(_mrqa_name)
 
 
 # ----------------------------------------------------------------------------------------------- user tasks
