@@ -188,3 +188,27 @@ def test_question_answering_learns_and_exports(tmp_path: Path, task: str, v2: bo
 
     hf = ElectraForQuestionAnswering.from_pretrained(outcome["trials"][0]["dir"] / "model")
     assert hf.qa_outputs.out_features == 2
+
+
+def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
+    from electra.finetune import run_finetuning, run_prediction
+    from electra.tokenization import write_vocab
+    from tests.test_finetune import TINY_MODEL
+
+    write_vocab(VOCAB, tmp_path / "vocab.txt")
+    folder = tmp_path / "finetuning_data" / "squadv1"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text(json.dumps(key_questions(400, 0, False)))
+    (folder / "dev.json").write_text(json.dumps(key_questions(40, 1, False)))
+    hparams = {**TINY_MODEL, "task_names": ["squadv1"], "vocab_file": str(tmp_path / "vocab.txt"), "max_seq_length": 32}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 6})
+    questions = tmp_path / "questions.jsonl"
+    context = "the leader was smith e  when year"
+    questions.write_text(json.dumps({"id": "x", "context": context, "question": "who ?"}) + "\n")
+    path, _ = run_prediction(outcome["trials"][0]["dir"] / "model", questions, show_progress=False)
+    (answer,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert answer["answer"] == "e" and context[answer["start"] : answer["end"]] == "e" and answer["id"] == "x"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "x"}) + "\n")
+    with pytest.raises(UserError, match=r'bad\.jsonl:1: each line needs a "context" and a "question"'):
+        run_prediction(outcome["trials"][0]["dir"] / "model", bad, show_progress=False)

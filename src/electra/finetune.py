@@ -704,10 +704,16 @@ def train_trial(
     trainer = Trainer(model, batches, settings, trial_dir, processes, groups, f"{run.tasks_name} trial {trial}")
     trainer.train()
     if processes.is_main:
-        extra = {"max_seq_length": config.max_seq_length, "do_lower_case": config.do_lower_case}
+        extra = {
+            "max_seq_length": config.max_seq_length,
+            "do_lower_case": config.do_lower_case,
+            "max_query_length": config.max_query_length,
+            "doc_stride": config.doc_stride,
+        }
         for item in data:
             folder = exported if len(data) == 1 else exported / item.head.name
-            export_task_model(model, item.head, folder, run.vocab_file, {**extra, **_task_columns(item.task)})
+            task_extra = {**extra, **_task_columns(item.task), "v2": getattr(item.task, "v2", False)}
+            export_task_model(model, item.head, folder, run.vocab_file, task_extra)
         shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # the exported model is the result
     processes.barrier()
     return model
@@ -743,7 +749,11 @@ def evaluate_task(
         model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id, run.config.precision
     )
     if item.head.kind == "qa":
-        decoded = decode_answers(examples, features, outputs, featurizer, run.config, item.task)
+        config = run.config
+        allow_no_answer = getattr(item.task, "v2", False)
+        decoded = decode_answers(
+            examples, features, outputs, featurizer, config.n_best_size, config.max_answer_length, allow_no_answer
+        )
         write_qa_files(run, item.task.name, split, examples, decoded)
         return item.task.score(examples, decoded, []), decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
@@ -758,28 +768,31 @@ def decode_answers(
     features: list[Features],
     outputs: list[np.ndarray],
     featurizer: Featurizer,
-    config: FinetuningConfig,
-    task: Task,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_no_answer: bool = False,
 ) -> list[dict[str, Any]]:
-    """Each question's answer text and no-answer odds from its windows' start/end logits."""
+    """Each question's answer (text, character offsets, score, no-answer odds) from its windows' logits."""
     from electra.qa import best_answer
 
     windows: dict[int, list] = {}
     for feature, output in zip(features, outputs, strict=True):
         windows.setdefault(feature.window.example_index, []).append((feature.window, output))
-    decoded = []
-    for index, example in enumerate(examples):
-        text, odds = best_answer(
-            example,
-            windows.get(index, []),
-            featurizer.vocab,
-            featurizer.tokenizer,
-            config.n_best_size,
-            config.max_answer_length,
-            allow_no_answer=getattr(task, "v2", False),
-        )
-        decoded.append({"id": example.qas_id, "answer": text, "no_answer_odds": odds})
-    return decoded
+    return [
+        {
+            "id": example.qas_id,
+            **best_answer(
+                example,
+                windows.get(index, []),
+                featurizer.vocab,
+                featurizer.tokenizer,
+                n_best_size,
+                max_answer_length,
+                allow_no_answer,
+            ),
+        }
+        for index, example in enumerate(examples)
+    ]
 
 
 def write_qa_files(run: FinetuningRun, task_name: str, split: str, examples: list[Any], decoded: list[dict]) -> None:
@@ -916,6 +929,8 @@ def read_prediction_inputs(
     separates a pair's two texts; tagging splits the line into words at whitespace)."""
     if not path.is_file():
         raise UserError(f"input file {path} does not exist")
+    if head.kind == "qa":
+        return read_questions(path)
     tagging = head.kind == "tagging"
     text_column = columns.get("text_column") or spec.get("text_column") or ("tokens" if tagging else "text")
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2")
@@ -957,7 +972,13 @@ class Predictor:
         self.folder = Path(model_dir)
         self.model, self.head, self.spec = load_task_model(self.folder)
         vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer(vocab, self.spec.get("max_seq_length", 128), self.spec.get("do_lower_case", True))
+        self.featurizer = Featurizer(
+            vocab,
+            self.spec.get("max_seq_length", 128),
+            self.spec.get("do_lower_case", True),
+            self.spec.get("max_query_length", 64),
+            self.spec.get("doc_stride", 128),
+        )
         cuda = torch.cuda.is_available()
         self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
         self.model.to(self.device).eval()
@@ -975,7 +996,23 @@ class Predictor:
         outputs = predict_features(
             self.model, features, 0, batch_size, self.device, self.featurizer.pad_id, self.precision, show_progress
         )
+        if self.head.kind == "qa":
+            return decode_answers(
+                examples, features, outputs, self.featurizer, allow_no_answer=self.spec.get("v2", False)
+            )
         return [decode(self.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+
+
+def read_questions(path: Path) -> list[Any]:
+    """Questions to answer: a SQuAD/MRQA file, or JSONL with "context" and "question" (and an optional "id")."""
+    from electra.qa import read_mrqa, read_squad, records_to_examples
+
+    if path.suffix == ".json":
+        return read_squad(path, training=False, v2=False)
+    rows = read_jsonl_rows(path)
+    if rows and "qas" in rows[0][1]:
+        return read_mrqa(path, training=False)
+    return records_to_examples(path, rows)
 
 
 def run_prediction(
@@ -999,6 +1036,7 @@ def run_prediction(
     target = Path(output_file) if output_file else source.with_name(f"{source.stem}.predictions.jsonl")
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, prediction in zip(examples, predictions, strict=True):
-            entry = {"line": int(example.source.rsplit(":", 1)[1]), **prediction}
+            position = {"line": int(example.source.rsplit(":", 1)[1])} if getattr(example, "source", "") else {}
+            entry = {**position, **prediction}
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
     return target, len(examples)

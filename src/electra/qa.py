@@ -31,6 +31,8 @@ class QAExample:
     end_word: int = -1
     is_impossible: bool = False
     gold_answers: list[str] = field(default_factory=list)  # every annotated answer, for scoring
+    context: str = ""
+    word_offsets: list[int] = field(default_factory=list)  # character offset of each word in the context
 
 
 @dataclass
@@ -87,6 +89,11 @@ def _examples_of_paragraph(
     context: str, questions: list[dict[str, Any]], training: bool, v2: bool, report: ReadReport
 ) -> list[QAExample]:
     words, char_to_word = split_context(context)
+    offsets = [
+        index
+        for index, word in enumerate(char_to_word)
+        if word >= 0 and (index == 0 or char_to_word[index - 1] != word)
+    ]
     if not words:
         report.failures.extend(f"{qa.get('id', qa.get('qid'))}: empty context" for qa in questions)
         return []
@@ -94,7 +101,7 @@ def _examples_of_paragraph(
     for qa in questions:
         qas_id = str(qa.get("id", qa.get("qid")))
         golds = [answer if isinstance(answer, str) else answer["text"] for answer in qa.get("answers", [])]
-        example = QAExample(qas_id, qa["question"], words, gold_answers=golds)
+        example = QAExample(qas_id, qa["question"], words, gold_answers=golds, context=context, word_offsets=offsets)
         if training:
             example.is_impossible = bool(qa.get("is_impossible", False)) if v2 else False
             if not example.is_impossible:
@@ -310,13 +317,14 @@ def best_answer(
     max_answer_length: int = 30,
     allow_no_answer: bool = False,
     no_answer_threshold: float = 0.0,
-) -> tuple[str, float]:
-    """(answer text, no-answer odds) from each window's start/end logits [length, 2], as BERT/ELECTRA decode:
+) -> dict[str, Any]:
+    """{"answer", "no_answer_odds", "score", "start", "end"} from each window's start/end logits [length, 2],
+    as BERT/ELECTRA decode:
     the best-scoring valid span (start in its max-context window, end after it, at most `max_answer_length`
     pieces); with `allow_no_answer` (SQuAD 2.0), "" when [CLS]'s score beats it by more than the threshold."""
     import numpy as np
 
-    best_score, best_text = -float("inf"), ""
+    best_score, best_text, best_word = -float("inf"), "", -1
     null_score = float("inf")
     for feature, logits in windows:
         starts, ends = logits[:, 0], logits[:, 1]
@@ -334,11 +342,35 @@ def best_answer(
                     pieces = " ".join(vocab[i] for i in feature.input_ids[start : end + 1])
                     predicted = " ".join(pieces.replace(" ##", "").replace("##", "").split())
                     words = example.doc_tokens[feature.token_to_word[int(start)] : feature.token_to_word[int(end)] + 1]
-                    best_score = score
+                    best_score, best_word = score, feature.token_to_word[int(start)]
                     best_text = get_final_text(
                         predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer
                     )
     odds = null_score - best_score
     if allow_no_answer and (best_score == -float("inf") or odds > no_answer_threshold):
-        return "", odds
-    return best_text, odds
+        best_text = ""
+    start = -1
+    if best_text and example.word_offsets:
+        start = example.context.find(best_text, example.word_offsets[best_word])
+    return {
+        "answer": best_text,
+        "no_answer_odds": odds,
+        "score": best_score if best_text else null_score,
+        "start": start,
+        "end": start + len(best_text) if start >= 0 else -1,
+    }
+
+
+def records_to_examples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[QAExample]:
+    """Examples from {"context", "question", "id"?} records, for prediction."""
+    examples = []
+    report = ReadReport()
+    for number, row in rows:
+        if not isinstance(row.get("context"), str) or not isinstance(row.get("question"), str):
+            raise UserError(f'{path}:{number}: each line needs a "context" and a "question" (strings)')
+        qa = {"id": str(row.get("id", number)), "question": row["question"], "answers": []}
+        found = _examples_of_paragraph(row["context"], [qa], False, False, report)
+        if not found:
+            raise UserError(f"{path}:{number}: the context is empty")
+        examples += found
+    return examples
