@@ -168,7 +168,7 @@ class OnnxPredictor:
         self.folder = Path(model_dir)
         self.head, self.spec = read_task_spec(self.folder)
         vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer(vocab, self.spec.get("max_seq_length", 128), self.spec.get("do_lower_case", True))
+        self.featurizer = Featurizer.for_model(vocab, self.spec)
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

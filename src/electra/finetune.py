@@ -161,6 +161,17 @@ class Featurizer:
         self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
         self.max_seq_length = max_seq_length
 
+    @classmethod
+    def for_model(cls, vocab: list[str], spec: dict[str, Any]) -> Featurizer:
+        """The featurizer a fine-tuned model was trained with, from its electra_task.json."""
+        return cls(
+            vocab,
+            spec.get("max_seq_length", 128),
+            spec.get("do_lower_case", True),
+            spec.get("max_query_length", 64),
+            spec.get("doc_stride", 128),
+        )
+
     def _pieces(self, texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
@@ -972,13 +983,7 @@ class Predictor:
         self.folder = Path(model_dir)
         self.model, self.head, self.spec = load_task_model(self.folder)
         vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer(
-            vocab,
-            self.spec.get("max_seq_length", 128),
-            self.spec.get("do_lower_case", True),
-            self.spec.get("max_query_length", 64),
-            self.spec.get("doc_stride", 128),
-        )
+        self.featurizer = Featurizer.for_model(vocab, self.spec)
         cuda = torch.cuda.is_available()
         self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
         self.model.to(self.device).eval()
