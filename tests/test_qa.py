@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -208,6 +209,15 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
     path, _ = run_prediction(outcome["trials"][0]["dir"] / "model", questions, show_progress=False)
     (answer,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert answer["answer"] == "e" and context[answer["start"] : answer["end"]] == "e" and answer["id"] == "x"
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec(
+        "onnxscript"
+    ):  # the ONNX path decodes alike
+        from electra.export import export_onnx
+
+        onnx_folder = export_onnx(outcome["trials"][0]["dir"] / "model", tmp_path / "onnx").parent
+        path, _ = run_prediction(onnx_folder, questions, tmp_path / "onnx.jsonl", show_progress=False)
+        (onnx_answer,) = [json.loads(line) for line in path.read_text().splitlines()]
+        assert (onnx_answer["answer"], onnx_answer["start"]) == (answer["answer"], answer["start"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"context": "x"}) + "\n")
     with pytest.raises(UserError, match=r'bad\.jsonl:1: each line needs a "context" and a "question"'):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,9 +28,10 @@ from electra.finetune import (
     FinetuningModel,
     Predictor,
     collate,
-    decode,
+    decode_predictions,
     load_task_model,
     read_task_spec,
+    run_in_length_order,
 )
 from electra.tasks import Example
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, read_vocab
@@ -178,16 +180,14 @@ class OnnxPredictor:
 
     def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
         features = self.featurizer.features(examples, self.head, 0)
-        order = sorted(range(len(features)), key=lambda index: len(features[index].input_ids))
-        outputs: list = [None] * len(features)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            batch = collate([features[i] for i in chosen], self.featurizer.pad_id, torch.device("cpu"))
-            inputs = {name: getattr(batch, name).numpy() for name in ONNX_INPUTS}
-            (logits,) = self.session.run(None, inputs)
-            for row, index in enumerate(chosen):
-                outputs[index] = logits[row, : len(features[index].input_ids)] if logits.ndim == 3 else logits[row]
-        return [decode(self.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+
+        def run_batch(chosen: list) -> Any:
+            batch = collate(chosen, self.featurizer.pad_id, torch.device("cpu"))
+            (logits,) = self.session.run(None, {name: getattr(batch, name).numpy() for name in ONNX_INPUTS})
+            return logits
+
+        outputs = run_in_length_order(features, batch_size, run_batch, show_progress)
+        return decode_predictions(self.head, self.spec, examples, features, outputs, self.featurizer)
 
 
 def open_predictor(model_dir: str | Path, precision: str = "auto") -> Predictor | OnnxPredictor:

@@ -19,6 +19,7 @@ import re
 import shutil
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -520,6 +521,24 @@ def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, 
 
 
 # ----------------------------------------------------------------------------------------------- prediction
+def run_in_length_order(
+    features: list[Features],
+    batch_size: int,
+    run_batch: Callable[[list[Features]], np.ndarray],
+    show_progress: bool = False,
+) -> list[np.ndarray]:
+    """`run_batch` over batches of similar length (little padding); each example's output, unpadded, in order."""
+    order = np.argsort([len(item.input_ids) for item in features], kind="stable")
+    outputs: list[np.ndarray | None] = [None] * len(features)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=None if show_progress else True, file=sys.stderr):
+        chosen = order[start : start + batch_size]
+        out = run_batch([features[i] for i in chosen])
+        for row, index in enumerate(chosen):
+            outputs[index] = out[row, : len(features[index].input_ids)] if out.ndim == 3 else out[row]
+    return outputs  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def predict_features(
     model: FinetuningModel,
@@ -534,18 +553,28 @@ def predict_features(
     """Each example's head output (float32, unpadded), computed in batches of similar length."""
     if model.training:
         model.eval()
-    order = np.argsort([len(item.input_ids) for item in features], kind="stable")
-    outputs: list[np.ndarray | None] = [None] * len(features)
     autocast_dtype = resolve_precision(precision, device)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=None if show_progress else True, file=sys.stderr):
-        chosen = order[start : start + batch_size]
-        batch = collate([features[i] for i in chosen], pad_id, device)
+
+    def run_batch(chosen: list[Features]) -> np.ndarray:
+        batch = collate(chosen, pad_id, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model.outputs(batch, task_id).float().cpu().numpy()
-        for row, index in enumerate(chosen):
-            outputs[index] = out[row, : len(features[index].input_ids)] if out.ndim == 3 else out[row]
-    return outputs  # type: ignore[return-value]
+            return model.outputs(batch, task_id).float().cpu().numpy()
+
+    return run_in_length_order(features, batch_size, run_batch, show_progress)
+
+
+def decode_predictions(
+    head: TaskHead,
+    spec: dict[str, Any],
+    examples: list[Any],
+    features: list[Features],
+    outputs: list[np.ndarray],
+    featurizer: Featurizer,
+) -> list[dict[str, Any]]:
+    """What a fine-tuned model folder predicts for each example: answers (QA) or one `decode` per feature."""
+    if head.kind == "qa":
+        return decode_answers(examples, features, outputs, featurizer, allow_no_answer=spec.get("v2", False))
+    return [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
 
 
 def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]:
@@ -1001,11 +1030,7 @@ class Predictor:
         outputs = predict_features(
             self.model, features, 0, batch_size, self.device, self.featurizer.pad_id, self.precision, show_progress
         )
-        if self.head.kind == "qa":
-            return decode_answers(
-                examples, features, outputs, self.featurizer, allow_no_answer=self.spec.get("v2", False)
-            )
-        return [decode(self.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+        return decode_predictions(self.head, self.spec, examples, features, outputs, self.featurizer)
 
 
 def read_questions(path: Path) -> list[Any]:
