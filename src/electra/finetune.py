@@ -156,9 +156,9 @@ class Featurizer:
         from electra.qa import QAFeaturizer
 
         self.vocab = vocab
-        self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, do_lower_case)
         self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
-        index = {token: i for i, token in enumerate(vocab)}
+        self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, tokenizer=self.tokenizer)
+        index = self.qa.index
         self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
         self.max_seq_length = max_seq_length
 

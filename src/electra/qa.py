@@ -166,9 +166,16 @@ class QAFeaturizer:
     """Sliding-window features of QA examples with the reference's layout and targets."""
 
     def __init__(
-        self, vocab: list[str], max_seq_length: int, max_query_length: int, doc_stride: int, do_lower_case: bool = True
+        self,
+        vocab: list[str],
+        max_seq_length: int,
+        max_query_length: int,
+        doc_stride: int,
+        do_lower_case: bool = True,
+        tokenizer: Any = None,
     ):
-        self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
+        """`tokenizer`: an already built one for `vocab` (e.g. the fine-tuning featurizer's), to share it."""
+        self.tokenizer = tokenizer or build_tokenizer(vocab, do_lower_case=do_lower_case)
         self.index = {token: i for i, token in enumerate(vocab)}
         self.max_seq_length = max_seq_length
         self.max_query_length = max_query_length
