@@ -382,31 +382,26 @@ class FinetuningModel(nn.Module):
         hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
         total = hidden.new_zeros((), dtype=torch.float32)
         for task_id, head in enumerate(self.task_heads):
-            if len(self.task_heads) == 1:
-                rows = None
-            else:
+            rows: slice | torch.Tensor = slice(None)  # one task: every row, without a gather
+            if len(self.task_heads) > 1:
                 rows = (batch.task_ids == task_id).nonzero().squeeze(-1)
                 if rows.numel() == 0:
                     continue
-            task_hidden = hidden if rows is None else hidden[rows]
-            labels = batch.labels if rows is None else batch.labels[rows]
-            out = self._head(task_hidden, task_id).float()
+            out = self._head(hidden[rows], task_id).float()
             if head.kind == "classification":
-                total = total + F.cross_entropy(out, labels.long(), reduction="sum")
+                total = total + F.cross_entropy(out, batch.labels[rows].long(), reduction="sum")
             elif head.kind == "regression":
-                total = total + ((out - labels) ** 2).sum()
+                total = total + ((out - batch.labels[rows]) ** 2).sum()
             elif head.kind == "qa":
-                real = (batch.attention_mask if rows is None else batch.attention_mask[rows]).bool()
-                logits = out.masked_fill(~real[:, :, None], -1e4)  # padding is never an answer
-                spans = batch.spans if rows is None else batch.spans[rows]
+                logits = out.masked_fill(~batch.attention_mask[rows].bool()[:, :, None], -1e4)  # padding: no answer
+                spans = batch.spans[rows]
                 total = total + 0.5 * (
                     F.cross_entropy(logits[:, :, 0], spans[:, 0], reduction="sum")
                     + F.cross_entropy(logits[:, :, 1], spans[:, 1], reduction="sum")
                 )
             else:
-                token_labels = batch.token_labels if rows is None else batch.token_labels[rows]
                 total = total + F.cross_entropy(
-                    out.transpose(1, 2), token_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+                    out.transpose(1, 2), batch.token_labels[rows], ignore_index=IGNORE_INDEX, reduction="sum"
                 )
         return {"task_loss": total}
 
@@ -459,10 +454,16 @@ def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
     model.electra.load_state_dict({key: encoder[key] for key in own})
 
 
+def hf_head_prefix(head: TaskHead) -> str:
+    """Where Hugging Face keeps this kind of head: `classifier.dense`/`out_proj` for sequence classification,
+    `classifier` / `qa_outputs` at the top for token classification and question answering."""
+    return "" if head.kind in ("tagging", "qa") else "classifier."
+
+
 def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab_file: Path, extra: dict) -> None:
     """One task's model as a Hugging Face folder: ElectraForSequenceClassification or ...TokenClassification."""
     prefix = f"heads.{head.name}."
-    target = "" if head.kind in ("tagging", "qa") else "classifier."
+    target = hf_head_prefix(head)
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("electra."):
@@ -511,7 +512,7 @@ def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, 
     config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = FinetuningModel(config, [head])
     state = load_file(str(folder / "model.safetensors"))
-    source = "" if head.kind in ("tagging", "qa") else "classifier."
+    source = hf_head_prefix(head)
     renamed = {
         (key if key.startswith("electra.") else f"heads.{head.name}.{key[len(source) :]}"): value
         for key, value in state.items()
@@ -711,7 +712,7 @@ def train_trial(
     model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
     model = FinetuningModel(model_config, [item.head for item in data])
     exported = trial_dir / "model"
-    if (exported / "config.json").is_file() or (exported / data[0].head.name / "config.json").is_file():
+    if (task_model_dir(exported, data, data[0]) / "config.json").is_file():
         _load_exported(model, exported, data)
         return model
     if run.init_checkpoint is not None:
@@ -751,9 +752,8 @@ def train_trial(
             "doc_stride": config.doc_stride,
         }
         for item in data:
-            folder = exported if len(data) == 1 else exported / item.head.name
             task_extra = {**extra, **_task_columns(item.task), "v2": getattr(item.task, "v2", False)}
-            export_task_model(model, item.head, folder, run.vocab_file, task_extra)
+            export_task_model(model, item.head, task_model_dir(exported, data, item), run.vocab_file, task_extra)
         shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # the exported model is the result
     processes.barrier()
     return model
@@ -765,10 +765,14 @@ def _task_columns(task: Task) -> dict[str, Any]:
     return {name: getattr(task, name) for name in names if getattr(task, name, None)}
 
 
+def task_model_dir(exported: Path, data: list[TaskData], item: TaskData) -> Path:
+    """A task's exported model: the folder itself for one task, a sub-folder per task when multi-task."""
+    return exported if len(data) == 1 else exported / item.head.name
+
+
 def _load_exported(model: FinetuningModel, exported: Path, data: list[TaskData]) -> None:
     for item in data:
-        folder = exported if len(data) == 1 else exported / item.head.name
-        trained, _, _ = load_task_model(folder)
+        trained, _, _ = load_task_model(task_model_dir(exported, data, item))
         model.electra.load_state_dict(trained.electra.state_dict())
         model.heads[item.head.name].load_state_dict(trained.heads[item.head.name].state_dict())
 
@@ -794,7 +798,7 @@ def evaluate_task(
         decoded = decode_answers(
             examples, features, outputs, featurizer, config.n_best_size, config.max_answer_length, allow_no_answer
         )
-        write_qa_files(run, item.task.name, split, examples, decoded)
+        write_qa_files(run, item.task.name, split, decoded)
         return item.task.score(examples, decoded, []), decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
@@ -835,7 +839,7 @@ def decode_answers(
     ]
 
 
-def write_qa_files(run: FinetuningRun, task_name: str, split: str, examples: list[Any], decoded: list[dict]) -> None:
+def write_qa_files(run: FinetuningRun, task_name: str, split: str, decoded: list[dict]) -> None:
     """predictions and null odds as the reference writes them, so the official scripts can score them again."""
     folder = run.model_dir / "results" / f"{run.tasks_name}_qa"
     folder.mkdir(parents=True, exist_ok=True)
