@@ -1045,7 +1045,7 @@ def read_questions(path: Path) -> list[Any]:
         return read_squad(path, training=False, v2=False)
     rows = read_jsonl_rows(path)
     if rows and "qas" in rows[0][1]:
-        return read_mrqa(path, training=False)
+        return read_mrqa(path, training=False, rows=rows)
     return records_to_examples(path, rows)
 
 

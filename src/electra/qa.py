@@ -143,20 +143,15 @@ def read_squad(path: Path, training: bool, v2: bool) -> list[QAExample]:
     return examples
 
 
-def read_mrqa(path: Path, training: bool) -> list[QAExample]:
-    """Examples of an MRQA jsonl file (one context and its questions a line; a header line is skipped)."""
+def read_mrqa(path: Path, training: bool, rows: list[tuple[int, dict[str, Any]]] | None = None) -> list[QAExample]:
+    """Examples of an MRQA jsonl file (one context and its questions a line; a header line is skipped);
+    `rows`: the file's lines when the caller has already read them."""
+    from electra.tasks import read_jsonl_rows
+
     report = ReadReport()
     examples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if "header" in record:
-                continue
+    for _, record in rows if rows is not None else read_jsonl_rows(path):
+        if "header" not in record:
             examples += _examples_of_paragraph(record["context"], record["qas"], training, False, report)
     report.warn(path)
     return examples
