@@ -665,6 +665,7 @@ class TaskData:
     task: Task
     head: TaskHead
     train: list[Example]
+    evaluation: dict[str, list[Example]]  # each evaluation split, read once for every trial
 
 
 def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
@@ -673,11 +674,12 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
     for task in run.tasks:
         train = task.examples("train") if need_train or task.labels is None or task.kind == "regression" else []
         labels = [] if task.kind == "regression" else task.label_list(train)
-        for split in task.eval_splits() if run.config.do_eval else []:
-            task.check_labels(task.examples(split), labels, split)
+        evaluation = {split: task.examples(split) for split in (task.eval_splits() if run.config.do_eval else [])}
+        for split, examples in evaluation.items():
+            task.check_labels(examples, labels, split)
         value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
         head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels)
-        loaded.append(TaskData(task, head, train))
+        loaded.append(TaskData(task, head, train, evaluation))
     return loaded
 
 
@@ -787,7 +789,7 @@ def evaluate_task(
     device: torch.device,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Scores of one split (empty for unlabelled test splits) and the decoded predictions."""
-    examples = item.task.examples(split)
+    examples = item.evaluation[split] if split in item.evaluation else item.task.examples(split)
     features = featurizer.features(examples, item.head, task_id)
     outputs = predict_features(
         model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id, run.config.precision
