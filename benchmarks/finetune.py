@@ -64,6 +64,21 @@ def load_sst(data: Path, vocab_file: Path) -> tuple[list[Features], list[Feature
     return train, dev, head, featurizer.pad_id
 
 
+def model_shape(size: str, vocab_file: Path, pad_id: int) -> dict:
+    """The configuration both models share (ElectraConfig's names, which ours follows)."""
+    hidden, layers, heads, intermediate, embedding = SHAPES[size]
+    return {
+        "vocab_size": model_vocab_size(vocab_file),
+        "embedding_size": embedding,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": 512,
+        "pad_token_id": pad_id,
+    }
+
+
 def model_vocab_size(vocab_file: Path) -> int:
     from electra.tokenization import read_vocab
 
@@ -80,17 +95,8 @@ def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) ->
     )
     from electra.trainer import AdamWeightDecay, resolve_precision
 
-    hidden, layers, heads, intermediate, embedding = SHAPES[size]
     train, dev, head, pad_id = load_sst(data, vocab_file)
-    config = ModelConfig(
-        vocab_size=model_vocab_size(vocab_file),
-        embedding_size=embedding,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        pad_token_id=pad_id,
-    )
+    config = ModelConfig(**model_shape(size, vocab_file, pad_id))
     model = FinetuningModel(config, [head])
     optimizer = AdamWeightDecay(layerwise_param_groups(model, 0.01, 0.8), lr=1e-4)
     params = [param for group in optimizer.param_groups for param in group["params"]]
@@ -121,19 +127,8 @@ def peer(size: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable,
 
     from electra.finetune import collate
 
-    hidden, layers, heads, intermediate, embedding = SHAPES[size]
     train, dev, _, pad_id = load_sst(data, vocab_file)
-    config = transformers.ElectraConfig(
-        vocab_size=model_vocab_size(vocab_file),
-        embedding_size=embedding,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=512,
-        pad_token_id=pad_id,
-        num_labels=2,
-    )
+    config = transformers.ElectraConfig(**model_shape(size, vocab_file, pad_id), num_labels=2)
     model = transformers.ElectraForSequenceClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     order = np.random.default_rng(0).permutation(len(train))
