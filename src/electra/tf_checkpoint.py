@@ -24,13 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from electra.config import SIZE_BY_HIDDEN
 from electra.errors import UserError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5  # compression type byte + crc32c
-DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64, 10: np.bool_}
-DTYPES[19] = np.float16
+DTYPES = {
+    1: np.float32,
+    2: np.float64,
+    3: np.int32,
+    4: np.uint8,
+    5: np.int16,
+    6: np.int8,
+    9: np.int64,
+    10: np.bool_,
+    19: np.float16,
+}
 BFLOAT16 = 14
 # Variables of the training run, not of the model.
 SKIPPED = re.compile(r"(^|/)(adam_[mv]|global_step|temperature)$|/adam_[mv]$|^(beta[12]_power)$")
@@ -219,7 +229,7 @@ def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
     hidden = checkpoint.shape("electra/encoder/layer_0/attention/self/query/kernel")[1]
     intermediate = checkpoint.shape("electra/encoder/layer_0/intermediate/dense/kernel")[1]
     shape: dict[str, Any] = {
-        "model_size": {256: "small", 768: "base", 1024: "large"}.get(hidden, "small"),
+        "model_size": SIZE_BY_HIDDEN.get(hidden, "small"),
         "embedding_size": embedding_size,
         "vocab_size": vocab_size,
         "model_hparam_overrides": {
