@@ -186,6 +186,64 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_predict)
 
 
+def _add_score_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "score",
+        help="pseudo-log-likelihood of texts under a pre-trained model (Electric or masked LM)",
+        description="Score each text (plain text, one a line, or JSONL with a text field) with a pre-trained "
+        "model: an Electric model's discriminator in one pass a text (the sum of -energy over its tokens), or a "
+        "masked LM's classic pseudo-log-likelihood (one masked copy per token). Writes one JSON line per text: "
+        "score, mean_score, tokens, token_scores.",
+    )
+    _add_scoring_arguments(parser)
+    parser.add_argument("--input", required=True, help="plain text (one text a line) or JSONL")
+    parser.add_argument("--output", default=None, help="JSONL to write (default: <input>.scores.jsonl)")
+    parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    parser.set_defaults(run=_run_score)
+
+
+def _add_rerank_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rerank",
+        help="re-rank n-best lists by first-pass score + weight x language-model score",
+        description='Re-rank n-best lists (JSONL, one a line: {"id": ..., "hypotheses": [{"text": ..., "score": '
+        "first-pass score}, ...]}) by first-pass score + WEIGHT x the model's pseudo-log-likelihood; prints what "
+        "changed, writes the new order, and with references the word error rate before and after.",
+    )
+    _add_scoring_arguments(parser)
+    parser.add_argument("--nbest", required=True, help="n-best lists, JSONL")
+    parser.add_argument("--weight", type=float, default=1.0, help="weight of the language-model score (default: 1)")
+    parser.add_argument(
+        "--references",
+        default=None,
+        help='reference transcripts: JSONL {"id", "text"} or plain text, one line per list (or a "reference" '
+        "field in each n-best row)",
+    )
+    parser.add_argument("--output", default=None, help="JSONL to write (default: <nbest>.reranked.jsonl)")
+    parser.set_defaults(run=_run_rerank)
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        help="a pre-trained model folder (<data-dir>/models/<name>), or its discriminator/ or generator/",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("auto", "electric", "mlm"),
+        default="auto",
+        help="auto: Electric if the model was pre-trained as Electric, else its masked LM",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="texts (Electric) or masked copies (MLM) per batch (default: 64)"
+    )
+    parser.add_argument("--max-seq-length", type=int, default=128, help="longer texts are cut (default: 128)")
+    parser.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
+    )
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "serve",
@@ -259,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(commands)
     _add_finetune_parser(commands)
     _add_predict_parser(commands)
+    _add_score_parser(commands)
+    _add_rerank_parser(commands)
     _add_serve_parser(commands)
     _add_export_parser(commands)
     _add_convert_tf_parser(commands)
@@ -359,6 +419,39 @@ def _run_predict(args: argparse.Namespace) -> None:
         args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision
     )
     print(f"wrote {count:,} predictions to {path}")
+
+
+def _run_score(args: argparse.Namespace) -> None:
+    from electra.scoring import run_scoring
+
+    path, method, count = run_scoring(
+        args.model_dir,
+        args.input,
+        args.output,
+        args.method,
+        args.batch_size,
+        args.max_seq_length,
+        args.text_field,
+        args.precision,
+    )
+    print(f"wrote {count:,} {method} scores to {path}")
+
+
+def _run_rerank(args: argparse.Namespace) -> None:
+    from electra.scoring import describe_rerank, run_rerank
+
+    summary = run_rerank(
+        args.model_dir,
+        args.nbest,
+        args.weight,
+        args.references,
+        args.output,
+        args.method,
+        args.batch_size,
+        args.max_seq_length,
+        args.precision,
+    )
+    print(describe_rerank(summary))
 
 
 def _run_serve(args: argparse.Namespace) -> None:

@@ -1,0 +1,428 @@
+"""`electra score` and `electra rerank`: how likely a pre-trained model finds a text, and n-best re-ranking.
+
+Electric (pre-trained with `"electric_objective": true`) gives every token an energy E(x)_t in ONE
+forward pass over the unmasked text. Its noise-contrastive training leaves it close to self-normalised,
+so log p(x_t | rest) ~ -E(x)_t, and the text's pseudo-log-likelihood is the sum of -E(x)_t over its
+tokens (Clark et al., "Pre-Training Transformers as Energy-Based Cloze Models", 2020). The discriminator's
+output is that energy: training adds log q(x_t) + log(k / (1 - k)) to it to get the noise logit.
+
+A masked language model (an ELECTRA generator, or a model pre-trained with `"electra_objective": false`)
+needs one pass per token: one copy of the text per token with that token masked, log p(original) read at
+the masked position (Salazar et al., "Masked Language Model Scoring", 2020). Both are batched here, so
+they can be compared on the same texts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model
+from torch import nn
+from tqdm import tqdm
+
+from electra.config import ModelConfig
+from electra.errors import UserError
+from electra.fileio import write_text_atomic
+from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
+from electra.tasks import read_jsonl_rows
+from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, read_vocab
+from electra.trainer import resolve_precision
+
+METHODS = ("electric", "mlm")
+
+
+@dataclass
+class ScoringModel:
+    """Where the weights that score text live, and how: Electric energies or masked-LM log-probabilities."""
+
+    method: str
+    folder: Path  # a Hugging Face-layout folder: config.json, model.safetensors, vocab.txt
+    do_lower_case: bool
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> ScoringModel:
+    """The part of a model folder that scores text. A pre-trained model folder (with pretrain_config.json)
+    scores with Electric's discriminator if it was pre-trained as Electric, else with its generator; a
+    discriminator/ or generator/ folder (ours or Hugging Face's) scores with itself."""
+    folder = Path(model_dir)
+    if method not in ("auto", *METHODS):
+        raise UserError(f"--method {method!r} is not one of auto, {', '.join(METHODS)}")
+    record = _read_json(folder / "pretrain_config.json")
+    if record:
+        electric = bool(record.get("electric_objective"))
+        objective = "Electric" if electric else ("ELECTRA" if record.get("electra_objective", True) else "MLM")
+        chosen = method if method != "auto" else ("electric" if electric else "mlm")
+        if chosen == "electric" and not electric:
+            raise UserError(
+                f"{folder} was pre-trained with the {objective} objective: only an Electric model's discriminator "
+                'outputs energies. Score with its masked LM (--method mlm) or pre-train with "electric_objective": true'
+            )
+        part = folder / ("discriminator" if chosen == "electric" else "generator")
+        if not (part / "config.json").is_file():
+            hint = " (Electric's two-tower cloze model is not a masked LM: use --method electric)" if electric else ""
+            raise UserError(f"{folder} has no exported {part.name}/ to score with{hint}")
+        return ScoringModel(chosen, part, record.get("do_lower_case", True))
+    config = _read_json(folder / "config.json")
+    if not config:
+        raise UserError(
+            f"{folder} is not a model folder: give a pre-trained model folder (with pretrain_config.json) "
+            "or its discriminator/ or generator/"
+        )
+    architecture = (config.get("architectures") or [""])[0]
+    parent = _read_json(folder.parent / "pretrain_config.json")
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    do_lower_case = tokenizer_config.get("do_lower_case", parent.get("do_lower_case", True))
+    if architecture == "ElectraForMaskedLM" and method in ("auto", "mlm"):
+        return ScoringModel("mlm", folder, do_lower_case)
+    if architecture == "ElectraForPreTraining" and (method == "electric" or parent.get("electric_objective")):
+        return ScoringModel("electric", folder, do_lower_case)
+    if architecture == "ElectraForPreTraining":
+        raise UserError(
+            f"{folder} is a discriminator, and nothing says it was pre-trained as Electric (an ELECTRA "
+            "discriminator's logits are not energies): pass --method electric if it was, or score with a generator/"
+        )
+    raise UserError(
+        f"{folder} holds a {architecture or 'model of unknown kind'}: scoring needs an ELECTRA "
+        "discriminator pre-trained as Electric or a masked LM (ElectraForMaskedLM)"
+    )
+
+
+@dataclass
+class TextScore:
+    """Per-token log-likelihoods of one text (without [CLS] and [SEP]); `total` is its pseudo-log-likelihood."""
+
+    tokens: list[str]
+    token_scores: np.ndarray
+    truncated: bool = False
+
+    @property
+    def total(self) -> float:
+        return float(self.token_scores.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        count = len(self.tokens)
+        return {
+            "score": self.total,
+            "num_tokens": count,
+            "mean_score": self.total / count if count else 0.0,
+            "tokens": self.tokens,
+            "token_scores": [round(float(value), 4) for value in self.token_scores],
+            **({"truncated": True} if self.truncated else {}),
+        }
+
+
+class TextScorer:
+    """Scores texts with an Electric discriminator (one pass a text) or a masked LM (one pass a token)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        method: str = "auto",
+        max_seq_length: int = 128,
+        precision: str = "auto",
+        device: torch.device | None = None,
+    ):
+        self.source = locate_scoring_model(model_dir, method)
+        self.method = self.source.method
+        folder = self.source.folder
+        config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        self.model: nn.Module = (ElectraForPreTraining if self.method == "electric" else ElectraForMaskedLM)(config)
+        try:
+            missing, unexpected = load_model(self.model, str(folder / "model.safetensors"), strict=False)
+        except (RuntimeError, OSError) as error:
+            raise UserError(f"cannot load {folder / 'model.safetensors'}: {str(error).splitlines()[0]}") from None
+        if missing or unexpected:
+            raise UserError(
+                f"{folder / 'model.safetensors'} does not hold a {type(self.model).__name__} "
+                f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})"
+            )
+        self.vocab = read_vocab(folder / "vocab.txt")
+        ids = {token: index for index, token in enumerate(self.vocab)}
+        self.cls_id, self.sep_id, self.mask_id, self.pad_id = (ids[token] for token in (CLS, SEP, MASK, PAD))
+        self.tokenizer = build_tokenizer(self.vocab, self.source.do_lower_case)
+        self.max_seq_length = min(max_seq_length, config.max_position_embeddings)
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.autocast_dtype = resolve_precision(precision, self.device)
+
+    def encode(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+        """[CLS] pieces [SEP] for each text, cut to max_seq_length, and whether it was cut."""
+        budget = self.max_seq_length - 2
+        encoded = []
+        for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+            pieces = encoding.ids
+            encoded.append((np.asarray([self.cls_id, *pieces[:budget], self.sep_id]), len(pieces) > budget))
+        return encoded
+
+    def _batch(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = row
+        ids = torch.from_numpy(input_ids).to(self.device)
+        return ids, (ids != self.pad_id).long()
+
+    def _forward(self, *args: torch.Tensor) -> torch.Tensor:
+        enabled = self.autocast_dtype is not None
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            return self.model(*args).float()
+
+    def _electric_scores(self, rows: list[np.ndarray], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        order = np.argsort([len(row) for row in rows], kind="stable")
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            ids, mask = self._batch([rows[i] for i in chosen])
+            energies = self._forward(ids, mask, torch.zeros_like(ids)).cpu().numpy()
+            for row, index in enumerate(chosen):
+                yield int(index), -energies[row, 1 : len(rows[index]) - 1]
+
+    def _masked_lm_scores(self, rows: list[np.ndarray], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """One copy per token with that token masked; copies of similar-length texts share a batch."""
+        copies = [
+            (int(index), position)
+            for index in np.argsort([len(row) for row in rows], kind="stable")
+            for position in range(1, len(rows[index]) - 1)
+        ]
+        scores = {int(index): np.zeros(len(row) - 2, dtype=np.float32) for index, row in enumerate(rows)}
+        remaining = {index: len(values) for index, values in scores.items()}
+        for index, count in remaining.items():
+            if count == 0:
+                yield index, scores[index]
+        for start in range(0, len(copies), batch_size):
+            chosen = copies[start : start + batch_size]
+            masked = []
+            for index, position in chosen:
+                row = rows[index].copy()
+                row[position] = self.mask_id
+                masked.append(row)
+            ids, mask = self._batch(masked)
+            positions = torch.tensor([[position] for _, position in chosen], device=self.device)
+            originals = torch.tensor([[rows[index][position]] for index, position in chosen], device=self.device)
+            logits = self._forward(ids, mask, torch.zeros_like(ids), positions)
+            log_probs = logits.log_softmax(-1).gather(-1, originals[:, :, None])[:, 0, 0].cpu().numpy()
+            for (index, position), value in zip(chosen, log_probs, strict=True):
+                scores[index][position - 1] = value
+                remaining[index] -= 1
+                if remaining[index] == 0:
+                    yield index, scores[index]
+
+    def score(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> list[TextScore]:
+        """Each text's per-token log-likelihoods, in the order of `texts`. `batch_size` counts texts for
+        Electric and masked copies (one per token) for a masked LM."""
+        encoded = self.encode(texts)
+        rows = [ids for ids, _ in encoded]
+        scored = self._electric_scores if self.method == "electric" else self._masked_lm_scores
+        results: list[TextScore | None] = [None] * len(texts)
+        progress = tqdm(
+            total=len(texts), desc="score", unit="text", disable=None if show_progress else True, file=sys.stderr
+        )
+        for index, values in scored(rows, batch_size):
+            tokens = [self.vocab[token] for token in rows[index][1:-1]]
+            results[index] = TextScore(tokens, values, encoded[index][1])
+            progress.update()
+        progress.close()
+        return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------- electra score
+def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any], str]]:
+    """(other fields, text) for each text: JSONL rows with `text_field`, or plain text, one a line (blank lines
+    are skipped, so each text keeps its line number as a field)."""
+    if not path.is_file():
+        raise UserError(f"input file {path} does not exist")
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, row in read_jsonl_rows(path):
+            if not isinstance(row.get(text_field), str):
+                raise UserError(f"{path}:{number}: no text field {text_field!r} (name it with --text-field)")
+            texts.append(({key: value for key, value in row.items() if key != text_field}, row[text_field]))
+        return texts
+    with open(path, encoding="utf-8-sig") as handle:
+        return [({"line": number}, line.strip()) for number, line in enumerate(handle, 1) if line.strip()]
+
+
+def run_scoring(
+    model_dir: str | Path,
+    input_file: str | Path,
+    output_file: str | Path | None = None,
+    method: str = "auto",
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    text_field: str = "text",
+    precision: str = "auto",
+) -> tuple[Path, str, int]:
+    """Scores every text of `input_file` into JSONL (default: beside the input, `.scores.jsonl`)."""
+    source = Path(input_file)
+    target = Path(output_file) if output_file else source.with_suffix(".scores.jsonl")
+    texts = read_texts(source, text_field)
+    if not texts:
+        raise UserError(f"{source} holds no text to score")
+    scorer = TextScorer(model_dir, method, max_seq_length, precision)
+    scores = scorer.score([text for _, text in texts], batch_size, show_progress=True)
+    truncated = sum(score.truncated for score in scores)
+    if truncated:
+        print(f"note: {truncated:,} text(s) longer than {scorer.max_seq_length} tokens were cut", file=sys.stderr)
+    lines = [
+        json.dumps({**fields, "text": text, **score.to_dict()}, ensure_ascii=False)
+        for (fields, text), score in zip(texts, scores, strict=True)
+    ]
+    write_text_atomic(target, "\n".join(lines) + "\n")
+    return target, scorer.method, len(lines)
+
+
+# ----------------------------------------------------------------------------------------------- electra rerank
+@dataclass
+class NBestList:
+    id: str
+    texts: list[str]
+    first_pass: list[float]
+    reference: str | None = None
+
+
+def read_nbest(path: Path) -> list[NBestList]:
+    """JSONL, one list a line: {"id": ..., "hypotheses": [{"text": ..., "score": first-pass score}, ...]}
+    (a hypothesis may also be a [text, score] pair), with an optional "reference"."""
+    if not path.is_file():
+        raise UserError(f"n-best file {path} does not exist")
+    lists = []
+    for number, row in read_jsonl_rows(path):
+        hypotheses = row.get("hypotheses")
+        if not isinstance(hypotheses, list) or not hypotheses:
+            raise UserError(
+                f'{path}:{number}: no "hypotheses" list (expected {{"id": ..., "hypotheses": '
+                '[{"text": ..., "score": ...}, ...]}})'
+            )
+        texts, first_pass = [], []
+        for position, item in enumerate(hypotheses, 1):
+            if isinstance(item, dict):
+                text, value = item.get("text"), item.get("score")
+            else:
+                text, value = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            if not isinstance(text, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f'{path}:{number}: hypothesis {position} needs a "text" string and a numeric "score"')
+            texts.append(text)
+            first_pass.append(float(value))
+        reference = row.get("reference")
+        lists.append(NBestList(str(row.get("id", len(lists))), texts, first_pass, reference))
+    if not lists:
+        raise UserError(f"{path} holds no n-best lists")
+    return lists
+
+
+def read_references(path: Path, lists: list[NBestList]) -> None:
+    """Attach references: JSONL {"id", "text"} matched by id, or plain text with one line per list, in order."""
+    if not path.is_file():
+        raise UserError(f"references file {path} does not exist")
+    if path.suffix == ".jsonl":
+        by_id = {str(row.get("id")): row.get("text") for _, row in read_jsonl_rows(path)}
+        missing = [item.id for item in lists if not isinstance(by_id.get(item.id), str)]
+        if missing:
+            raise UserError(f"{path} has no reference text for id(s) {', '.join(missing[:5])}")
+        for item in lists:
+            item.reference = by_id[item.id]
+        return
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if len(lines) != len(lists):
+        raise UserError(f"{path} has {len(lines):,} lines for {len(lists):,} n-best lists: give one reference a line")
+    for item, line in zip(lists, lines, strict=True):
+        item.reference = line.strip()
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus word error rate in percent: all substitutions, deletions and insertions over all reference words."""
+    import jiwer
+
+    return 100.0 * jiwer.wer(references, hypotheses)
+
+
+def rerank(lists: list[NBestList], lm_scores: dict[str, float], weight: float) -> list[dict[str, Any]]:
+    """Each list re-ordered by first-pass score + weight x language-model score (stable among ties)."""
+    reranked = []
+    for item in lists:
+        hypotheses = [
+            {"text": text, "first_pass": first, "lm_score": lm_scores[text], "score": first + weight * lm_scores[text]}
+            for text, first in zip(item.texts, item.first_pass, strict=True)
+        ]
+        first_pass_best = item.texts[int(np.argmax(item.first_pass))]
+        hypotheses.sort(key=lambda hypothesis: -hypothesis["score"])
+        row = {
+            "id": item.id,
+            "best": hypotheses[0]["text"],
+            "first_pass_best": first_pass_best,
+            "hypotheses": hypotheses,
+        }
+        if item.reference is not None:
+            row["reference"] = item.reference
+        reranked.append(row)
+    return reranked
+
+
+def run_rerank(
+    model_dir: str | Path,
+    nbest_file: str | Path,
+    weight: float = 1.0,
+    references_file: str | Path | None = None,
+    output_file: str | Path | None = None,
+    method: str = "auto",
+    batch_size: int = 64,
+    max_seq_length: int = 128,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """Re-ranks every n-best list, writes them as JSONL, and returns a summary (WER before/after if references)."""
+    if not math.isfinite(weight):
+        raise UserError(f"--weight {weight} is not a finite number")
+    source = Path(nbest_file)
+    lists = read_nbest(source)
+    if references_file:
+        read_references(Path(references_file), lists)
+    target = Path(output_file) if output_file else source.with_suffix(".reranked.jsonl")
+    scorer = TextScorer(model_dir, method, max_seq_length, precision)
+    unique = sorted({text for item in lists for text in item.texts})
+    lm_scores = {text: score.total for text, score in zip(unique, scorer.score(unique, batch_size, True), strict=True)}
+    reranked = rerank(lists, lm_scores, weight)
+    write_text_atomic(target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in reranked))
+    summary: dict[str, Any] = {
+        "output": target,
+        "method": scorer.method,
+        "lists": len(reranked),
+        "changed": sum(row["best"] != row["first_pass_best"] for row in reranked),
+        "rows": reranked,
+    }
+    with_references = [row for row in reranked if "reference" in row]
+    if with_references and len(with_references) == len(reranked):
+        references = [row["reference"] for row in reranked]
+        summary["wer_before"] = word_error_rate(references, [row["first_pass_best"] for row in reranked])
+        summary["wer_after"] = word_error_rate(references, [row["best"] for row in reranked])
+    return summary
+
+
+def describe_rerank(summary: dict[str, Any], shown: int = 10) -> str:
+    """What changed, list by list (the first `shown` changes), and the error rates."""
+    lines = []
+    changes = [row for row in summary["rows"] if row["best"] != row["first_pass_best"]]
+    for row in changes[:shown]:
+        lines.append(f"{row['id']}: {row['first_pass_best']!r} -> {row['best']!r}")
+    if len(changes) > shown:
+        lines.append(f"... and {len(changes) - shown:,} more")
+    lines.append(
+        f"re-ranked {summary['lists']:,} n-best list(s) with {summary['method']} scores: "
+        f"{summary['changed']:,} changed their best hypothesis"
+    )
+    if "wer_before" in summary:
+        lines.append(
+            f"word error rate: {summary['wer_before']:.2f}% first pass -> {summary['wer_after']:.2f}% re-ranked"
+        )
+    lines.append(f"wrote {summary['output']}")
+    return "\n".join(lines)
