@@ -101,6 +101,28 @@ def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_build_data)
 
 
+def _add_split_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "split",
+        help="split a labelled CSV/TSV/JSONL into train/dev/test for electra finetune",
+        description="Split a labelled table into <output-dir>/{train,dev,test}.<ext> (the input's format) with a "
+        "fixed seed: stratified by label, exact duplicate texts kept once, optionally only N training examples "
+        "per class (the same dev and test for every N). split.json records the source's checksum, the settings "
+        "and the counts.",
+    )
+    parser.add_argument("--input", required=True, help="CSV or TSV with a header line, or JSONL")
+    parser.add_argument(
+        "--output-dir", required=True, help="task folder to write, e.g. <data-dir>/finetuning_data/NAME"
+    )
+    parser.add_argument("--label-column", required=True, help="column of the label")
+    parser.add_argument("--text-column", required=True, help="column of the text (duplicates are found on it)")
+    parser.add_argument("--dev", type=float, default=0.1, help="share of each class for dev (default: 0.1)")
+    parser.add_argument("--test", type=float, default=0.1, help="share of each class for test (default: 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: 0)")
+    parser.add_argument("--train-per-class", type=int, default=None, help="keep only N training examples per class")
+    parser.set_defaults(run=_run_split)
+
+
 def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "quickstart",
@@ -315,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vocab_parser(commands)
     _add_build_data_parser(commands)
     _add_pretrain_parser(commands)
+    _add_split_parser(commands)
     _add_finetune_parser(commands)
     _add_predict_parser(commands)
     _add_score_parser(commands)
@@ -393,6 +416,13 @@ def _run_build_data(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
     )
     print(summary.describe())
+
+
+def _run_split(args: argparse.Namespace) -> None:
+    from electra.datasplit import SplitSettings, describe_split, split_table
+
+    settings = SplitSettings(args.label_column, args.text_column, args.dev, args.test, args.seed, args.train_per_class)
+    print(describe_split(split_table(args.input, args.output_dir, settings), args.output_dir))
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:

@@ -1,0 +1,150 @@
+"""`electra split`: a labelled table into train/dev/test files for `electra finetune`, with a fixed seed.
+
+Many public labelled sets come without splits (the Chinese review sets among them). The split here is
+stratified by label, so every class keeps its share in dev and test; exact duplicate texts are kept
+once, so a text never sits in two splits (several review sets repeat reviews); `--train-per-class N`
+keeps N training examples per class for few-label studies, with dev and test unchanged for every N and
+each smaller training set inside the larger ones. `split.json` records the source's checksum, the seed,
+the settings and the counts, so a result can name the exact split it used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from electra.errors import UserError
+from electra.fileio import atomic_directory
+from electra.tasks import read_jsonl_rows, read_table_rows
+
+SPLITS = ("train", "dev", "test")
+SPLIT_RECORD = "split.json"
+
+
+@dataclass
+class SplitSettings:
+    label_column: str
+    text_column: str
+    dev_share: float = 0.1
+    test_share: float = 0.1
+    seed: int = 0
+    train_per_class: int | None = None
+
+    def check(self) -> None:
+        for name, share in (("--dev", self.dev_share), ("--test", self.test_share)):
+            if not 0 <= share < 1:
+                raise UserError(f"{name} {share} is not a share between 0 and 1")
+        if self.dev_share + self.test_share >= 1:
+            raise UserError(f"--dev {self.dev_share} and --test {self.test_share} leave nothing to train on")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise UserError(f"--train-per-class {self.train_per_class} must be at least 1")
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    if not path.is_file():
+        raise UserError(f"input file {path} does not exist")
+    if path.suffix == ".jsonl":
+        rows = read_jsonl_rows(path)
+        return list(dict.fromkeys(key for _, row in rows for key in row)), rows
+    if path.suffix not in (".csv", ".tsv"):
+        raise UserError(f"{path}: give a .csv or .tsv file with a header line, or .jsonl")
+    rows = read_table_rows(path, header=True)
+    return (list(rows[0][1]) if rows else []), rows
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t" if path.suffix == ".tsv" else ",", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([row[column] for column in columns] for row in rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def split_table(source: str | Path, output_dir: str | Path, settings: SplitSettings) -> dict[str, Any]:
+    """Writes train/dev/test files (the source's format) and split.json to `output_dir`; returns the record."""
+    settings.check()
+    path, target = Path(source), Path(output_dir)
+    columns, rows = _read_rows(path)
+    for column in (settings.label_column, settings.text_column):
+        if column not in columns:
+            raise UserError(f"{path} has no column {column!r} (columns: {', '.join(columns)})")
+    by_label: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    seen: dict[str, str] = {}
+    dropped = Counter()
+    for number, row in rows:
+        # A stray byte-order mark (some reviews start with one) must not make a repeated text look new.
+        text = str(row.get(settings.text_column, "")).replace("\ufeff", "").strip()
+        label = str(row.get(settings.label_column, "")).strip()
+        if not text or not label:
+            dropped["empty"] += 1
+        elif text in seen:
+            dropped["duplicate" if seen[text] == label else "duplicate_with_other_label"] += 1
+        else:
+            seen[text] = label
+            by_label[label].append((number, row))
+    if not by_label:
+        raise UserError(f"{path} holds no rows with both a {settings.text_column!r} and a {settings.label_column!r}")
+
+    rng = np.random.default_rng(settings.seed)
+    chosen: dict[str, list[tuple[int, dict[str, Any]]]] = {split: [] for split in SPLITS}
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = rng.permutation(len(group))
+        dev_count = round(len(group) * settings.dev_share)
+        test_count = round(len(group) * settings.test_share)
+        dev, test, train = np.split(order, [dev_count, dev_count + test_count])
+        if settings.train_per_class is not None:
+            train = train[: settings.train_per_class]
+        for split, picked in zip(SPLITS, (train, dev, test), strict=True):
+            chosen[split].extend(group[index] for index in picked)
+
+    suffix = path.suffix
+    counts = {
+        split: dict(sorted(Counter(str(row[settings.label_column]).strip() for _, row in chosen[split]).items()))
+        for split in SPLITS
+    }
+    record = {
+        "source": str(path),
+        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        **asdict(settings),
+        "rows_read": len(rows),
+        "dropped": dict(dropped),
+        "counts": counts,
+        "files": {split: f"{split}{suffix}" for split in SPLITS if chosen[split]},
+    }
+    with atomic_directory(target) as tmp:
+        for split in SPLITS:
+            if chosen[split]:
+                _write_rows(
+                    tmp / f"{split}{suffix}",
+                    columns,
+                    [row for _, row in sorted(chosen[split], key=lambda item: item[0])],
+                )
+        (tmp / SPLIT_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return record
+
+
+def describe_split(record: dict[str, Any], output_dir: str | Path) -> str:
+    sizes = ", ".join(f"{split} {sum(record['counts'][split].values()):,}" for split in SPLITS)
+    lines = [f"split {record['rows_read']:,} rows of {record['source']} (seed {record['seed']}): {sizes}"]
+    if record["dropped"]:
+        lines.append(
+            "dropped: " + ", ".join(f"{count:,} {why.replace('_', ' ')}" for why, count in record["dropped"].items())
+        )
+    classes = record["counts"]["train"]
+    lines.append(
+        f"{len(classes)} classes in train: " + ", ".join(f"{label} {count:,}" for label, count in classes.items())
+    )
+    lines.append(f"wrote {Path(output_dir)}/ ({', '.join(record['files'].values())}, {SPLIT_RECORD})")
+    return "\n".join(lines)
