@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from electra.config import ModelConfig, build_finetuning_config
+from electra.config import ModelConfig, build_finetuning_config, encoder_config
 from electra.errors import UserError
 from electra.finetune import (
     Featurizer,
@@ -18,6 +19,7 @@ from electra.finetune import (
     collate,
     layerwise_param_groups,
     load_encoder_weights,
+    prepare_finetuning,
     run_finetuning,
     run_prediction,
     truncated_pair_lengths,
@@ -364,6 +366,18 @@ def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path)
     assert (config["hidden_size"], config["num_hidden_layers"], config["embedding_size"]) == (32, 2, 32)
     with pytest.raises(UserError, match="no pre-trained model at"):
         run_finetuning(data_dir, "missing", hparams)
+
+    # A masked LM pre-trained without a discriminator starts fine-tuning from its (full-sized) generator.
+    mlm = {"embedding_size": 32, "model_hparam_overrides": overrides, "train_batch_size": 8, "num_train_steps": 3}
+    run_pretraining(data_dir, "tiny-mlm", {**mlm, "electra_objective": False})
+    run = prepare_finetuning(data_dir, "tiny-mlm", hparams)
+    assert run.init_checkpoint == data_dir / "models" / "tiny-mlm" / "generator" / "model.safetensors"
+    model = FinetuningModel(encoder_config(run.config, len(run.vocab), 0), [TaskHead("t", "classification", ["a"])])
+    load_encoder_weights(model, run.init_checkpoint)
+    generator = load_file(str(run.init_checkpoint))
+    assert torch.equal(
+        model.electra.encoder.layer[1].output.dense.weight, generator["electra.encoder.layer.1.output.dense.weight"]
+    )
 
 
 def test_shared_glue_and_chunk_files_read() -> None:

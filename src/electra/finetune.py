@@ -615,6 +615,19 @@ class FinetuningRun:
         return self.model_dir / "finetuning_models" / f"{self.tasks_name}_model_{trial}"
 
 
+def _pretrained_encoder(model_dir: Path) -> Path | None:
+    """The weights `electra pretrain` exported for fine-tuning: the discriminator, or for a model pre-trained
+    as a plain masked LM ("electra_objective": false) the generator, which is then the whole model."""
+    if (model_dir / "discriminator" / "model.safetensors").is_file():
+        return model_dir / "discriminator" / "model.safetensors"
+    record_file = model_dir / "pretrain_config.json"
+    if (model_dir / "generator" / "model.safetensors").is_file() and record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if not (record.get("electra_objective", True) or record.get("electric_objective", False)):
+            return model_dir / "generator" / "model.safetensors"
+    return None
+
+
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
     """Resolve hparams, paths, vocabulary and tasks as the reference's configure_finetuning does.
 
@@ -642,8 +655,8 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         raise UserError(f"vocab_size {config.vocab_size} does not match the {len(vocab):,} tokens of {vocab_file}")
     init_checkpoint = None
     if init is not None:
-        if init == model_dir and (model_dir / "discriminator" / "model.safetensors").is_file():
-            init_checkpoint = model_dir / "discriminator" / "model.safetensors"
+        if init == model_dir and (pretrained := _pretrained_encoder(model_dir)) is not None:
+            init_checkpoint = pretrained
         elif not init.exists():
             raise UserError(
                 f"no pre-trained model at {init}: pre-train one with `electra pretrain --data-dir {data_dir} "
