@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from isolated import run_variants
 
 if TYPE_CHECKING:
     from electra.finetune import Features, TaskHead
@@ -199,19 +199,6 @@ def train_sst_vocab(data: Path, folder: Path) -> Path:
     return vocab_file
 
 
-def run_variants(args: argparse.Namespace) -> dict[str, dict]:
-    rows = {}
-    for variant in args.variants.split(","):
-        command = [sys.executable, __file__, "--run-one", variant, "--vocab", str(args.vocab), "--data", str(args.data)]
-        for flag in ("size", "batch", "train_steps", "eval_examples", "threads"):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"{variant} failed:\n{done.stderr}")
-        rows[variant] = json.loads(done.stdout.splitlines()[-1])
-    return rows
-
-
 def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     from electra.trainer import resolve_precision
 
@@ -292,7 +279,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         if args.vocab is None:
             args.vocab = train_sst_vocab(args.data, Path(folder))
-        rows = run_variants(args)
+        flags = ("vocab", "data", "size", "batch", "train_steps", "eval_examples", "threads")
+        rows = run_variants(__file__, args.variants.split(","), args, flags)
         torch.set_num_threads(args.threads)
         report(args, rows)
 

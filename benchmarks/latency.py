@@ -37,8 +37,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -46,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from isolated import auto_precision_name, run_variants
 
 TEXT = "Hello, my order arrived yesterday but the charger was missing from the box. Can you send one?"
 VOCAB_SIZE, MAX_SEQ_LENGTH = 30522, 128
@@ -233,19 +232,6 @@ def prepare(root: Path, variants: list[str]) -> None:
         export_hf(folder, root / "hf")
 
 
-def run_variants(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
-    rows = {}
-    for variant in variants:
-        command = [sys.executable, __file__, "--run-one", variant, "--model-dir", str(args.model_dir)]
-        for flag in ("iterations", "warmup", "threads"):
-            command += [f"--{flag}", str(getattr(args, flag))]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"{variant} failed:\n{done.stderr}")
-        rows[variant] = json.loads(done.stdout.splitlines()[-1])
-    return rows
-
-
 def report(args: argparse.Namespace, rows: dict[str, dict], auto: str) -> None:
     import onnxruntime
     import torch
@@ -305,18 +291,14 @@ def main() -> None:
     if args.run_one:
         print(json.dumps(measure(args.run_one, args)))
         return
-    import torch
-
-    from electra.trainer import resolve_precision
-
-    auto = str(resolve_precision("auto", torch.device("cpu")) or "fp32").removeprefix("torch.")
+    auto = auto_precision_name()
     variants = args.variants.split(",")
     if auto == "fp32" and "ours-torch-auto" in variants and "ours-torch-fp32" in variants:
         variants.remove("ours-torch-auto")  # the same run twice
     with tempfile.TemporaryDirectory() as root:
         args.model_dir = Path(root)
         prepare(args.model_dir, variants)
-        rows = run_variants(args, variants)
+        rows = run_variants(__file__, variants, args, ("model_dir", "iterations", "warmup", "threads"))
     report(args, rows, auto)
 
 

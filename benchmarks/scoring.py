@@ -57,8 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -66,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+from isolated import auto_precision_name, run_variants
 
 if TYPE_CHECKING:
     import transformers
@@ -313,19 +312,6 @@ def prepare(root: Path, variants: list[str], texts: list[str], corpus: Path) -> 
             build_model(root / objective, objective, vocab_file)
 
 
-def run_variants(args: argparse.Namespace, variants: list[str]) -> dict[str, dict]:
-    rows = {}
-    for variant in variants:
-        command = [sys.executable, __file__, "--run-one", variant, "--model-dir", str(args.model_dir)]
-        for flag in ("sentences", "mlm_sentences", "batch_size", "threads", "min_seconds"):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"{variant} failed:\n{done.stderr}")
-        rows[variant] = json.loads(done.stdout.splitlines()[-1])
-    return rows
-
-
 def report(args: argparse.Namespace, rows: dict[str, dict], auto: str, source: str, texts: list[str]) -> None:
     import torch
     import transformers
@@ -415,9 +401,7 @@ def main() -> None:
         return
     import torch
 
-    from electra.trainer import resolve_precision
-
-    auto = str(resolve_precision("auto", torch.device("cpu")) or "fp32").removeprefix("torch.")
+    auto = auto_precision_name()
     variants = args.variants.split(",")
     for method in OBJECTIVES:
         if auto == "fp32" and f"ours-{method}-auto" in variants and f"ours-{method}-fp32" in variants:
@@ -426,7 +410,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         args.model_dir = Path(root)
         prepare(args.model_dir, variants, texts, args.corpus)
-        rows = run_variants(args, variants)
+        flags = ("model_dir", "sentences", "mlm_sentences", "batch_size", "threads", "min_seconds")
+        rows = run_variants(__file__, variants, args, flags)
         args.vocab_file = args.model_dir / "vocab.txt"
         torch.set_num_threads(args.threads)
         report(args, rows, auto, source, texts)
