@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,14 @@ def finetuned_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outcome = run_finetuning(root, "m", hparams)
     assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
     return outcome["trials"][0]["dir"] / "model"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Worked examples at their documented budgets take minutes each: only on request (CI runs their
+    small-budget variants, which are ordinary tests)."""
+    if os.environ.get("ELECTRA_RUN_EXAMPLES") == "1":
+        return
+    skip = pytest.mark.skip(reason="a worked example at full budget: set ELECTRA_RUN_EXAMPLES=1 to run it")
+    for item in items:
+        if "example" in item.keywords:
+            item.add_marker(skip)
