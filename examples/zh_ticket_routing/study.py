@@ -82,11 +82,10 @@ def split(workdir: Path, reviews: Path, seed: int, size: str) -> str:
     return task
 
 
-def pretrain_mlm(workdir: Path) -> float:
-    """The MLM twin of run.sh's model: the recorded ELECTRA hparams with the masked-LM objective."""
+def pretrain_mlm(workdir: Path, recorded: dict[str, Any]) -> None:
+    """The MLM twin of run.sh's model: its recorded ELECTRA hparams with the masked-LM objective."""
     if (workdir / "models" / MLM / "generator" / "model.safetensors").is_file():
-        return float("nan")
-    recorded = json.loads((workdir / "models" / PRETRAINED / "pretrain_config.json").read_text())
+        return
     keep = (
         "model_size",
         "model_hparam_overrides",
@@ -102,15 +101,17 @@ def pretrain_mlm(workdir: Path) -> float:
     hparams = {key: recorded[key] for key in keep} | {"electra_objective": False, "save_checkpoints_steps": 500}
     started = time.perf_counter()
     electra("pretrain", "--data-dir", str(workdir), "--model-name", MLM, "--hparams", json.dumps(hparams))
-    return time.perf_counter() - started
+    print(f"pre-trained {MLM} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 
-def finetune(workdir: Path, method: str, task: str, train_examples: int, args: argparse.Namespace) -> dict:
+def finetune(
+    workdir: Path, method: str, task: str, train_examples: int, recorded: dict[str, Any], args: argparse.Namespace
+) -> dict:
+    """Fine-tune one model on one split; `recorded` is run.sh's pretrain_config.json (the random model's shape)."""
     hparams = finetune_hparams(train_examples, args.min_steps, args.batch_size)
     hparams |= {"task_names": [task], "tasks": {task: SPEC}, "seed": args.finetune_seed}
     model = {"electra": PRETRAINED, "mlm": MLM, "random": RANDOM}[method]
     if method == "random":
-        recorded = json.loads((workdir / "models" / PRETRAINED / "pretrain_config.json").read_text())
         shape = {key: recorded[key] for key in ("model_size", "model_hparam_overrides", "embedding_size")}
         hparams |= {"init_checkpoint": None, **shape}
     electra("finetune", "--data-dir", str(workdir), "--model-name", model, "--hparams", json.dumps(hparams))
@@ -148,10 +149,9 @@ def run_study(args: argparse.Namespace) -> list[dict]:
     log = study / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     done = {(row["method"], row["seed"], row["size"]) for row in rows}
+    recorded = json.loads((workdir / "models" / PRETRAINED / "pretrain_config.json").read_text())
     if "mlm" in args.methods:
-        seconds = pretrain_mlm(workdir)
-        if not math.isnan(seconds):
-            print(f"pre-trained {MLM} in {seconds / 60:.1f} min", flush=True)
+        pretrain_mlm(workdir, recorded)
     for size in args.sizes:
         for seed in args.seeds if size != "all" else args.seeds[: args.seeds_for_all]:
             task = split(workdir, args.shared_data / REVIEWS, seed, size)
@@ -164,7 +164,7 @@ def run_study(args: argparse.Namespace) -> list[dict]:
                 if method == "tfidf":
                     scores = tfidf(workdir / "finetuning_data" / task)
                 else:
-                    scores = finetune(workdir, method, task, train_examples, args)
+                    scores = finetune(workdir, method, task, train_examples, recorded, args)
                 row = {
                     "method": method,
                     "seed": seed,
@@ -184,16 +184,15 @@ def summarise(rows: list[dict], sizes: list[str], methods: list[str]) -> dict[tu
     cells = {}
     for method in methods:
         for size in sizes:
-            values = [row["macro_f1"] for row in rows if row["method"] == method and row["size"] == size]
-            if values:
+            matching = [row for row in rows if row["method"] == method and row["size"] == size]
+            if matching:
+                values = [row["macro_f1"] for row in matching]
                 cells[(method, size)] = {
                     "median": statistics.median(values),
                     "low": min(values),
                     "high": max(values),
                     "seeds": len(values),
-                    "accuracy": statistics.median(
-                        row["accuracy"] for row in rows if row["method"] == method and row["size"] == size
-                    ),
+                    "accuracy": statistics.median(row["accuracy"] for row in matching),
                 }
     return cells
 
