@@ -1,13 +1,15 @@
 """Learning check: does pre-training help? Fine-tune a tiny pre-trained ELECTRA and the same model from random
-weights on SST-2, CoLA, MRPC and a Chinese review-sentiment set, with the same budget, and compare.
+weights on SST-2, CoLA, MRPC, SQuAD 1.1 and a Chinese review-sentiment set, with the same budget, and compare.
 
 English: the model pre-trained by `pretrain_learning_check.py` (pass its --workdir and --model-name).
 Chinese: a tiny model pre-trained here on ../shared/data/pretrain_zh (vocabulary, data, pre-training),
 fine-tuned on waimai_10k (takeaway reviews; it barely overlaps the other Chinese sets), split 80/20
-into train/dev with seed 0. Every run is `electra finetune` with one trial; prints a table and a
-final JSON line and appends nothing anywhere else (record the table in experiments/RESULTS.md).
+into train/dev with seed 0. SQuAD 1.1: its official dev set split by article (80/20, seed 0), as no
+training split is shipped; max_seq_length 256 for the tiny model's budget. Every run is `electra finetune`
+with one trial; prints a table and a final JSON line and appends nothing anywhere else (record the table in
+experiments/RESULTS.md).
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
-       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,waimai]
+       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai]
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 TINY = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512}
 BUDGET = {"learning_rate": 3e-4, "train_batch_size": 32, "eval_batch_size": 128, "log_every_steps": 100}
-EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "waimai": 3}
-HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "waimai": "accuracy"}
+EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "squadv1": 2, "waimai": 3}
+HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "squadv1": "f1", "waimai": "accuracy"}
 
 
 def electra(*args: str) -> None:
@@ -53,6 +55,19 @@ def split_waimai(folder: Path) -> None:
             writer = csv.DictWriter(handle, fieldnames=["label", "review"])
             writer.writeheader()
             writer.writerows(part)
+
+
+def split_squad(folder: Path) -> None:
+    """SQuAD 1.1 dev -> train.json / dev.json with disjoint articles (80/20, seed 0)."""
+    if (folder / "dev.json").exists():
+        return
+    dataset = json.loads((SHARED / "squadv1" / "dev.json").read_text())
+    articles = list(dataset["data"])
+    random.Random(0).shuffle(articles)
+    cut = int(0.8 * len(articles))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", articles[:cut]), ("dev", articles[cut:])):
+        (folder / f"{name}.json").write_text(json.dumps({"version": dataset.get("version", "1.1"), "data": part}))
 
 
 def pretrain_chinese(workdir: Path, steps: int) -> None:
@@ -99,6 +114,8 @@ def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool) -> tu
     }
     if task == "waimai":
         hparams["tasks"] = {"waimai": {"type": "classification", "text_column": "review"}}
+    if task == "squadv1":
+        hparams["max_seq_length"] = 256
     if not pretrained:
         hparams["init_checkpoint"] = None
     started = time.time()
@@ -126,6 +143,8 @@ def main() -> None:
     for task in ("sst", "cola", "mrpc"):
         link(SHARED / task, english / "finetuning_data" / task)
     tasks = args.tasks.split(",")
+    if "squadv1" in tasks:
+        split_squad(english / "finetuning_data" / "squadv1")
     if "waimai" in tasks:
         pretrain_chinese(workdir, args.zh_steps)
         split_waimai(workdir / "zh" / "finetuning_data" / "waimai")

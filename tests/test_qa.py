@@ -93,6 +93,21 @@ def test_windows_slide_and_targets_point_at_cls_outside(tmp_path: Path) -> None:
         assert len(owners) == 1
 
 
+def test_over_long_questions_are_cut_and_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    context = "the leader was john smith"
+    qas = [
+        {"id": str(i), "question": "who was the leader born when ?", "answers": [{"text": "john", "answer_start": 15}]}
+        for i in range(2)
+    ]
+    examples = read_squad(squad_file(tmp_path, context, qas), training=True, v2=False)
+    featurizer = QAFeaturizer(VOCAB, max_seq_length=32, max_query_length=3, doc_stride=8)
+    features = featurizer.features(examples[:1]) + featurizer.features(examples[1:])
+    assert [VOCAB[i] for i in features[0].input_ids[:5]] == ["[CLS]", "who", "was", "the", "[SEP]"]
+    assert features[0].start_position == 5 + 3  # "john", the 4th context word, after [CLS] + 3 pieces + [SEP]
+    err = capsys.readouterr().err
+    assert err.count("longer than max_query_length (3 word pieces) were cut") == 1
+
+
 def test_max_context_prefers_centered_windows() -> None:
     # the reference's example: spans A [0,5), B [3,8), C [6,11); "bought" at 7 is best in C
     assert max_context_span([(0, 5), (3, 5), (6, 5)], 7) == 2
@@ -164,9 +179,17 @@ def key_questions(count: int, seed: int, v2: bool) -> dict:
     return {"version": "v2.0" if v2 else "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
 
 
-@pytest.mark.parametrize("task, v2", [("squadv1", False), ("squad", True)])
-def test_question_answering_learns_and_exports(tmp_path: Path, task: str, v2: bool) -> None:
-    from electra.finetune import run_finetuning
+PLAIN_HEAD = {"joint_prediction": False, "answerable_classifier": False}
+
+
+@pytest.mark.parametrize("task, v2, head", [("squadv1", False, PLAIN_HEAD), ("squad", True, {})])
+def test_question_answering_learns_and_exports(tmp_path: Path, task: str, v2: bool, head: dict) -> None:
+    """SQuAD 1.1 with Hugging Face's plain head (exports to transformers with equal logits), SQuAD 2.0 with the
+    reference's default head (joint start/end, answerability classifier), which transformers cannot hold."""
+    import torch
+
+    from electra.export import export_hf
+    from electra.finetune import Predictor, run_finetuning
     from electra.tokenization import write_vocab
     from tests.test_finetune import TINY_MODEL
 
@@ -175,20 +198,104 @@ def test_question_answering_learns_and_exports(tmp_path: Path, task: str, v2: bo
     folder.mkdir(parents=True)
     (folder / "train.json").write_text(json.dumps(key_questions(400, 0, v2)))
     (folder / "dev.json").write_text(json.dumps(key_questions(80, 1, v2)))
-    hparams = {**TINY_MODEL, "task_names": [task], "vocab_file": str(tmp_path / "vocab.txt"), "max_seq_length": 32}
-    outcome = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 6})
+    hparams = {**TINY_MODEL, **head, "task_names": [task], "vocab_file": str(tmp_path / "vocab.txt")}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, "max_seq_length": 32, "num_train_epochs": 6})
     scores = outcome["trials"][0]["scores"][f"{task}/dev"]
+    results = tmp_path / "models" / "m" / "results" / f"{task}_qa"
+    predictions = json.loads((results / f"{task}_preds.json").read_text())
+    assert len(predictions) == 80
+    model_dir = outcome["trials"][0]["dir"] / "model"
     if v2:
-        assert scores["exact"] > 80 and {"HasAns_exact", "NoAns_exact", "best_f1"} <= set(scores)
-    else:
-        assert scores["exact_match"] > 80 and scores["f1"] >= scores["exact_match"]
-    predictions = json.loads((tmp_path / "models" / "m" / "results" / f"{task}_qa" / f"{task}_preds.json").read_text())
-    assert len(predictions) == 80 and (not v2 or "" in predictions.values())
-
+        assert scores["HasAns_exact"] > 80 and scores["NoAns_exact"] > 80 and "best_f1" in scores
+        assert "" not in predictions.values()  # the best spans, as the reference writes; the odds decide
+        odds = json.loads((results / f"{task}_null_odds.json").read_text())
+        assert set(odds) == set(predictions)
+        with pytest.raises(UserError, match="transformers has no class for"):
+            export_hf(model_dir, tmp_path / "hf")
+        return
+    assert scores["exact_match"] > 80 and scores["f1"] >= scores["exact_match"]
     from transformers import ElectraForQuestionAnswering
 
-    hf = ElectraForQuestionAnswering.from_pretrained(outcome["trials"][0]["dir"] / "model")
-    assert hf.qa_outputs.out_features == 2
+    hf = ElectraForQuestionAnswering.from_pretrained(export_hf(model_dir, tmp_path / "hf")[0]).eval()
+    ours = Predictor(model_dir, precision="fp32")
+    input_ids = torch.tensor([[VOCAB.index("[CLS]"), 20, 3, 4, VOCAB.index("[SEP]"), 5, 6, 7]])
+    token_type_ids = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        hidden = ours.model.electra(input_ids, torch.ones_like(input_ids), token_type_ids)
+        logits = ours.model.head_outputs(hidden, 0, torch.ones_like(input_ids), token_type_ids)
+        theirs = hf(input_ids=input_ids, token_type_ids=token_type_ids)
+    assert torch.allclose(logits[..., 0], theirs.start_logits, atol=1e-5)
+    assert torch.allclose(logits[..., 1], theirs.end_logits, atol=1e-5)
+
+
+def test_reference_head_beam_matches_teacher_forcing_and_padding() -> None:
+    """The joint head's inference rows: the beam holds the most likely starts, each end column is what training
+    computes for that start, and padding the batch changes nothing in an example's own rows."""
+    import torch
+
+    from electra.config import ModelConfig
+    from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
+
+    torch.manual_seed(0)
+    options = QAHeadConfig(joint_prediction=True, answerable_classifier=True, beam_size=4)
+    head = ElectraQuestionAnsweringHead(ModelConfig(hidden_size=16), options).eval()
+    hidden = torch.randn(2, 9, 16)
+    attention_mask = torch.ones(2, 9, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    token_type_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        out = head(hidden, attention_mask, token_type_ids)
+        alone = head(hidden[1:, :6], attention_mask[1:, :6], token_type_ids[1:, :6])
+    columns = ElectraQuestionAnsweringHead
+    assert out.shape == (2, 9, columns.BEAM_ENDS + 4)
+    for row in range(2):
+        starts = out[row, :4, columns.END_OR_BEAM_START].long()
+        assert torch.equal(starts, out[row, :, columns.START].topk(4).indices)
+        mask = head.answer_mask(attention_mask[row : row + 1], token_type_ids[row : row + 1])
+        for i, start in enumerate(starts):
+            with torch.no_grad():
+                forced = head._end_logits(hidden[row : row + 1], hidden[row : row + 1, start][:, None], mask)
+            expected = forced[0, 0].log_softmax(-1)
+            assert torch.allclose(out[row, :, columns.BEAM_ENDS + i], expected, atol=1e-5)
+        assert (out[row, :, columns.ANSWERABLE] == out[row, 0, columns.ANSWERABLE]).all()
+    # the second example alone (no padding): same starts, same beam, same answerability (its 3 context tokens
+    # and [CLS] fill the beam before any masked position)
+    assert torch.allclose(alone[0, :, : columns.BEAM_ENDS], out[1, :6, : columns.BEAM_ENDS], atol=1e-5)
+    assert torch.allclose(alone[0, :, columns.BEAM_ENDS :], out[1, :6, columns.BEAM_ENDS :], atol=1e-5)
+
+
+def test_reference_head_loss_teacher_forces_the_end_and_weighs_answerability() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from electra.config import ModelConfig
+    from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
+
+    torch.manual_seed(1)
+    options = QAHeadConfig(joint_prediction=True, answerable_classifier=True, answerable_weight=0.5)
+    head = ElectraQuestionAnsweringHead(ModelConfig(hidden_size=8), options)
+    hidden = torch.randn(2, 6, 8)
+    attention_mask = torch.ones(2, 6, dtype=torch.long)
+    token_type_ids = torch.tensor([[0, 0, 1, 1, 1, 1]] * 2)
+    spans = torch.tensor([[3, 4], [0, 0]])
+    impossible = torch.tensor([0.0, 1.0])
+    loss = head.loss(hidden, attention_mask, token_type_ids, spans, impossible)
+    mask = head.answer_mask(attention_mask, token_type_ids)
+    start_logits = head.start_outputs(hidden).squeeze(-1).masked_fill(~mask, -1e4)
+    expected = 0.0
+    for row in range(2):
+        state = hidden[row, spans[row, 0]]
+        joint = F.gelu(head.end_hidden(torch.cat([state.expand(6, -1), hidden[row]], -1)))
+        end_logits = head.end_outputs(joint).squeeze(-1).masked_fill(~mask[row], -1e4)
+        expected += 0.5 * (
+            F.cross_entropy(start_logits[row], spans[row, 0]) + F.cross_entropy(end_logits, spans[row, 1])
+        )
+        expected_start = start_logits[row].softmax(-1) @ hidden[row]
+        answerable = head.answerable_outputs(
+            F.gelu(head.answerable_hidden(torch.cat([hidden[row, 0], expected_start])))
+        ).squeeze()
+        expected += 0.5 * F.binary_cross_entropy_with_logits(answerable, impossible[row])
+    assert torch.allclose(loss, expected, atol=1e-5)
 
 
 def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
@@ -222,3 +329,20 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"context": "x"}) + "\n")
     with pytest.raises(UserError, match=r'bad\.jsonl:1: each line needs a "context" and a "question"'):
         run_prediction(outcome["trials"][0]["dir"] / "model", bad, show_progress=False)
+    if importlib.util.find_spec("fastapi") and importlib.util.find_spec("httpx"):  # served alike
+        from fastapi.testclient import TestClient
+
+        from electra.serving import create_app
+
+        with TestClient(create_app(outcome["trials"][0]["dir"] / "model")) as client:
+            questions = [
+                {"context": context, "question": "who ?", "id": "x"},
+                {"context": "smith b", "question": "who"},
+            ]
+            served = client.post("/predict", json={"questions": questions}).json()["predictions"]
+            assert (served[0]["answer"], served[0]["start"], served[0]["id"]) == ("e", answer["start"], "x")
+            assert served[1]["answer"] == "b" and served[1]["id"] == "1"
+            texts = client.post("/predict", json={"texts": ["who ?"]})
+            assert texts.status_code == 422 and '{"questions": [{"context"' in texts.json()["detail"]
+            empty = client.post("/predict", json={"questions": [{"context": " ", "question": "who ?"}]})
+            assert empty.status_code == 422 and "questions:0: the context is empty" in empty.json()["detail"]

@@ -67,7 +67,14 @@ def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
     """Hugging Face folders for a fine-tuned model, or for a pre-trained model's discriminator and generator."""
     source, target = Path(model_dir), Path(output)
     if (source / TASK_FILE).is_file():
-        spec = json.loads((source / TASK_FILE).read_text())
+        head, spec = read_task_spec(source)
+        if head.kind == "qa" and not head.qa.plain:
+            raise UserError(
+                f"{source} uses the reference's question-answering head (joint start/end prediction or an "
+                "answerability classifier), which transformers has no class for: fine-tune with "
+                '"joint_prediction": false, "answerable_classifier": false for an ElectraForQuestionAnswering '
+                "model (its config.json already loads the encoder alone as an ElectraModel)"
+            )
         _copy_model_folder(source, target, spec.get("do_lower_case", True))
         return [target]
     parts = [name for name in ("discriminator", "generator") if (source / name / "config.json").is_file()]
@@ -98,7 +105,7 @@ class _LogitsOnly(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
         hidden = self.model.electra(input_ids, attention_mask, token_type_ids)
-        return self.model._head(hidden, 0)
+        return self.model.head_outputs(hidden, 0, attention_mask, token_type_ids)
 
 
 def _sample_inputs(batch: int, length: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, ...]:

@@ -20,7 +20,7 @@ import shutil
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from electra.modeling import (
     ElectraModel,
     ElectraQuestionAnsweringHead,
     ElectraTokenClassificationHead,
+    QAHeadConfig,
     init_weights,
 )
 from electra.pretrain import hf_config, resolve_init_checkpoint
@@ -100,6 +101,7 @@ class TaskHead:
     labels: list[str]  # class names or tags; empty for regression
     value_range: tuple[float, float] = (0.0, 1.0)
     span_labels: bool = True
+    qa: QAHeadConfig = field(default_factory=QAHeadConfig)  # question answering: which head
 
     @property
     def num_outputs(self) -> int:
@@ -112,7 +114,14 @@ class TaskHead:
             "labels": self.labels,
             "value_range": list(self.value_range),
             "span_labels": self.span_labels,
+            **({"qa": asdict(self.qa)} if self.kind == "qa" else {}),
         }
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> TaskHead:
+        """A head saved by `to_dict`; QA models saved before the reference's head existed have the plain one."""
+        qa = QAHeadConfig(**spec.get("qa", {}))
+        return cls(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"], qa)
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -121,7 +130,7 @@ class Features:
     input_ids: np.ndarray  # [length] int32, with [CLS] and [SEP]
     token_type_ids: np.ndarray  # [length] int8
     task_id: int
-    label: float = 0.0  # class id or scaled regression target
+    label: float = 0.0  # class id, scaled regression target, or (question answering) 1.0 for "no answer"
     token_labels: np.ndarray | None = None  # tagging: [length] label id at each word's first piece, else -100
     word_starts: np.ndarray | None = None  # tagging: token position of each word's first piece, -1 if cut off
     span: tuple[int, int] = (0, 0)  # question answering: the answer's first and last token ([CLS] if none)
@@ -185,6 +194,7 @@ class Featurizer:
                     np.asarray(window.input_ids, dtype=np.int32),
                     np.asarray(window.token_type_ids, dtype=np.int8),
                     task_id,
+                    label=float(examples[window.example_index].is_impossible),  # type: ignore[attr-defined]
                     span=(window.start_position, window.end_position),
                     window=window,
                 )
@@ -347,7 +357,7 @@ class FinetuningModel(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 head.name: (
-                    ElectraQuestionAnsweringHead(config)
+                    ElectraQuestionAnsweringHead(config, head.qa)
                     if head.kind == "qa"
                     else ElectraTokenClassificationHead(config, head.num_outputs)
                     if head.kind == "tagging"
@@ -370,10 +380,15 @@ class FinetuningModel(nn.Module):
     def outputs(self, batch: FinetuningBatch, task_id: int) -> torch.Tensor:
         """Head outputs of every row for one task: logits [b, labels], values [b] or tag logits [b, seq, labels]."""
         hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        return self._head(hidden, task_id)
+        return self.head_outputs(hidden, task_id, batch.attention_mask, batch.token_type_ids)
 
-    def _head(self, hidden: torch.Tensor, task_id: int) -> torch.Tensor:
+    def head_outputs(
+        self, hidden: torch.Tensor, task_id: int, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """One task's head on encoder states; question answering also needs the masks (see its head)."""
         head = self.task_heads[task_id]
+        if head.kind == "qa":
+            return self.heads[head.name](hidden, attention_mask, token_type_ids)
         out = self.heads[head.name](hidden)
         return out.squeeze(-1) if head.kind == "regression" else out
 
@@ -387,18 +402,22 @@ class FinetuningModel(nn.Module):
                 rows = (batch.task_ids == task_id).nonzero().squeeze(-1)
                 if rows.numel() == 0:
                     continue
-            out = self._head(hidden[rows], task_id).float()
+            if head.kind == "qa":
+                total = total + self.heads[head.name].loss(
+                    hidden[rows],
+                    batch.attention_mask[rows],
+                    batch.token_type_ids[rows],
+                    batch.spans[rows],
+                    batch.labels[rows],
+                )
+                continue
+            out = self.head_outputs(
+                hidden[rows], task_id, batch.attention_mask[rows], batch.token_type_ids[rows]
+            ).float()
             if head.kind == "classification":
                 total = total + F.cross_entropy(out, batch.labels[rows].long(), reduction="sum")
             elif head.kind == "regression":
                 total = total + ((out - batch.labels[rows]) ** 2).sum()
-            elif head.kind == "qa":
-                logits = out.masked_fill(~batch.attention_mask[rows].bool()[:, :, None], -1e4)  # padding: no answer
-                spans = batch.spans[rows]
-                total = total + 0.5 * (
-                    F.cross_entropy(logits[:, :, 0], spans[:, 0], reduction="sum")
-                    + F.cross_entropy(logits[:, :, 1], spans[:, 1], reduction="sum")
-                )
             else:
                 total = total + F.cross_entropy(
                     out.transpose(1, 2), batch.token_labels[rows], ignore_index=IGNORE_INDEX, reduction="sum"
@@ -472,7 +491,8 @@ def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, voca
             state[target + key[len(prefix) :]] = value
     architecture = {
         "tagging": "ElectraForTokenClassification",
-        "qa": "ElectraForQuestionAnswering",
+        # transformers has no class for the reference's QA head: its encoder loads as an ElectraModel
+        "qa": "ElectraForQuestionAnswering" if head.qa.plain else "ElectraModel",
     }.get(head.kind, "ElectraForSequenceClassification")
     config = hf_config(model.config, architecture)
     if head.kind == "regression":
@@ -503,7 +523,7 @@ def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
         hint = f"; it holds one per task: {', '.join(str(folder / name) for name in inside)}" if inside else ""
         raise UserError(f"{folder} is not a fine-tuned model folder (no {TASK_FILE}){hint}")
     spec = json.loads(spec_file.read_text())
-    return TaskHead(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"]), spec
+    return TaskHead.from_dict(spec), spec
 
 
 def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
@@ -574,7 +594,17 @@ def decode_predictions(
 ) -> list[dict[str, Any]]:
     """What a fine-tuned model folder predicts for each example: answers (QA) or one `decode` per feature."""
     if head.kind == "qa":
-        return decode_answers(examples, features, outputs, featurizer, allow_no_answer=spec.get("v2", False))
+        return decode_answers(
+            examples,
+            features,
+            outputs,
+            featurizer,
+            head.qa,
+            n_best_size=spec.get("n_best_size", 20),
+            max_answer_length=spec.get("max_answer_length", 30),
+            allow_no_answer=spec.get("v2", False),
+            no_answer_threshold=spec.get("qa_na_threshold", 0.0),  # folders of before the reference's head: 0
+        )
     return [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
 
 
@@ -673,6 +703,19 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     return FinetuningRun(config, hparams, tasks, model_dir, vocab_file, vocab, init_checkpoint)
 
 
+def qa_head_config(run: FinetuningRun, task: Task) -> QAHeadConfig:
+    """The reference's QA head unless turned off; its answerability classifier only where questions may have no
+    answer (SQuAD 2.0): elsewhere it would learn a constant that decoding never reads."""
+    config = run.config
+    return QAHeadConfig(
+        joint_prediction=config.joint_prediction,
+        answerable_classifier=config.answerable_classifier and getattr(task, "v2", False),
+        answerable_uses_start_logits=config.answerable_uses_start_logits,
+        answerable_weight=config.answerable_weight,
+        beam_size=config.beam_size,
+    )
+
+
 @dataclass
 class TaskData:
     task: Task
@@ -691,7 +734,7 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
         for split, examples in evaluation.items():
             task.check_labels(examples, labels, split)
         value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
-        head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels)
+        head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels, qa_head_config(run, task))
         loaded.append(TaskData(task, head, train, evaluation))
     return loaded
 
@@ -765,6 +808,9 @@ def train_trial(
             "do_lower_case": config.do_lower_case,
             "max_query_length": config.max_query_length,
             "doc_stride": config.doc_stride,
+            "n_best_size": config.n_best_size,
+            "max_answer_length": config.max_answer_length,
+            "qa_na_threshold": config.qa_na_threshold,
         }
         for item in data:
             task_extra = {**extra, **_task_columns(item.task), "v2": getattr(item.task, "v2", False)}
@@ -809,12 +855,19 @@ def evaluate_task(
     )
     if item.head.kind == "qa":
         config = run.config
-        allow_no_answer = getattr(item.task, "v2", False)
         decoded = decode_answers(
-            examples, features, outputs, featurizer, config.n_best_size, config.max_answer_length, allow_no_answer
+            examples,
+            features,
+            outputs,
+            featurizer,
+            item.head.qa,
+            n_best_size=config.n_best_size,
+            max_answer_length=config.max_answer_length,
+            allow_no_answer=getattr(item.task, "v2", False),
+            no_answer_threshold=config.qa_na_threshold,
         )
         write_qa_files(run, item.task.name, split, decoded)
-        return item.task.score(examples, decoded, []), decoded
+        return item.task.score(examples, decoded, [], no_answer_threshold=config.qa_na_threshold), decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
         return {}, decoded
@@ -827,11 +880,13 @@ def decode_answers(
     features: list[Features],
     outputs: list[np.ndarray],
     featurizer: Featurizer,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    allow_no_answer: bool = False,
+    head: QAHeadConfig,
+    n_best_size: int,
+    max_answer_length: int,
+    allow_no_answer: bool,
+    no_answer_threshold: float,
 ) -> list[dict[str, Any]]:
-    """Each question's answer (text, character offsets, score, no-answer odds) from its windows' logits."""
+    """Each question's answer (text, character offsets, score, no-answer odds) from its windows' head outputs."""
     from electra.qa import best_answer
 
     windows: dict[int, list] = {}
@@ -845,9 +900,11 @@ def decode_answers(
                 windows.get(index, []),
                 featurizer.vocab,
                 featurizer.tokenizer,
+                head,
                 n_best_size,
                 max_answer_length,
                 allow_no_answer,
+                no_answer_threshold,
             ),
         }
         for index, example in enumerate(examples)
@@ -859,7 +916,9 @@ def write_qa_files(run: FinetuningRun, task_name: str, split: str, decoded: list
     folder = run.model_dir / "results" / f"{run.tasks_name}_qa"
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "" if split == "dev" else f"_{split}"
-    answers = {entry["id"]: entry["answer"] for entry in decoded}
+    # SQuAD 2.0: the best span even where the odds say "no answer", as the reference; the official script
+    # applies the threshold to the odds file
+    answers = {entry["id"]: entry.get("best_span", entry["answer"]) for entry in decoded}
     odds = {entry["id"]: entry["no_answer_odds"] for entry in decoded}
     write_text_atomic(folder / f"{task_name}{suffix}_preds.json", json.dumps(answers, indent=1, ensure_ascii=False))
     write_text_atomic(folder / f"{task_name}{suffix}_null_odds.json", json.dumps(odds, indent=1))

@@ -10,6 +10,7 @@ through `scaled_dot_product_attention` (flash or memory-efficient kernels on GPU
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -311,16 +312,148 @@ class ElectraTokenClassificationHead(nn.Module):
         return self.classifier(self.dropout(hidden))
 
 
+QA_HIDDEN_SIZE = 512  # the reference's width of the end-given-start and answerability layers
+MASKED_LOGIT = -10000.0
+
+
+@dataclass
+class QAHeadConfig:
+    """The reference's QA head options (its hparam names); all off is Hugging Face's plain head."""
+
+    joint_prediction: bool = False
+    answerable_classifier: bool = False
+    answerable_uses_start_logits: bool = True
+    answerable_weight: float = 0.5
+    beam_size: int = 20
+
+    @property
+    def plain(self) -> bool:
+        return not (self.joint_prediction or self.answerable_classifier)
+
+
 class ElectraQuestionAnsweringHead(nn.Module):
-    """Hugging Face's `ElectraForQuestionAnswering` head: start and end logits at every position."""
+    """Extractive question answering: where the answer starts and ends, and for SQuAD 2.0 whether there is one.
 
-    def __init__(self, config: ModelConfig):
+    Plain (`QAHeadConfig()`): Hugging Face's `ElectraForQuestionAnswering` head, `qa_outputs`, start and end
+    logits at every position, so a model exports to `transformers` by renaming. The reference's head (its
+    defaults): start logits, then end logits from a GELU layer over [the start's hidden state; each position's
+    hidden state] (`joint_prediction`: the gold start in training, a beam of the `beam_size` most likely
+    starts at inference), and an answerability logit from [CLS] and the hidden states weighted by the start
+    probabilities (`answerable_classifier`, `answerable_uses_start_logits`).
+
+    `forward` gives one row per position, what prediction and ONNX graphs return: [start, end] logits for the
+    plain head; otherwise START, END_OR_BEAM_START (joint: the position of the i-th beam start, in row i),
+    ANSWERABLE (every row) and, joint only, BEAM_ENDS + i: the end log-probabilities given the i-th beam start.
+    """
+
+    START, END_OR_BEAM_START, ANSWERABLE, BEAM_ENDS = 0, 1, 2, 3
+
+    def __init__(self, config: ModelConfig, options: QAHeadConfig | None = None):
         super().__init__()
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.options = options = options or QAHeadConfig()
+        hidden = config.hidden_size
+        if options.joint_prediction:
+            self.start_outputs = nn.Linear(hidden, 1)
+            self.end_hidden = nn.Linear(2 * hidden, QA_HIDDEN_SIZE)  # input: [start state; end state]
+            self.end_outputs = nn.Linear(QA_HIDDEN_SIZE, 1)
+        else:
+            self.qa_outputs = nn.Linear(hidden, 2)
+        if options.answerable_classifier:
+            if options.answerable_uses_start_logits:
+                self.answerable_hidden = nn.Linear(2 * hidden, QA_HIDDEN_SIZE)  # input: [CLS; expected start]
+                self.answerable_outputs = nn.Linear(QA_HIDDEN_SIZE, 1)
+            else:
+                self.answerable_outputs = nn.Linear(hidden, 1)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, seq, 2]: start, end."""
-        return self.qa_outputs(hidden)
+    @staticmethod
+    def answer_mask(attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] True where an answer may start or end: the context (second segment) and [CLS]."""
+        mask = attention_mask.bool() & token_type_ids.bool()
+        mask[:, 0] = True
+        return mask
+
+    @staticmethod
+    def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # A distinct value per masked position: beams that reach them are ordered alike in every runtime.
+        positions = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+        return torch.where(mask, logits, MASKED_LOGIT - positions)
+
+    def _end_logits(self, hidden: torch.Tensor, start_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """End logits [batch, starts, seq] given start states [batch, starts, hidden]: the dense layer over the
+        concatenation, computed as its two halves so no [batch, starts, seq, 2 x hidden] tensor is built."""
+        size = hidden.shape[-1]
+        weight = self.end_hidden.weight
+        from_start = F.linear(start_states, weight[:, :size], self.end_hidden.bias)  # [b, starts, 512]
+        from_end = F.linear(hidden, weight[:, size:])  # [b, seq, 512]
+        joint = F.gelu(from_start[:, :, None, :] + from_end[:, None, :, :])
+        return self._masked(self.end_outputs(joint).squeeze(-1), mask[:, None, :])
+
+    def _answerable_logit(self, hidden: torch.Tensor, start_logits: torch.Tensor) -> torch.Tensor:
+        """[batch]: the logit of "this window holds no answer"."""
+        features = hidden[:, 0]
+        if self.options.answerable_uses_start_logits:
+            expected_start = torch.einsum("bs,bsh->bh", start_logits.softmax(-1).to(hidden.dtype), hidden)
+            features = F.gelu(self.answerable_hidden(torch.cat([features, expected_start], -1)))
+        return self.answerable_outputs(features).squeeze(-1)
+
+    def _start_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.options.joint_prediction:
+            return self._masked(self.start_outputs(hidden).squeeze(-1), mask)
+        return self._masked(self.qa_outputs(hidden)[..., 0], mask)
+
+    def loss(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        spans: torch.Tensor,
+        impossible: torch.Tensor,
+    ) -> torch.Tensor:
+        """Summed over the batch: the mean of the start and end cross-entropies (end given the gold start when
+        joint), plus `answerable_weight` x the sigmoid cross-entropy of "no answer" (`impossible`: 1.0 or 0.0)."""
+        mask = self.answer_mask(attention_mask, token_type_ids)
+        start_logits = self._start_logits(hidden, mask).float()
+        if self.options.joint_prediction:
+            gold_starts = hidden[torch.arange(len(hidden), device=hidden.device), spans[:, 0]]
+            end_logits = self._end_logits(hidden, gold_starts[:, None, :], mask)[:, 0].float()
+        else:
+            end_logits = self._masked(self.qa_outputs(hidden)[..., 1], mask).float()
+        total = 0.5 * (
+            F.cross_entropy(start_logits, spans[:, 0], reduction="sum")
+            + F.cross_entropy(end_logits, spans[:, 1], reduction="sum")
+        )
+        if self.options.answerable_classifier:
+            answerable = self._answerable_logit(hidden, start_logits).float()
+            total = total + self.options.answerable_weight * F.binary_cross_entropy_with_logits(
+                answerable, impossible, reduction="sum"
+            )
+        return total
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Per position [batch, seq, columns], as the class docstring lays out."""
+        if self.options.plain:
+            return self.qa_outputs(hidden)
+        mask = self.answer_mask(attention_mask, token_type_ids)
+        start_logits = self._start_logits(hidden, mask)
+        columns = [start_logits]
+        if self.options.joint_prediction:
+            start_log_probs = start_logits.float().log_softmax(-1)
+            beam = min(self.options.beam_size, hidden.shape[1])
+            _, beam_starts = start_log_probs.topk(beam, dim=-1)  # [b, beam]
+            start_states = torch.gather(hidden, 1, beam_starts[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            end_log_probs = self._end_logits(hidden, start_states, mask).float().log_softmax(-1)  # [b, beam, seq]
+            unused_rows = start_log_probs[:, beam:].new_full(start_log_probs[:, beam:].shape, -1.0)
+            columns = [start_log_probs, torch.cat([beam_starts.to(start_log_probs.dtype), unused_rows], 1)]
+        else:
+            columns.append(self._masked(self.qa_outputs(hidden)[..., 1], mask))
+        if self.options.answerable_classifier:
+            columns.append(self._answerable_logit(hidden, start_logits)[:, None].expand_as(start_logits))
+        else:
+            columns.append(torch.zeros_like(start_logits))
+        out = torch.stack([column.float() for column in columns], -1)
+        if self.options.joint_prediction:
+            out = torch.cat([out, end_log_probs.transpose(1, 2)], -1)
+        return out
 
 
 def init_weights(module: nn.Module, initializer_range: float) -> None:

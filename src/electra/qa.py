@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from electra.errors import UserError
+from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
 from electra.tokenization import CLS, SEP, build_tokenizer
 
 
@@ -176,6 +180,7 @@ class QAFeaturizer:
         self.max_query_length = max_query_length
         self.doc_stride = doc_stride
         self.truncated_questions = 0
+        self.truncation_reported = False  # said once per featurizer, not once per batch of examples
 
     def _pieces(self, texts: list[str]) -> list[list[str]]:
         return [encoding.tokens for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -196,6 +201,14 @@ class QAFeaturizer:
                 question = question[: self.max_query_length]
             training = example.start_word >= 0 or example.is_impossible
             features += self._windows(index, example, question, answer, document.tokens, document.word_ids, training)
+        if self.truncated_questions and not self.truncation_reported:
+            self.truncation_reported = True
+            print(
+                f"warning: {self.truncated_questions} question(s) longer than max_query_length "
+                f"({self.max_query_length} word pieces) were cut to it, as the reference does: raise "
+                "max_query_length to keep them whole",
+                file=sys.stderr,
+            )
         return features
 
     def _windows(
@@ -310,61 +323,91 @@ def get_final_text(predicted: str, original: str, normalizer: Any, pre_tokenizer
     return original[original_map[to_compact[start]] : original_map[to_compact[end]] + 1]
 
 
+def span_candidates(output: np.ndarray, head: QAHeadConfig, n_best_size: int) -> Iterator[tuple[float, int, int]]:
+    """(score, start, end) of the spans the reference's decoding weighs in one window, from the head's rows
+    (see `ElectraQuestionAnsweringHead`): the `n_best_size` best starts x best ends by logit, or with the joint
+    head each beam start with its `beam_size` most likely ends, scored by log-probability."""
+    if head.joint_prediction:
+        beam = output.shape[1] - ElectraQuestionAnsweringHead.BEAM_ENDS
+        for i in range(min(beam, len(output))):
+            start = int(output[i, ElectraQuestionAnsweringHead.END_OR_BEAM_START])
+            if not 0 <= start < len(output):  # a padding position of a longer batch
+                continue
+            ends = output[:, ElectraQuestionAnsweringHead.BEAM_ENDS + i]
+            for end in np.argsort(-ends, kind="stable")[:beam]:
+                yield float(output[start, ElectraQuestionAnsweringHead.START] + ends[end]), start, int(end)
+        return
+    starts, ends = output[:, 0], output[:, 1]
+    top_ends = np.argsort(-ends, kind="stable")[:n_best_size]
+    for start in np.argsort(-starts, kind="stable")[:n_best_size]:
+        for end in top_ends:
+            yield float(starts[start] + ends[end]), int(start), int(end)
+
+
+def null_score(output: np.ndarray, head: QAHeadConfig) -> float:
+    """How strongly one window says "no answer": the answerability logit, else the score of the [CLS] span."""
+    if head.answerable_classifier:
+        return float(output[0, ElectraQuestionAnsweringHead.ANSWERABLE])
+    if head.joint_prediction:
+        return float(output[0, ElectraQuestionAnsweringHead.START])
+    return float(output[0, 0] + output[0, 1])
+
+
 def best_answer(
     example: QAExample,
-    windows: list[tuple[QAFeature, Any]],
+    windows: list[tuple[QAFeature, np.ndarray]],
     vocab: list[str],
     tokenizer: Any,
+    head: QAHeadConfig,
     n_best_size: int = 20,
     max_answer_length: int = 30,
     allow_no_answer: bool = False,
     no_answer_threshold: float = 0.0,
 ) -> dict[str, Any]:
-    """{"answer", "no_answer_odds", "score", "start", "end"} from each window's start/end logits [length, 2],
-    as BERT/ELECTRA decode:
-    the best-scoring valid span (start in its max-context window, end after it, at most `max_answer_length`
-    pieces); with `allow_no_answer` (SQuAD 2.0), "" when [CLS]'s score beats it by more than the threshold."""
-    import numpy as np
-
-    best_score, best_text, best_word = -float("inf"), "", -1
-    null_score = float("inf")
-    for feature, logits in windows:
-        starts, ends = logits[:, 0], logits[:, 1]
-        null_score = min(null_score, float(starts[0] + ends[0]))
-        top_starts = np.argsort(-starts)[:n_best_size]
-        top_ends = np.argsort(-ends)[:n_best_size]
-        for start in top_starts:
-            if start not in feature.token_to_word or not feature.token_is_max_context.get(int(start), False):
+    """{"answer", "no_answer_odds", "score", "start", "end"} (plus "best_span" with `allow_no_answer`) from
+    each window's head output, as the reference decodes: the best-scoring valid span (start in its
+    max-context window, end after it, at most `max_answer_length` pieces); with `allow_no_answer` (SQuAD
+    2.0), "" when the no-answer odds exceed the threshold. The odds are the lowest answerability logit over
+    the windows, or without that classifier the lowest [CLS] score minus the best span's."""
+    best: tuple[float, QAFeature, int, int] | None = None
+    lowest_null = float("inf")
+    for feature, output in windows:
+        lowest_null = min(lowest_null, null_score(output, head))
+        for score, start, end in span_candidates(output, head, n_best_size):
+            if best is not None and score <= best[0]:
                 continue
-            for end in top_ends:
-                if end not in feature.token_to_word or end < start or end - start + 1 > max_answer_length:
-                    continue
-                score = float(starts[start] + ends[end])
-                if score > best_score:
-                    pieces = " ".join(vocab[i] for i in feature.input_ids[start : end + 1])
-                    predicted = " ".join(pieces.replace(" ##", "").replace("##", "").split())
-                    words = example.doc_tokens[feature.token_to_word[int(start)] : feature.token_to_word[int(end)] + 1]
-                    best_score, best_word = score, feature.token_to_word[int(start)]
-                    best_text = get_final_text(
-                        predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer
-                    )
-    odds = null_score - best_score
-    if allow_no_answer and (best_score == -float("inf") or odds > no_answer_threshold):
-        best_text = ""
-    start = -1
-    if best_text and example.word_offsets:
-        start = example.context.find(best_text, example.word_offsets[best_word])
+            if start not in feature.token_to_word or not feature.token_is_max_context.get(start, False):
+                continue
+            if end not in feature.token_to_word or end < start or end - start + 1 > max_answer_length:
+                continue
+            best = (score, feature, start, end)
+    best_text, best_word = "", -1
+    if best is not None:
+        _, feature, start, end = best
+        pieces = " ".join(vocab[i] for i in feature.input_ids[start : end + 1])
+        predicted = " ".join(pieces.replace(" ##", "").replace("##", "").split())
+        best_word = feature.token_to_word[start]
+        words = example.doc_tokens[best_word : feature.token_to_word[end] + 1]
+        best_text = get_final_text(predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer)
+    best_score = best[0] if best is not None else -float("inf")
+    odds = lowest_null if head.answerable_classifier else lowest_null - best_score
+    answer = best_text
+    if allow_no_answer and (best is None or odds > no_answer_threshold):
+        answer = ""
+    start = example.context.find(answer, example.word_offsets[best_word]) if answer and example.word_offsets else -1
     return {
-        "answer": best_text,
+        "answer": answer,
         "no_answer_odds": odds,
-        "score": best_score if best_text else null_score,
+        "score": best_score if answer else lowest_null,
         "start": start,
-        "end": start + len(best_text) if start >= 0 else -1,
+        "end": start + len(answer) if start >= 0 else -1,
+        **({"best_span": best_text} if allow_no_answer else {}),
     }
 
 
-def records_to_examples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[QAExample]:
-    """Examples from {"context", "question", "id"?} records, for prediction."""
+def records_to_examples(path: Path | str, rows: list[tuple[int, dict[str, Any]]]) -> list[QAExample]:
+    """Examples from {"context", "question", "id"?} records, for prediction; `path` and the row numbers say
+    where a bad record is (a file and its lines, or a request and its questions)."""
     examples = []
     report = ReadReport()
     for number, row in rows:

@@ -3,8 +3,9 @@
 The model folder is either a fine-tuned model (run by PyTorch) or its `electra export --format onnx`
 folder (run by ONNX Runtime, the faster path for single short requests on CPUs).
 
-POST /predict takes {"texts": [...]}, {"pairs": [[a, b], ...]} or, for taggers, {"tokens": [[w, ...], ...]}
-and answers {"predictions": [...]} as `electra predict` writes them. Concurrent requests are gathered
+POST /predict takes {"texts": [...]}, {"pairs": [[a, b], ...]}, for taggers {"tokens": [[w, ...], ...]}, or
+for question answering {"questions": [{"context": ..., "question": ..., "id": ...}, ...]}, and answers
+{"predictions": [...]} as `electra predict` writes them. Concurrent requests are gathered
 into one batch (micro-batching: up to `max_batch_size` examples, waiting at most `batch_wait_ms` for
 company), and the model runs in a worker thread so the event loop keeps accepting requests. Limits
 on the number of examples, text length and body size are answered with 413, malformed bodies with
@@ -98,10 +99,16 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
     head = predictor.head
     batcher = MicroBatcher(predictor, limits)
 
+    class Question(BaseModel):
+        context: str
+        question: str
+        id: str | None = None
+
     class PredictRequest(BaseModel):
         texts: list[str] | None = None
         pairs: list[tuple[str, str]] | None = None
         tokens: list[list[str]] | None = None
+        questions: list[Question] | None = None
 
     class PredictResponse(BaseModel):
         predictions: list[dict[str, Any]]
@@ -139,11 +146,11 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
-        examples = to_examples(request.texts, request.pairs, request.tokens, head.kind, limits)
-        if not examples:
-            return PredictResponse(predictions=[], model=head.name, milliseconds=0.0)
         started = time.perf_counter()
         try:
+            examples = to_examples(request, head.kind, limits)
+            if not examples:
+                return PredictResponse(predictions=[], model=head.name, milliseconds=0.0)
             predictions = await batcher.predict(examples)
         except UserError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
@@ -151,31 +158,41 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
             predictions=predictions, model=head.name, milliseconds=1000 * (time.perf_counter() - started)
         )
 
-    def to_examples(
-        texts: list[str] | None,
-        pairs: list[tuple[str, str]] | None,
-        tokens: list[list[str]] | None,
-        kind: str,
-        limits: ServeLimits,
-    ) -> list[Example]:
-        given = [name for name, value in (("texts", texts), ("pairs", pairs), ("tokens", tokens)) if value is not None]
+    def to_examples(request: PredictRequest, kind: str, limits: ServeLimits) -> list[Any]:
+        """The request's examples, after checking that they suit the model and the limits."""
+        fields = ("texts", "pairs", "tokens", "questions")
+        given = [name for name in fields if getattr(request, name) is not None]
         if len(given) != 1:
-            raise HTTPException(status_code=422, detail='send exactly one of "texts", "pairs" or "tokens"')
+            raise HTTPException(status_code=422, detail='send exactly one of "texts", "pairs", "tokens" or "questions"')
+        texts, pairs, tokens, questions = (getattr(request, name) for name in fields)
         if tokens is not None and kind != "tagging":
             raise HTTPException(status_code=422, detail=f'"tokens" is for taggers; this is a {kind} model')
-        count = len(texts or pairs or tokens or [])
+        if (questions is not None) != (kind == "qa"):
+            detail = (
+                'send {"questions": [{"context": ..., "question": ...}]} to a question-answering model'
+                if kind == "qa"
+                else f'"questions" is for question-answering models; this is a {kind} model'
+            )
+            raise HTTPException(status_code=422, detail=detail)
+        count = len(texts or pairs or tokens or questions or [])
         if count > limits.max_examples:
             raise HTTPException(
                 status_code=413, detail=f"{count} examples in one request; send at most {limits.max_examples}"
             )
         lengths = [len(t) for t in texts or []] + [len(a) + len(b) for a, b in pairs or []]
         lengths += [sum(len(word) for word in words) for words in tokens or []]
+        lengths += [len(q.context) + len(q.question) for q in questions or []]
         too_long = [index for index, length in enumerate(lengths) if length > limits.max_chars]
         if too_long:
             raise HTTPException(
                 status_code=413,
                 detail=f"example {too_long[0]} is longer than {limits.max_chars:,} characters; shorten or split it",
             )
+        if questions is not None:
+            from electra.qa import records_to_examples
+
+            rows = [(index, question.model_dump(exclude_none=True)) for index, question in enumerate(questions)]
+            return records_to_examples("questions", rows)
         if tokens is not None:
             return [Example(i, words=list(words)) for i, words in enumerate(tokens)]
         if kind == "tagging":

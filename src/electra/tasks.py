@@ -337,19 +337,26 @@ class QATask(Task):
     def test_splits(self) -> list[str]:
         return []  # the official test sets are hidden; dev predictions are written as the reference does
 
-    def score(self, examples: list[Any], predictions: list[Any], labels: list[str]) -> dict[str, float]:
-        """`predictions`: {"answer", "no_answer_odds"} per example."""
+    def score(
+        self, examples: list[Any], predictions: list[Any], labels: list[str], no_answer_threshold: float = 1.0
+    ) -> dict[str, float]:
+        """`predictions`: {"answer", "no_answer_odds", "best_span" (SQuAD 2.0)} per example. SQuAD 2.0 is scored
+        as the reference does: the best spans, "" where the odds exceed `no_answer_threshold` (qa_na_threshold)."""
         from electra.qa_metrics import mrqa_scores, squad_v2_scores
 
-        answers = {example.qas_id: entry["answer"] for example, entry in zip(examples, predictions, strict=True)}
         if not self.v2:
+            answers = {example.qas_id: entry["answer"] for example, entry in zip(examples, predictions, strict=True)}
             return mrqa_scores({example.qas_id: example.gold_answers for example in examples}, answers)
+        answers = {
+            example.qas_id: entry.get("best_span", entry["answer"])
+            for example, entry in zip(examples, predictions, strict=True)
+        }
         questions = [
             {"id": example.qas_id, "answers": [{"text": text} for text in example.gold_answers]} for example in examples
         ]
         dataset = {"data": [{"paragraphs": [{"qas": questions}]}]}
         odds = {example.qas_id: entry["no_answer_odds"] for example, entry in zip(examples, predictions, strict=True)}
-        return squad_v2_scores(dataset, answers, odds)
+        return squad_v2_scores(dataset, answers, odds, no_answer_threshold)
 
 
 def _qa(name: str, **attributes: Any) -> None:
