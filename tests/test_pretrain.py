@@ -54,6 +54,7 @@ def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: P
     assert logged[-1]["mlm_loss"] < logged[0]["mlm_loss"], "the generator learns"
     results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
     assert {"masked_lm_accuracy", "disc_auc", "disc_precision", "disc_recall", "disc_accuracy"} <= set(results)
+    assert 0.0 < results["token_cosine"] < 1.0
     config = json.loads((model_dir / "pretrain_config.json").read_text())
     assert config["train_batch_size"] == 8 and config["max_seq_length"] == 32 and config["eval_examples"] > 0
     assert any(path.name.startswith("events.out.tfevents") for path in (model_dir / "logs").iterdir())
@@ -62,6 +63,20 @@ def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: P
     assert json.loads((model_dir / "results" / "unsup_results.json").read_text()) == results
     assert main(["plot", str(model_dir)]) == 0
     assert (model_dir / "logs" / "curves.png").stat().st_size > 1000
+
+
+def test_token_cosine_is_the_mean_over_pairs_of_real_tokens() -> None:
+    from electra.pretrain import mean_token_cosine
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    states = torch.nn.functional.normalize(hidden[mask.bool()], dim=-1)
+    pairs = [(i, j) for i in range(len(states)) for j in range(len(states)) if i != j]
+    expected = sum(float(states[i] @ states[j]) for i, j in pairs) / len(pairs)
+    assert abs(mean_token_cosine(hidden, mask) - expected) < 1e-5
+    same = torch.ones(1, 4, 8) * torch.randn(8)
+    assert abs(mean_token_cosine(same, torch.ones(1, 4)) - 1.0) < 1e-5  # collapsed: every state alike
 
 
 def test_exported_models_load_in_transformers_with_equal_outputs(pretrain_data_dir: Path):

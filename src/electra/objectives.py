@@ -139,6 +139,11 @@ class PretrainingModel(nn.Module):
                 self.generator = ElectraForMaskedLM(gen, embeddings=shared)
         init_weights(self, disc.initializer_range)
 
+    @property
+    def finetuning_encoder(self) -> ElectraModel:
+        """The encoder that fine-tuning starts from: the discriminator's, or a lone masked LM's."""
+        return self.discriminator.electra if self.has_discriminator else self.generator.electra
+
     def cloze_logits(self, batch: MaskedBatch) -> torch.Tensor:
         """Electric's noise distribution at every position [batch, seq, vocab], from the unmasked input:
         the left-to-right tower's state one step back and the right-to-left tower's one step ahead."""

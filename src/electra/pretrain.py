@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
@@ -198,18 +199,31 @@ def eval_batches(run: PretrainingRun, device: torch.device) -> Iterator[MaskedBa
         yield task.make_batch(indices, slice(0, len(indices)), len(indices), batch_index, device)
 
 
+def mean_token_cosine(hidden: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Mean cosine similarity between the final states of every two different real tokens of a batch. Random
+    weights give about 0.3; an encoder whose states have collapsed onto one direction, near 1."""
+    states = F.normalize(hidden[attention_mask.bool()].float(), dim=-1)
+    count = len(states)
+    if count < 2:
+        return float("nan")
+    return float((states.sum(0).square().sum() - count) / (count * (count - 1)))
+
+
 @torch.no_grad()
 def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device) -> dict[str, float]:
-    """The reference's unsupervised metrics on the held-out examples."""
+    """The reference's unsupervised metrics on the held-out examples, and `token_cosine`: how alike the states
+    of the encoder that fine-tuning starts from are across tokens of the original text (see mean_token_cosine)."""
     from sklearn.metrics import roc_auc_score
 
     config = run.config
     model.eval()
     totals: dict[str, float] = {}
-    probabilities, labels = [], []
+    probabilities, labels, cosines = [], [], []
     for batch in eval_batches(run, device):
         details: dict[str, torch.Tensor] = {}
         sums = model(batch, details)
+        hidden = model.finetuning_encoder(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        cosines.append(mean_token_cosine(hidden, batch.attention_mask))
         for name, value in {**sums, **model.counts(batch)}.items():
             totals[name] = totals.get(name, 0.0) + float(value)
         if details:
@@ -222,6 +236,7 @@ def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device)
         "masked_lm_accuracy": totals["mlm_correct"] / totals["masked"],
         "masked_lm_loss": totals["mlm_loss"] / totals["cloze" if config.two_tower_generator else "masked"],
         "eval_examples": float(min(len(run.eval_range), config.num_eval_steps * config.eval_batch_size)),
+        "token_cosine": float(np.nanmean(cosines)),
     }
     if probabilities:
         probs, truth = torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
