@@ -264,6 +264,35 @@ def test_reference_head_beam_matches_teacher_forcing_and_padding() -> None:
     assert torch.allclose(alone[0, :, columns.BEAM_ENDS :], out[1, :6, columns.BEAM_ENDS :], atol=1e-5)
 
 
+def test_independent_start_end_head_with_answerability_classifier() -> None:
+    """`"joint_prediction": false, "answerable_classifier": true`: start and end logits from `qa_outputs` (masked
+    outside the context), the answerability logit in every row, decoded as BERT's n-best starts x ends."""
+    import numpy as np
+    import torch
+
+    from electra.config import ModelConfig
+    from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
+    from electra.qa import null_score, span_candidates
+
+    torch.manual_seed(2)
+    options = QAHeadConfig(answerable_classifier=True, answerable_uses_start_logits=False)
+    head = ElectraQuestionAnsweringHead(ModelConfig(hidden_size=8), options).eval()
+    hidden = torch.randn(1, 6, 8)
+    attention_mask = torch.ones(1, 6, dtype=torch.long)
+    token_type_ids = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = head(hidden, attention_mask, token_type_ids)[0].numpy()
+        raw = head.qa_outputs(hidden)[0].numpy()
+        answerable = float(head.answerable_outputs(hidden[0, 0]))
+    assert out.shape == (6, 3)
+    assert np.allclose(out[[0, 2, 3, 4, 5], :2], raw[[0, 2, 3, 4, 5]], atol=1e-6) and (out[1, :2] < -9000).all()
+    assert np.allclose(out[:, 2], answerable, atol=1e-6) and null_score(out, options) == out[0, 2]
+    best = max(span_candidates(out, options, n_best_size=3))
+    assert best[0] == out[best[1], 0] + out[best[2], 1]
+    loss = head.loss(hidden, attention_mask, token_type_ids, torch.tensor([[3, 4]]), torch.tensor([0.0]))
+    assert loss.ndim == 0 and loss.item() > 0
+
+
 def test_reference_head_loss_teacher_forces_the_end_and_weighs_answerability() -> None:
     import torch
     import torch.nn.functional as F
