@@ -7,7 +7,7 @@ answering "original"; the generator's accuracy against the unigram baseline (alw
 most frequent token of the held-out masked positions). Prints a table and a final JSON line, and
 writes the training curves to experiments/pretrain_learning_check.png.
 Usage: python experiments/pretrain_learning_check.py [--workdir DIR] [--steps 1600] [--batch 32]
-       [--learning-rate 3e-4] [--warmup 200]
+       [--learning-rate 3e-4] [--warmup 200] [--temperature 1.0] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--generator-hidden-size", type=float, default=0.25)
+    parser.add_argument("--temperature", type=float, default=1.0, help="of the generator's sampling (reference: 1)")
+    parser.add_argument(
+        "--plot",
+        default=str(HERE / "pretrain_learning_check.png"),
+        help="where the curves go (the per-step metrics beside it)",
+    )
     parser.add_argument("--model-name", default="tiny")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (each evaluated)")
@@ -104,6 +110,7 @@ def main() -> None:
         "num_warmup_steps": args.warmup,
         "learning_rate": args.learning_rate,
         "generator_hidden_size": args.generator_hidden_size,
+        "temperature": args.temperature,
         "num_eval_steps": 20,
         "save_checkpoints_steps": args.checkpoint_every,
         "keep_checkpoint_max": 0,  # all of them, to evaluate each
@@ -131,7 +138,7 @@ def main() -> None:
     results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
     baseline = unigram_baseline(data_dir, args.model_name, hparams)
     per_checkpoint = evaluate_checkpoints(data_dir, args.model_name, hparams)
-    electra("plot", str(model_dir), "--output", str(HERE / "pretrain_learning_check.png"))
+    electra("plot", str(model_dir), "--output", args.plot)
     log = [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     print(f"{args.steps} steps of batch {args.batch} x 128 in {minutes:.1f} min")
     print(f"{'step':>6} | {'loss':>7} | {'mlm acc':>7} | {'disc acc':>8} | {'tok/s':>7}")
@@ -167,7 +174,9 @@ def main() -> None:
             }
         )
     )
-    shutil.copyfile(model_dir / "logs" / "metrics.jsonl", HERE / "pretrain_learning_check_metrics.jsonl")
+    shutil.copyfile(
+        model_dir / "logs" / "metrics.jsonl", Path(args.plot).with_name(f"{Path(args.plot).stem}_metrics.jsonl")
+    )
 
 
 if __name__ == "__main__":
