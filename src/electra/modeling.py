@@ -396,10 +396,13 @@ class ElectraQuestionAnsweringHead(nn.Module):
             features = F.gelu(self.answerable_hidden(torch.cat([features, expected_start], -1)))
         return self.answerable_outputs(features).squeeze(-1)
 
-    def _start_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _start_end_logits(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Masked start logits [batch, seq], and the end logits of the independent head (the joint head's ends
+        depend on the start: None)."""
         if self.options.joint_prediction:
-            return self._masked(self.start_outputs(hidden).squeeze(-1), mask)
-        return self._masked(self.qa_outputs(hidden)[..., 0], mask)
+            return self._masked(self.start_outputs(hidden).squeeze(-1), mask), None
+        start_logits, end_logits = self._masked(self.qa_outputs(hidden).movedim(-1, 0), mask)
+        return start_logits, end_logits
 
     def loss(
         self,
@@ -412,15 +415,14 @@ class ElectraQuestionAnsweringHead(nn.Module):
         """Summed over the batch: the mean of the start and end cross-entropies (end given the gold start when
         joint), plus `answerable_weight` x the sigmoid cross-entropy of "no answer" (`impossible`: 1.0 or 0.0)."""
         mask = self.answer_mask(attention_mask, token_type_ids)
-        start_logits = self._start_logits(hidden, mask).float()
-        if self.options.joint_prediction:
+        start_logits, end_logits = self._start_end_logits(hidden, mask)
+        start_logits = start_logits.float()
+        if end_logits is None:
             gold_starts = hidden[torch.arange(len(hidden), device=hidden.device), spans[:, 0]]
-            end_logits = self._end_logits(hidden, gold_starts[:, None, :], mask)[:, 0].float()
-        else:
-            end_logits = self._masked(self.qa_outputs(hidden)[..., 1], mask).float()
+            end_logits = self._end_logits(hidden, gold_starts[:, None, :], mask)[:, 0]
         total = 0.5 * (
             F.cross_entropy(start_logits, spans[:, 0], reduction="sum")
-            + F.cross_entropy(end_logits, spans[:, 1], reduction="sum")
+            + F.cross_entropy(end_logits.float(), spans[:, 1], reduction="sum")
         )
         if self.options.answerable_classifier:
             answerable = self._answerable_logit(hidden, start_logits).float()
@@ -434,9 +436,8 @@ class ElectraQuestionAnsweringHead(nn.Module):
         if self.options.plain:
             return self.qa_outputs(hidden)
         mask = self.answer_mask(attention_mask, token_type_ids)
-        start_logits = self._start_logits(hidden, mask)
-        columns = [start_logits]
-        if self.options.joint_prediction:
+        start_logits, end_logits = self._start_end_logits(hidden, mask)
+        if end_logits is None:
             start_log_probs = start_logits.float().log_softmax(-1)
             beam = min(self.options.beam_size, hidden.shape[1])
             _, beam_starts = start_log_probs.topk(beam, dim=-1)  # [b, beam]
@@ -445,7 +446,7 @@ class ElectraQuestionAnsweringHead(nn.Module):
             unused_rows = start_log_probs[:, beam:].new_full(start_log_probs[:, beam:].shape, -1.0)
             columns = [start_log_probs, torch.cat([beam_starts.to(start_log_probs.dtype), unused_rows], 1)]
         else:
-            columns.append(self._masked(self.qa_outputs(hidden)[..., 1], mask))
+            columns = [start_logits, end_logits]
         if self.options.answerable_classifier:
             columns.append(self._answerable_logit(hidden, start_logits)[:, None].expand_as(start_logits))
         else:
