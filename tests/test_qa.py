@@ -69,6 +69,44 @@ def test_answer_span_is_improved_to_the_exact_pieces(tmp_path: Path) -> None:
     assert feature.token_to_word[feature.start_position] == 5
 
 
+def test_decoding_settings_limit_spans_and_gate_no_answer(tmp_path: Path) -> None:
+    import numpy as np
+
+    from electra.config import FinetuningConfig
+    from electra.modeling import QAHeadConfig
+    from electra.qa import QADecoding, best_answer
+    from electra.tokenization import build_tokenizer
+
+    context = "The leader was John Smith (1895-1943)."
+    qa = {"id": "q1", "question": "who was the leader ?", "answers": [{"text": "John", "answer_start": 15}]}
+    (example,) = read_squad(squad_file(tmp_path, context, [qa]), training=False, v2=True)
+    featurizer = QAFeaturizer(VOCAB, max_seq_length=64, max_query_length=64, doc_stride=128)
+    (feature,) = featurizer.features([example])
+    john = next(p for p, w in feature.token_to_word.items() if w == 3)
+    output = np.zeros((len(feature.input_ids), 2), dtype=np.float32)  # the plain head: start and end logits
+    output[0] = [1.0, 1.0]  # [CLS]: null score 2
+    output[john, 0], output[john + 1, 1], output[john, 1] = 5.0, 4.0, 3.0  # "John Smith" 9, "John" 8
+    head = QAHeadConfig(joint_prediction=False, answerable_classifier=False)
+    windows = [(feature, output)]
+    tokenizer = build_tokenizer(VOCAB)
+
+    def answer(decoding: QADecoding) -> dict:
+        return best_answer(example, windows, VOCAB, tokenizer, head, decoding)
+
+    settings = QADecoding.from_config(FinetuningConfig(task_names=["squad"]), allow_no_answer=True)
+    assert settings == QADecoding(20, 30, True, -2.75)
+    found = answer(settings)
+    assert (found["answer"], found["start"], found["end"]) == ("John Smith", 15, 25)
+    assert found["no_answer_odds"] == pytest.approx(2.0 - 9.0)
+    assert answer(QADecoding(max_answer_length=1))["answer"] == "John"
+    # the odds (-7) above the threshold: no answer, and the best span still given for the official script
+    unanswered = answer(QADecoding(allow_no_answer=True, no_answer_threshold=-8.0))
+    assert unanswered["answer"] == "" and unanswered["best_span"] == "John Smith"
+    # a fine-tuned folder keeps the settings; one written before they were stored decodes as it did then
+    assert QADecoding.from_record(settings.record()) == settings
+    assert QADecoding.from_record({"v2": True}) == QADecoding(20, 30, True, 0.0)
+
+
 def test_windows_slide_and_targets_point_at_cls_outside(tmp_path: Path) -> None:
     context = " ".join("abcdefgh" * 3)  # 24 one-piece words
     qa = {"id": "q", "question": "what ?", "answers": [{"text": "e f", "answer_start": context.index("e f")}]}

@@ -51,6 +51,7 @@ from electra.modeling import (
     init_weights,
 )
 from electra.pretrain import hf_config, resolve_init_checkpoint
+from electra.qa import QADecoding, QAFeaturizer, best_answer, read_mrqa, read_squad, records_to_examples
 from electra.tasks import Example, Task, get_task, read_jsonl_rows, read_table_rows
 from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
 from electra.trainer import (
@@ -162,8 +163,6 @@ class Featurizer:
         max_query_length: int = 64,
         doc_stride: int = 128,
     ):
-        from electra.qa import QAFeaturizer
-
         self.vocab = vocab
         self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
         self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, tokenizer=self.tokenizer)
@@ -600,10 +599,7 @@ def decode_predictions(
             outputs,
             featurizer,
             head.qa,
-            n_best_size=spec.get("n_best_size", 20),
-            max_answer_length=spec.get("max_answer_length", 30),
-            allow_no_answer=spec.get("v2", False),
-            no_answer_threshold=spec.get("qa_na_threshold", 0.0),  # folders of before the reference's head: 0
+            QADecoding.from_record(spec),
         )
     return [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
 
@@ -808,12 +804,10 @@ def train_trial(
             "do_lower_case": config.do_lower_case,
             "max_query_length": config.max_query_length,
             "doc_stride": config.doc_stride,
-            "n_best_size": config.n_best_size,
-            "max_answer_length": config.max_answer_length,
-            "qa_na_threshold": config.qa_na_threshold,
         }
         for item in data:
-            task_extra = {**extra, **_task_columns(item.task), "v2": getattr(item.task, "v2", False)}
+            decoding = QADecoding.from_config(config, getattr(item.task, "v2", False))
+            task_extra = {**extra, **_task_columns(item.task), **decoding.record()}
             export_task_model(model, item.head, task_model_dir(exported, data, item), run.vocab_file, task_extra)
         shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # the exported model is the result
     processes.barrier()
@@ -854,20 +848,10 @@ def evaluate_task(
         model, features, task_id, run.config.eval_batch_size, device, featurizer.pad_id, run.config.precision
     )
     if item.head.kind == "qa":
-        config = run.config
-        decoded = decode_answers(
-            examples,
-            features,
-            outputs,
-            featurizer,
-            item.head.qa,
-            n_best_size=config.n_best_size,
-            max_answer_length=config.max_answer_length,
-            allow_no_answer=getattr(item.task, "v2", False),
-            no_answer_threshold=config.qa_na_threshold,
-        )
+        decoding = QADecoding.from_config(run.config, getattr(item.task, "v2", False))
+        decoded = decode_answers(examples, features, outputs, featurizer, item.head.qa, decoding)
         write_qa_files(run, item.task.name, split, decoded)
-        return item.task.score(examples, decoded, [], no_answer_threshold=config.qa_na_threshold), decoded
+        return item.task.score(examples, decoded, [], no_answer_threshold=decoding.no_answer_threshold), decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
         return {}, decoded
@@ -881,14 +865,9 @@ def decode_answers(
     outputs: list[np.ndarray],
     featurizer: Featurizer,
     head: QAHeadConfig,
-    n_best_size: int,
-    max_answer_length: int,
-    allow_no_answer: bool,
-    no_answer_threshold: float,
+    decoding: QADecoding,
 ) -> list[dict[str, Any]]:
     """Each question's answer (text, character offsets, score, no-answer odds) from its windows' head outputs."""
-    from electra.qa import best_answer
-
     windows: dict[int, list] = {}
     for feature, output in zip(features, outputs, strict=True):
         windows.setdefault(feature.window.example_index, []).append((feature.window, output))
@@ -901,10 +880,7 @@ def decode_answers(
                 featurizer.vocab,
                 featurizer.tokenizer,
                 head,
-                n_best_size,
-                max_answer_length,
-                allow_no_answer,
-                no_answer_threshold,
+                decoding,
             ),
         }
         for index, example in enumerate(examples)
@@ -1113,8 +1089,6 @@ class Predictor:
 
 def read_questions(path: Path) -> list[Any]:
     """Questions to answer: a SQuAD/MRQA file, or JSONL with "context" and "question" (and an optional "id")."""
-    from electra.qa import read_mrqa, read_squad, records_to_examples
-
     if path.suffix == ".json":
         return read_squad(path, training=False, v2=False)
     rows = read_jsonl_rows(path)

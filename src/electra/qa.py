@@ -353,16 +353,47 @@ def null_score(output: np.ndarray, head: QAHeadConfig) -> float:
     return float(output[0, 0] + output[0, 1])
 
 
+@dataclass(frozen=True)
+class QADecoding:
+    """How answers are read from a QA head's outputs, the same at evaluation (from the fine-tuning config) and
+    in a fine-tuned folder (its electra_task.json, which `record` writes and `from_record` reads)."""
+
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    allow_no_answer: bool = False  # SQuAD 2.0
+    no_answer_threshold: float = 0.0  # qa_na_threshold; folders written before the reference's head: 0
+
+    @classmethod
+    def from_config(cls, config: Any, allow_no_answer: bool) -> QADecoding:
+        """From a `FinetuningConfig` (the reference's hparam names)."""
+        return cls(config.n_best_size, config.max_answer_length, allow_no_answer, config.qa_na_threshold)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> QADecoding:
+        defaults = cls()
+        return cls(
+            record.get("n_best_size", defaults.n_best_size),
+            record.get("max_answer_length", defaults.max_answer_length),
+            record.get("v2", defaults.allow_no_answer),
+            record.get("qa_na_threshold", defaults.no_answer_threshold),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "n_best_size": self.n_best_size,
+            "max_answer_length": self.max_answer_length,
+            "v2": self.allow_no_answer,
+            "qa_na_threshold": self.no_answer_threshold,
+        }
+
+
 def best_answer(
     example: QAExample,
     windows: list[tuple[QAFeature, np.ndarray]],
     vocab: list[str],
     tokenizer: Any,
     head: QAHeadConfig,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    allow_no_answer: bool = False,
-    no_answer_threshold: float = 0.0,
+    decoding: QADecoding,
 ) -> dict[str, Any]:
     """{"answer", "no_answer_odds", "score", "start", "end"} (plus "best_span" with `allow_no_answer`) from
     each window's head output, as the reference decodes: the best-scoring valid span (start in its
@@ -373,12 +404,12 @@ def best_answer(
     lowest_null = float("inf")
     for feature, output in windows:
         lowest_null = min(lowest_null, null_score(output, head))
-        for score, start, end in span_candidates(output, head, n_best_size):
+        for score, start, end in span_candidates(output, head, decoding.n_best_size):
             if best is not None and score <= best[0]:
                 continue
             if start not in feature.token_to_word or not feature.token_is_max_context.get(start, False):
                 continue
-            if end not in feature.token_to_word or end < start or end - start + 1 > max_answer_length:
+            if end not in feature.token_to_word or end < start or end - start + 1 > decoding.max_answer_length:
                 continue
             best = (score, feature, start, end)
     best_text, best_word = "", -1
@@ -392,7 +423,7 @@ def best_answer(
     best_score = best[0] if best is not None else -float("inf")
     odds = lowest_null if head.answerable_classifier else lowest_null - best_score
     answer = best_text
-    if allow_no_answer and (best is None or odds > no_answer_threshold):
+    if decoding.allow_no_answer and (best is None or odds > decoding.no_answer_threshold):
         answer = ""
     start = example.context.find(answer, example.word_offsets[best_word]) if answer and example.word_offsets else -1
     return {
@@ -401,7 +432,7 @@ def best_answer(
         "score": best_score if answer else lowest_null,
         "start": start,
         "end": start + len(answer) if start >= 0 else -1,
-        **({"best_span": best_text} if allow_no_answer else {}),
+        **({"best_span": best_text} if decoding.allow_no_answer else {}),
     }
 
 
