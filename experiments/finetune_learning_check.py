@@ -6,10 +6,10 @@ Chinese: a tiny model pre-trained here on ../shared/data/pretrain_zh (vocabulary
 fine-tuned on waimai_10k (takeaway reviews; it barely overlaps the other Chinese sets), split 80/20
 into train/dev with seed 0. SQuAD 1.1: its official dev set split by article (80/20, seed 0), as no
 training split is shipped; max_seq_length 256 for the tiny model's budget. Every run is `electra finetune`
-with one trial; prints a table and a final JSON line and appends nothing anywhere else (record the table in
-experiments/RESULTS.md).
+with `--trials` seeds (1 by default; the table gives the median and, with several, the range); prints a table
+and a final JSON line and appends nothing anywhere else (record the table in experiments/RESULTS.md).
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
-       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai]
+       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1]
 """
 
 from __future__ import annotations
@@ -103,10 +103,11 @@ def pretrain_chinese(workdir: Path, steps: int) -> None:
     electra("pretrain", "--data-dir", str(zh), "--model-name", "zh_pretrained", "--hparams", json.dumps(hparams))
 
 
-def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool) -> tuple[float, float]:
-    """(headline score, minutes) of one fine-tuning run."""
+def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool, trials: int) -> tuple[dict, float]:
+    """(headline score's median, min and max over the trials, minutes) of one `electra finetune` run."""
     hparams = {
         **BUDGET,
+        "num_trials": trials,
         "task_names": [task],
         "num_train_epochs": EPOCHS[task],
         "embedding_size": 128,
@@ -122,7 +123,13 @@ def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool) -> tu
     electra("finetune", "--data-dir", str(data_dir), "--model-name", model_name, "--hparams", json.dumps(hparams))
     minutes = (time.time() - started) / 60
     results = json.loads((data_dir / "models" / model_name / "results" / f"{task}_results.json").read_text())
-    return results["trials"][0][f"{task}/dev"][HEADLINE[task]], minutes
+    return results["summary"][f"{task}/dev {HEADLINE[task]}"], minutes
+
+
+def cell(stats: dict) -> str:
+    if stats["min"] == stats["max"]:
+        return f"{stats['median']:.2f}"
+    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
 
 
 def main() -> None:
@@ -132,6 +139,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/electra-finetune-check")
     parser.add_argument("--zh-steps", type=int, default=1500)
     parser.add_argument("--tasks", default="sst,cola,mrpc,waimai")
+    parser.add_argument("--trials", type=int, default=1, help="fine-tuning seeds per cell (num_trials)")
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent")
@@ -151,16 +159,19 @@ def main() -> None:
     rows = []
     for task in tasks:
         data_dir, prefix = (workdir / "zh", "zh") if task == "waimai" else (english, "en")
-        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, pretrained=True)
-        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, pretrained=False)
+        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args.trials)
+        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args.trials)
         rows.append((task, HEADLINE[task], pretrained, random_init, minutes, random_minutes))
-    print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>11} | {'random init':>11} | {'minutes (each)':>14}")
+    print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
     for task, metric, with_pretraining, without, minutes, random_minutes in rows:
         print(
-            f"{task:<8} | {metric:<8} | {with_pretraining:11.2f} | {without:11.2f} | "
+            f"{task:<8} | {metric:<8} | {cell(with_pretraining):>21} | {cell(without):>21} | "
             f"{minutes:6.1f} / {random_minutes:<6.1f}"
         )
-    print(json.dumps({task: {"pretrained": round(p, 2), "random": round(r, 2)} for task, _, p, r, _, _ in rows}))
+    medians = {
+        task: {"pretrained": round(p["median"], 2), "random": round(r["median"], 2)} for task, _, p, r, *_ in rows
+    }
+    print(json.dumps({"trials": args.trials, **medians}))
 
 
 if __name__ == "__main__":
