@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from isolated import run_variants
+from isolated import auto_precision_name, run_variants
 
 if TYPE_CHECKING:
     from electra.finetune import Features, TaskHead
@@ -275,10 +275,9 @@ def main() -> None:
     if missing:
         sys.exit(f"SST-2 not found: {', '.join(str(args.data / name) for name in missing)} missing (see --data)")
     from electra.tasks import get_task
-    from electra.trainer import resolve_precision
 
     variants = args.variants.split(",")
-    if resolve_precision("auto", CPU) is None and "ours-fp32" in variants and "ours-auto" in variants:
+    if auto_precision_name() == "fp32" and "ours-fp32" in variants and "ours-auto" in variants:
         variants.remove("ours-auto")  # the same run twice on CPUs without fast bf16
         print('"auto" is fp32 on this CPU: ours-auto is ours-fp32', flush=True)
     args.eval_examples = min(args.eval_examples, len(get_task("sst", args.data.parent, {}).examples("dev")))
