@@ -179,6 +179,13 @@ class PretrainingConfig:
         return dataclasses.asdict(self)
 
 
+def pretraining_objective(record: dict[str, Any]) -> str:
+    """ "ELECTRA", "MLM" or "Electric": what a model recorded in `record` (its pretrain_config.json) learned."""
+    if record.get("electric_objective"):
+        return "Electric"
+    return "ELECTRA" if record.get("electra_objective", True) else "MLM"
+
+
 @dataclass
 class FinetuningConfig:
     """Hparams of `electra finetune`: the reference's names and defaults, plus a few of ours at the end."""

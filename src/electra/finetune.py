@@ -38,6 +38,7 @@ from electra.config import (
     build_finetuning_config,
     encoder_config,
     inherited_shape,
+    pretraining_objective,
 )
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, write_text_atomic
@@ -646,12 +647,10 @@ def _pretrained_encoder(model_dir: Path) -> Path | None:
     as a plain masked LM ("electra_objective": false) the generator, which is then the whole model."""
     if (model_dir / "discriminator" / "model.safetensors").is_file():
         return model_dir / "discriminator" / "model.safetensors"
-    record_file = model_dir / "pretrain_config.json"
-    if (model_dir / "generator" / "model.safetensors").is_file() and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        if not (record.get("electra_objective", True) or record.get("electric_objective", False)):
-            return model_dir / "generator" / "model.safetensors"
-    return None
+    generator, record_file = model_dir / "generator" / "model.safetensors", model_dir / "pretrain_config.json"
+    if not (generator.is_file() and record_file.is_file()):
+        return None
+    return generator if pretraining_objective(json.loads(record_file.read_text())) == "MLM" else None
 
 
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:

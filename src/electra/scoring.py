@@ -28,7 +28,7 @@ from safetensors.torch import load_model
 from torch import nn
 from tqdm import tqdm
 
-from electra.config import ModelConfig
+from electra.config import ModelConfig, pretraining_objective
 from electra.errors import UserError
 from electra.fileio import write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
@@ -61,8 +61,8 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
         raise UserError(f"--method {method!r} is not one of auto, {', '.join(METHODS)}")
     record = _read_json(folder / "pretrain_config.json")
     if record:
-        electric = bool(record.get("electric_objective"))
-        objective = "Electric" if electric else ("ELECTRA" if record.get("electra_objective", True) else "MLM")
+        objective = pretraining_objective(record)
+        electric = objective == "Electric"
         chosen = method if method != "auto" else ("electric" if electric else "mlm")
         if chosen == "electric" and not electric:
             raise UserError(
