@@ -85,3 +85,33 @@ def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path
     with TestClient(create_app(folder)) as client:
         reply = client.post("/predict", json={"texts": TEXTS}).json()
     assert [p["label"] for p in reply["predictions"]] == [p["label"] for p in expected[:3]]
+
+
+def test_int8_onnx_export_is_smaller_and_predicts_like_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import json
+
+    from electra.export import OnnxPredictor
+    from tests.test_finetune import sentiment_rows
+
+    float_model = export_onnx(finetuned_classifier, tmp_path / "fp32")
+    int8_model = export_onnx(finetuned_classifier, tmp_path / "int8", weights="int8")
+    assert sorted(p.name for p in int8_model.parent.iterdir()) == [
+        "config.json",
+        "electra_task.json",
+        "model.onnx",
+        "vocab.txt",
+    ]  # no intermediate files left behind
+    assert int8_model.stat().st_size < 0.6 * float_model.stat().st_size
+    assert json.loads((int8_model.parent / "electra_task.json").read_text())["onnx_weights"] == "int8"
+    examples = [Example(i, text, label=label) for i, (text, label) in enumerate(sentiment_rows(200, 2))]
+    expected = Predictor(finetuned_classifier, precision="fp32").predict(examples, batch_size=16)
+    found = OnnxPredictor(int8_model.parent).predict(examples, batch_size=16)
+    agreeing = sum(a["label"] == b["label"] for a, b in zip(found, expected, strict=True))
+    assert agreeing >= 0.98 * len(examples)
+    assert sum(a["label"] == example.label for a, example in zip(found, examples, strict=True)) >= 0.9 * len(examples)
+    gaps = [abs(a["probabilities"]["pos"] - b["probabilities"]["pos"]) for a, b in zip(found, expected, strict=True)]
+    assert max(gaps) < 0.02
+    with pytest.raises(UserError, match="choose one of fp32, int8"):
+        export_onnx(finetuned_classifier, tmp_path / "int4", weights="int4")

@@ -7,13 +7,20 @@ parameter names; the export adds the tokenizer files, so `AutoTokenizer.from_pre
 
 ONNX (fine-tuned classifiers, regressors and taggers): inputs `input_ids`, `attention_mask`,
 `token_type_ids` (int64, batch and sequence axes dynamic), output `logits`; checked against PyTorch
-with ONNX Runtime when it is installed (the `onnx` extra).
+with ONNX Runtime when it is installed (the `onnx` extra). `weights="int8"` (`--quantize int8`) stores the
+matrices as 8-bit integers, quantising activations on the fly (ONNX Runtime's dynamic quantisation, after
+its graph optimisations): about 4x smaller and faster on CPUs, at a small cost in accuracy that the export
+measures against PyTorch and refuses beyond INT8_TOLERANCE.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,10 @@ from electra.tokenization import CLS, MASK, PAD, SEP, UNK, read_vocab
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_TOLERANCE = 1e-4
+ONNX_WEIGHTS = ("fp32", "int8")
+# int8: the largest output difference from PyTorch as a share of the outputs' largest magnitude. Unsigned
+# 8-bit weights: signed ones saturate on x86 CPUs without VNNI (seen here: 35% off instead of 2%).
+INT8_TOLERANCE = 0.1
 
 
 def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) -> None:
@@ -116,15 +127,18 @@ def _sample_inputs(batch: int, length: int, vocab_size: int, seed: int) -> tuple
     return input_ids * attention_mask, attention_mask, torch.zeros_like(input_ids)
 
 
-def export_onnx(model_dir: str | Path, output: str | Path) -> Path:
-    """`model.onnx` plus the model's config, vocabulary and task spec in `output`; returns the .onnx path."""
+def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32") -> Path:
+    """`model.onnx` plus the model's config, vocabulary and task spec in `output`; returns the .onnx path.
+    `weights`: "fp32", or "int8" for dynamically quantised matrices (see the module's docstring)."""
+    if weights not in ONNX_WEIGHTS:
+        raise UserError(f"ONNX weights {weights!r}: choose one of {', '.join(ONNX_WEIGHTS)}")
     source, target = Path(model_dir), Path(output)
     model, _, _ = load_task_model(source)
     wrapper = _LogitsOnly(model).eval()
     example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target) as tmp, quiet_exporter():
         try:
             program = torch.onnx.export(
                 wrapper,
@@ -137,22 +151,59 @@ def export_onnx(model_dir: str | Path, output: str | Path) -> Path:
             )
         except ImportError as error:
             raise UserError(f'ONNX export needs onnx and onnxscript ({error}): pip install "electra[onnx]"') from None
-        program.save(str(tmp / "model.onnx"))
-        for name in ("config.json", "vocab.txt", TASK_FILE):
+        if weights == "int8":
+            program.save(str(tmp / "model-fp32.onnx"))
+            quantize_int8(tmp / "model-fp32.onnx", tmp / "model.onnx")
+        else:
+            program.save(str(tmp / "model.onnx"))
+        for name in ("config.json", "vocab.txt"):
             shutil.copyfile(source / name, tmp / name)
-        check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size)
+        spec = json.loads((source / TASK_FILE).read_text()) | {"onnx_weights": weights}
+        (tmp / TASK_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+        check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size, relative=weights == "int8")
     return target / "model.onnx"
 
 
-def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int) -> float | None:
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporter's notes (torchvision missing, renamed dynamic axes, deprecations) say nothing about our
+    models: keep them off the user's terminal."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime's graph optimisations, then its dynamic quantisation of the matrix products' weights;
+    the intermediate files are removed."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as error:
+        raise UserError(f'int8 export needs onnxruntime ({error}): pip install "electra[onnx]"') from None
+    optimised = source.with_name("model-optimised.onnx")
+    quant_pre_process(str(source), str(optimised), skip_symbolic_shape=True)
+    quantize_dynamic(str(optimised), str(target), weight_type=QuantType.QUInt8)
+    source.unlink()
+    optimised.unlink()
+
+
+def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int, relative: bool = False) -> float | None:
     """Largest difference between ONNX Runtime and PyTorch on shapes other than the traced ones (None
-    without onnxruntime); a UserError above ONNX_TOLERANCE."""
+    without onnxruntime), or with `relative` (int8 weights) that difference over the largest output
+    magnitude; a UserError above ONNX_TOLERANCE (INT8_TOLERANCE)."""
     try:
         import onnxruntime
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst, scale = 0.0, 0.0
     for batch, length in ((1, 7), (3, 40)):
         inputs = _sample_inputs(batch, length, vocab_size, seed=batch)
         (onnx_logits,) = session.run(
@@ -161,6 +212,15 @@ def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int) -> float | None:
         with torch.no_grad():
             expected = wrapper(*inputs).numpy()
         worst = max(worst, float(abs(onnx_logits - expected).max()))
+        scale = max(scale, float(abs(expected).max()))
+    if relative:
+        share = worst / max(scale, 1e-12)
+        if share > INT8_TOLERANCE:
+            raise UserError(
+                f"with int8 weights the ONNX model's outputs differ from PyTorch's by {share:.0%} of their range "
+                f"(> {INT8_TOLERANCE:.0%}): not exported; export without --quantize"
+            )
+        return share
     if worst > ONNX_TOLERANCE:
         raise UserError(f"the ONNX model differs from PyTorch by up to {worst:.2e} (> {ONNX_TOLERANCE}): not exported")
     return worst
