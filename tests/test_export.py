@@ -83,6 +83,7 @@ def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path
     assert [p["label"] for p in found] == [p["label"] for p in expected]
     assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(found, expected, strict=True))
     with TestClient(create_app(folder)) as client:
+        assert client.get("/health").json()["runtime"] == "onnxruntime cpu fp32"
         reply = client.post("/predict", json={"texts": TEXTS}).json()
     assert [p["label"] for p in reply["predictions"]] == [p["label"] for p in expected[:3]]
 
@@ -107,7 +108,9 @@ def test_int8_onnx_export_is_smaller_and_predicts_like_pytorch(finetuned_classif
     assert json.loads((int8_model.parent / "electra_task.json").read_text())["onnx_weights"] == "int8"
     examples = [Example(i, text, label=label) for i, (text, label) in enumerate(sentiment_rows(200, 2))]
     expected = Predictor(finetuned_classifier, precision="fp32").predict(examples, batch_size=16)
-    found = OnnxPredictor(int8_model.parent).predict(examples, batch_size=16)
+    int8_predictor = OnnxPredictor(int8_model.parent)
+    assert int8_predictor.runtime == "onnxruntime cpu int8"
+    found = int8_predictor.predict(examples, batch_size=16)
     agreeing = sum(a["label"] == b["label"] for a, b in zip(found, expected, strict=True))
     assert agreeing >= 0.98 * len(examples)
     assert sum(a["label"] == example.label for a, example in zip(found, examples, strict=True)) >= 0.9 * len(examples)

@@ -245,6 +245,11 @@ class OnnxPredictor:
             str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
 
+    @property
+    def runtime(self) -> str:
+        """What computes the predictions, for /health: "onnxruntime cpu fp32" or "... int8"."""
+        return f"onnxruntime cpu {self.spec.get('onnx_weights', 'fp32')}"
+
     def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
         features = self.featurizer.features(examples, self.head, 0)
 

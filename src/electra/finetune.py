@@ -1077,6 +1077,12 @@ class Predictor:
                 if isinstance(module, nn.Linear):
                     module.to(torch.bfloat16)
 
+    @property
+    def runtime(self) -> str:
+        """What computes the predictions, for /health: e.g. "pytorch cpu fp32"."""
+        dtype = resolve_precision(self.precision, self.device)
+        return f"pytorch {self.device.type} {str(dtype or 'fp32').removeprefix('torch.')}"
+
     def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
         """Decoded predictions (see `decode`), in the order of `examples`."""
         features = self.featurizer.features(examples, self.head, 0)

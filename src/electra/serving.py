@@ -142,7 +142,13 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "task": head.name, "kind": head.kind, "labels": head.labels}
+        return {
+            "status": "ok",
+            "task": head.name,
+            "kind": head.kind,
+            "labels": head.labels,
+            "runtime": predictor.runtime,
+        }
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
