@@ -270,7 +270,8 @@ def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path)
 
     source = tmp_path / "new.csv"
     source.write_text("id,text\n1,the film was great\n2,an awful plot\n", encoding="utf-8")
-    path, count = run_prediction(exported, source, show_progress=False)
+    done = run_prediction(exported, source, show_progress=False)
+    path, count = done.path, done.count
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert count == 2 and [line["label"] for line in lines] == ["pos", "neg"]
     assert lines[0]["line"] == 2 and set(lines[0]["probabilities"]) == {"neg", "pos"}
@@ -295,6 +296,25 @@ def write_tagging(root: Path, name: str, sentences: int, seed: int, split: str) 
     folder = root / "finetuning_data" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Path) -> None:
+    rows = sentiment_rows(60, 5)
+    source = tmp_path / "labelled.tsv"
+    source.write_text("sentence\tgold\n" + "".join(f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+    columns = {"text_column": "sentence", "label_column": "gold"}
+    done = run_prediction(finetuned_classifier, source, columns=columns, show_progress=False)
+    predicted = [json.loads(line)["label"] for line in done.path.read_text().splitlines()]
+    truth = [label for _, label in rows]
+    same = [p == t for p, t in zip(predicted, truth, strict=True)]
+    assert done.scores["accuracy"] == pytest.approx(100 * np.mean(same))
+    assert done.scores["accuracy"] > 90 and set(done.scores) == {"accuracy", "macro_f1", "mcc", "f1"}
+    assert json.loads(done.path.with_suffix(".scores.json").read_text()) == done.scores
+    source.write_text("sentence\tgold\ngood film\tpos\nbad film\tneutral\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"labelled\.tsv:3: label 'neutral' is not one the model was trained on"):
+        run_prediction(finetuned_classifier, source, columns=columns, show_progress=False)
+    with pytest.raises(UserError, match=r"labelled\.tsv:2: no 'label' value"):
+        run_prediction(finetuned_classifier, source, columns={**columns, "label_column": "label"}, show_progress=False)
 
 
 def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path) -> None:
@@ -322,7 +342,7 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
     model_dir = tmp_path / "models" / "m" / "finetuning_models" / "chunk,scores_model_2" / "model"
     source = tmp_path / "words.txt"
     source.write_text("the movie was\n")
-    path, _ = run_prediction(model_dir / "chunk", source, tmp_path / "out.jsonl", show_progress=False)
+    path = run_prediction(model_dir / "chunk", source, tmp_path / "out.jsonl", show_progress=False).path
     assert json.loads(path.read_text())["tags"] == ["B-NP", "I-NP", "B-VP"]
     from transformers import ElectraForTokenClassification
 

@@ -380,7 +380,7 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
     questions = tmp_path / "questions.jsonl"
     context = "the leader was smith e  when year"
     questions.write_text(json.dumps({"id": "x", "context": context, "question": "who ?"}) + "\n")
-    path, _ = run_prediction(outcome["trials"][0]["dir"] / "model", questions, show_progress=False)
+    path = run_prediction(outcome["trials"][0]["dir"] / "model", questions, show_progress=False).path
     (answer,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert answer["answer"] == "e" and context[answer["start"] : answer["end"]] == "e" and answer["id"] == "x"
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec(
@@ -389,7 +389,7 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
         from electra.export import export_onnx
 
         onnx_folder = export_onnx(outcome["trials"][0]["dir"] / "model", tmp_path / "onnx").parent
-        path, _ = run_prediction(onnx_folder, questions, tmp_path / "onnx.jsonl", show_progress=False)
+        path = run_prediction(onnx_folder, questions, tmp_path / "onnx.jsonl", show_progress=False).path
         (onnx_answer,) = [json.loads(line) for line in path.read_text().splitlines()]
         assert (onnx_answer["answer"], onnx_answer["start"]) == (answer["answer"], answer["start"])
     bad = tmp_path / "bad.jsonl"

@@ -201,6 +201,11 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, help="JSONL to write (default: <input>.predictions.jsonl)")
     parser.add_argument("--text-column", default=None, help="column of the text (default: the task's, or 'text')")
     parser.add_argument("--text-column-2", default=None, help="column of a pair's second text")
+    parser.add_argument(
+        "--label-column",
+        default=None,
+        help="column of the true labels (classification, regression): also print and write the scores",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
@@ -451,11 +456,12 @@ def _run_finetune(args: argparse.Namespace) -> None:
 def _run_predict(args: argparse.Namespace) -> None:
     from electra.finetune import run_prediction
 
-    columns = {"text_column": args.text_column, "text_column_2": args.text_column_2}
-    path, count = run_prediction(
-        args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision
-    )
-    print(f"wrote {count:,} predictions to {path}")
+    columns = {"text_column": args.text_column, "text_column_2": args.text_column_2, "label_column": args.label_column}
+    done = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision)
+    print(f"wrote {done.count:,} predictions to {done.path}")
+    if done.scores is not None:
+        listed = ", ".join(f"{name} {value:.2f}" for name, value in done.scores.items())
+        print(f"against {args.label_column}: {listed} (written to {done.path.with_suffix('.scores.json')})")
 
 
 def _run_score(args: argparse.Namespace) -> None:

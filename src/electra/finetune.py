@@ -42,7 +42,7 @@ from electra.config import (
 )
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, write_text_atomic
-from electra.metrics import iob2_tags
+from electra.metrics import classification_scores, iob2_tags, regression_scores
 from electra.modeling import (
     ElectraClassificationHead,
     ElectraModel,
@@ -1027,8 +1027,14 @@ def read_prediction_inputs(
     tagging = head.kind == "tagging"
     text_column = columns.get("text_column") or spec.get("text_column") or ("tokens" if tagging else "text")
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2")
+    label_column = columns.get("label_column")
+    if label_column and (head.kind not in ("classification", "regression") or path.suffix not in TABLE_SUFFIXES):
+        raise UserError(
+            "--label-column scores classification and regression models on CSV/TSV/JSONL files; fine-tune with "
+            '"do_train": false to evaluate taggers and question answering on their task folders'
+        )
     examples = []
-    if path.suffix in (".csv", ".tsv", ".jsonl"):
+    if path.suffix in TABLE_SUFFIXES:
         rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, header=True)
         for number, row in rows:
             if text_column not in row or (text_column_2 and text_column_2 not in row):
@@ -1044,6 +1050,8 @@ def read_prediction_inputs(
             else:
                 second = str(row[text_column_2]) if text_column_2 else None
                 examples.append(Example(len(examples), text_a=str(value), text_b=second, source=f"{path}:{number}"))
+            if label_column:
+                examples[-1].label = gold_label(head, row, label_column, f"{path}:{number}")
         return examples
     with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
@@ -1056,6 +1064,34 @@ def read_prediction_inputs(
                 first, _, second = line.partition("\t")
                 examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
     return examples
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def gold_label(head: TaskHead, row: dict[str, Any], column: str, where: str) -> str | float:
+    """The true label of a row given to `electra predict --label-column`, checked against what the model knows."""
+    if column not in row or row[column] in (None, ""):
+        raise UserError(f"{where}: no {column!r} value (columns: {', '.join(map(str, row))}); see --label-column")
+    value = row[column]
+    if head.kind == "regression":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: {column} {value!r} is not a number") from None
+    if str(value) not in head.labels:
+        raise UserError(f"{where}: label {value!r} is not one the model was trained on ({', '.join(head.labels)})")
+    return str(value)
+
+
+def prediction_scores(head: TaskHead, examples: list[Example], predictions: list[dict]) -> dict[str, float]:
+    """How the predictions compare with the examples' labels: the metrics the reference reports for the kind
+    (accuracy, macro-F1 and MCC, plus F1 of the second label for two classes; Pearson and Spearman)."""
+    if head.kind == "regression":
+        return regression_scores([e.label for e in examples], [p["value"] for p in predictions])
+    index = {label: i for i, label in enumerate(head.labels)}
+    metrics = ["accuracy", "macro_f1", "mcc"] + (["f1"] if len(head.labels) == 2 else [])
+    return classification_scores([index[e.label] for e in examples], [index[p["label"]] for p in predictions], metrics)
 
 
 class Predictor:
@@ -1110,8 +1146,9 @@ def run_prediction(
     columns: dict[str, str | None] | None = None,
     show_progress: bool = True,
     precision: str = "auto",
-) -> tuple[Path, int]:
-    """`electra predict`: a fine-tuned model over a file, one JSON line per example; returns (path, count)."""
+) -> PredictionRun:
+    """`electra predict`: a fine-tuned model over a file, one JSON line per example; with
+    `columns["label_column"]`, also the scores against that column (written beside as .scores.json)."""
     from electra.export import open_predictor  # ONNX folders too; export.py builds on this module
 
     source = Path(input_file)
@@ -1126,4 +1163,15 @@ def run_prediction(
             position = {"line": int(example.source.rsplit(":", 1)[1])} if getattr(example, "source", "") else {}
             entry = {**position, **prediction}
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    return target, len(examples)
+    scores = None
+    if (columns or {}).get("label_column"):
+        scores = prediction_scores(predictor.head, examples, predictions)
+        write_text_atomic(target.with_suffix(".scores.json"), json.dumps(scores, indent=2) + "\n")
+    return PredictionRun(target, len(examples), scores)
+
+
+@dataclass
+class PredictionRun:
+    path: Path
+    count: int
+    scores: dict[str, float] | None = None  # against --label-column
