@@ -126,10 +126,13 @@ class Task:
                 for g, p in zip(example.label, tags, strict=True)
             ]
             return {"accuracy": 100.0 * sum(g == p for g, p in pairs) / max(len(pairs), 1)}
-        index = {label: i for i, label in enumerate(labels)}
-        return classification_scores(
-            [index[str(example.label)] for example in examples], [index[p] for p in predictions], self.metrics
-        )
+        return label_scores([str(example.label) for example in examples], predictions, labels, self.metrics)
+
+
+def label_scores(gold: list[str], predicted: list[str], labels: list[str], metrics: Sequence[str]) -> dict[str, float]:
+    """`classification_scores` of label names, numbered by their place in `labels`."""
+    index = {label: i for i, label in enumerate(labels)}
+    return classification_scores([index[label] for label in gold], [index[label] for label in predicted], metrics)
 
 
 # ----------------------------------------------------------------------------------------------- registry
