@@ -39,6 +39,7 @@ from electra.finetune import (
     load_task_model,
     read_task_spec,
     run_in_length_order,
+    write_task_spec,
 )
 from electra.tasks import Example
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, read_vocab
@@ -133,7 +134,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
     if weights not in ONNX_WEIGHTS:
         raise UserError(f"ONNX weights {weights!r}: choose one of {', '.join(ONNX_WEIGHTS)}")
     source, target = Path(model_dir), Path(output)
-    model, _, _ = load_task_model(source)
+    model, _, spec = load_task_model(source)
     wrapper = _LogitsOnly(model).eval()
     example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
@@ -158,8 +159,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
             program.save(str(tmp / "model.onnx"))
         for name in ("config.json", "vocab.txt"):
             shutil.copyfile(source / name, tmp / name)
-        spec = json.loads((source / TASK_FILE).read_text()) | {"onnx_weights": weights}
-        (tmp / TASK_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+        write_task_spec(tmp, spec | {"onnx_weights": weights})
         check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size, relative=weights == "int8")
     return target / "model.onnx"
 

@@ -42,7 +42,7 @@ from electra.config import (
 )
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, write_text_atomic
-from electra.metrics import classification_scores, iob2_tags, regression_scores
+from electra.metrics import iob2_tags, regression_scores
 from electra.modeling import (
     ElectraClassificationHead,
     ElectraModel,
@@ -53,7 +53,7 @@ from electra.modeling import (
 )
 from electra.pretrain import hf_config, resolve_init_checkpoint
 from electra.qa import QADecoding, QAFeaturizer, best_answer, read_mrqa, read_squad, records_to_examples
-from electra.tasks import Example, Task, get_task, read_jsonl_rows, read_table_rows
+from electra.tasks import TABLE_SUFFIXES, Example, Task, get_task, label_scores, read_jsonl_rows, read_table_rows
 from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
 from electra.trainer import (
     NO_DECAY_MARKERS,
@@ -511,8 +511,13 @@ def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, voca
             {key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp / "model.safetensors")
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / TASK_FILE).write_text(json.dumps({**head.to_dict(), **extra}, indent=2) + "\n")
+        write_task_spec(tmp, {**head.to_dict(), **extra})
         shutil.copyfile(vocab_file, tmp / "vocab.txt")
+
+
+def write_task_spec(folder: Path, spec: dict[str, Any]) -> None:
+    """electra_task.json: the head (`TaskHead.to_dict`) and what prediction needs to read inputs like training."""
+    (folder / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
 def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
@@ -1066,9 +1071,6 @@ def read_prediction_inputs(
     return examples
 
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
-
-
 def gold_label(head: TaskHead, row: dict[str, Any], column: str, where: str) -> str | float:
     """The true label of a row given to `electra predict --label-column`, checked against what the model knows."""
     if column not in row or row[column] in (None, ""):
@@ -1089,9 +1091,8 @@ def prediction_scores(head: TaskHead, examples: list[Example], predictions: list
     (accuracy, macro-F1 and MCC, plus F1 of the second label for two classes; Pearson and Spearman)."""
     if head.kind == "regression":
         return regression_scores([e.label for e in examples], [p["value"] for p in predictions])
-    index = {label: i for i, label in enumerate(head.labels)}
     metrics = ["accuracy", "macro_f1", "mcc"] + (["f1"] if len(head.labels) == 2 else [])
-    return classification_scores([index[e.label] for e in examples], [index[p["label"]] for p in predictions], metrics)
+    return label_scores([e.label for e in examples], [p["label"] for p in predictions], head.labels, metrics)
 
 
 class Predictor:
