@@ -5,11 +5,14 @@ English: the model pre-trained by `pretrain_learning_check.py` (pass its --workd
 Chinese: a tiny model pre-trained here on ../shared/data/pretrain_zh (vocabulary, data, pre-training),
 fine-tuned on waimai_10k (takeaway reviews; it barely overlaps the other Chinese sets), split 80/20
 into train/dev with seed 0. SQuAD 1.1: its official dev set split by article (80/20, seed 0), as no
-training split is shipped; max_seq_length 256 for the tiny model's budget. Every run is `electra finetune`
-with `--trials` seeds (1 by default; the table gives the median and, with several, the range); prints a table
-and a final JSON line and appends nothing anywhere else (record the table in experiments/RESULTS.md).
+training split is shipped; max_seq_length 256 for the tiny model's budget. `--train-examples N` fine-tunes
+on N training examples drawn with seed 0 (the same ones for both starting points; dev unchanged), where
+pre-training should matter most; pair it with `--epochs` so the few examples get enough steps. Every run is
+`electra finetune` with `--trials` seeds (1 by default; the table gives the median and, with several, the
+range); prints a table and a final JSON line and appends nothing anywhere else (record it in experiments/RESULTS.md).
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
        [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1]
+       [--train-examples N --epochs E]
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from electra.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -70,6 +75,25 @@ def split_squad(folder: Path) -> None:
         (folder / f"{name}.json").write_text(json.dumps({"version": dataset.get("version", "1.1"), "data": part}))
 
 
+def sample_training_set(source: Path, target: Path, task: str, count: int) -> None:
+    """`count` training examples of `source`'s task folder drawn with seed 0 into `target`, other splits linked."""
+    if target.exists():
+        return
+    train = source / ("train.csv" if task == "waimai" else "train.tsv")
+    with open(train, encoding="utf-8-sig", newline="") as handle:
+        lines = handle.read().splitlines(keepends=True)
+    has_header = task == "waimai" or TASKS[task].columns.skip_header
+    header, rows = (lines[:1], lines[1:]) if has_header else ([], lines)
+    if count >= len(rows):
+        sys.exit(f"--train-examples {count} is not below the {len(rows)} examples of {train}")
+    target.mkdir(parents=True)
+    with open(target / train.name, "w", encoding="utf-8", newline="") as handle:
+        handle.writelines(header + random.Random(0).sample(rows, count))
+    for split in source.iterdir():
+        if split.name != train.name:
+            (target / split.name).symlink_to(split.resolve())
+
+
 def pretrain_chinese(workdir: Path, steps: int) -> None:
     zh = workdir / "zh"
     if (zh / "models" / "zh_pretrained" / "discriminator").exists():
@@ -103,13 +127,15 @@ def pretrain_chinese(workdir: Path, steps: int) -> None:
     electra("pretrain", "--data-dir", str(zh), "--model-name", "zh_pretrained", "--hparams", json.dumps(hparams))
 
 
-def finetune(data_dir: Path, model_name: str, task: str, pretrained: bool, trials: int) -> tuple[dict, float]:
+def finetune(
+    data_dir: Path, model_name: str, task: str, pretrained: bool, trials: int, epochs: float | None
+) -> tuple[dict, float]:
     """(headline score's median, min and max over the trials, minutes) of one `electra finetune` run."""
     hparams = {
         **BUDGET,
         "num_trials": trials,
         "task_names": [task],
-        "num_train_epochs": EPOCHS[task],
+        "num_train_epochs": epochs or EPOCHS[task],
         "embedding_size": 128,
         "model_hparam_overrides": TINY,
     }
@@ -140,6 +166,8 @@ def main() -> None:
     parser.add_argument("--zh-steps", type=int, default=1500)
     parser.add_argument("--tasks", default="sst,cola,mrpc,waimai")
     parser.add_argument("--trials", type=int, default=1, help="fine-tuning seeds per cell (num_trials)")
+    parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
+    parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent")
@@ -156,11 +184,20 @@ def main() -> None:
     if "waimai" in tasks:
         pretrain_chinese(workdir, args.zh_steps)
         split_waimai(workdir / "zh" / "finetuning_data" / "waimai")
+    if args.train_examples and "squadv1" in tasks:
+        sys.exit("--train-examples samples classification sets; leave squadv1 out of --tasks")
     rows = []
     for task in tasks:
         data_dir, prefix = (workdir / "zh", "zh") if task == "waimai" else (english, "en")
-        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args.trials)
-        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args.trials)
+        if args.train_examples:
+            full = data_dir
+            data_dir = workdir / f"{prefix}-{args.train_examples}-examples"
+            link((full / "vocab.txt").resolve(), data_dir / "vocab.txt")
+            link((full / "models" / f"{prefix}_pretrained").resolve(), data_dir / "models" / f"{prefix}_pretrained")
+            source = (full / "finetuning_data" / task).resolve()
+            sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
+        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args.trials, args.epochs)
+        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args.trials, args.epochs)
         rows.append((task, HEADLINE[task], pretrained, random_init, minutes, random_minutes))
     print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
     for task, metric, with_pretraining, without, minutes, random_minutes in rows:
@@ -171,7 +208,7 @@ def main() -> None:
     medians = {
         task: {"pretrained": round(p["median"], 2), "random": round(r["median"], 2)} for task, _, p, r, *_ in rows
     }
-    print(json.dumps({"trials": args.trials, **medians}))
+    print(json.dumps({"trials": args.trials, "train_examples": args.train_examples or "all", **medians}))
 
 
 if __name__ == "__main__":
