@@ -12,7 +12,7 @@ pre-training should matter most; pair it with `--epochs` so the few examples get
 range); prints a table and a final JSON line and appends nothing anywhere else (record it in experiments/RESULTS.md).
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
        [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1]
-       [--train-examples N --epochs E]
+       [--train-examples N --epochs E] [--finetune-hparams '{"layerwise_lr_decay": 1.0}']
 """
 
 from __future__ import annotations
@@ -128,16 +128,17 @@ def pretrain_chinese(workdir: Path, steps: int) -> None:
 
 
 def finetune(
-    data_dir: Path, model_name: str, task: str, pretrained: bool, trials: int, epochs: float | None
+    data_dir: Path, model_name: str, task: str, pretrained: bool, args: argparse.Namespace
 ) -> tuple[dict, float]:
     """(headline score's median, min and max over the trials, minutes) of one `electra finetune` run."""
     hparams = {
         **BUDGET,
-        "num_trials": trials,
+        "num_trials": args.trials,
         "task_names": [task],
-        "num_train_epochs": epochs or EPOCHS[task],
+        "num_train_epochs": args.epochs or EPOCHS[task],
         "embedding_size": 128,
         "model_hparam_overrides": TINY,
+        **args.finetune_hparams,
     }
     if task == "waimai":
         hparams["tasks"] = {"waimai": {"type": "classification", "text_column": "review"}}
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1, help="fine-tuning seeds per cell (num_trials)")
     parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
     parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
+    parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for both runs")
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent")
@@ -196,8 +198,8 @@ def main() -> None:
             link((full / "models" / f"{prefix}_pretrained").resolve(), data_dir / "models" / f"{prefix}_pretrained")
             source = (full / "finetuning_data" / task).resolve()
             sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
-        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args.trials, args.epochs)
-        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args.trials, args.epochs)
+        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args)
+        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args)
         rows.append((task, HEADLINE[task], pretrained, random_init, minutes, random_minutes))
     print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
     for task, metric, with_pretraining, without, minutes, random_minutes in rows:
@@ -208,7 +210,8 @@ def main() -> None:
     medians = {
         task: {"pretrained": round(p["median"], 2), "random": round(r["median"], 2)} for task, _, p, r, *_ in rows
     }
-    print(json.dumps({"trials": args.trials, "train_examples": args.train_examples or "all", **medians}))
+    settings = {"trials": args.trials, "train_examples": args.train_examples or "all", **args.finetune_hparams}
+    print(json.dumps({**settings, **medians}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ Every fine-tuning is `electra finetune` with the same hparams; every split is `e
 as they come (re-running skips what is done), then a table (RESULTS.md) and a plot (few_labels.png) there.
 
 Usage: python examples/zh_ticket_routing/study.py --workdir OUT [--sizes 10,50,200,1000,all] [--seeds 0,1,2]
-       [--methods electra,mlm,random,tfidf] [--seeds-for-all 1]
+       [--methods electra,mlm,random,tfidf] [--seeds-for-all 1] [--finetune-hparams '{"learning_rate": 3e-4}']
+--finetune-hparams overrides the fine-tuning hparams below; every row records its overrides and --min-steps, and
+the table and plot show the rows of this run's settings only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ PRETRAINED = "zh-compact"
 MLM = "zh-compact-mlm"
 RANDOM = "zh-compact-random-init"
 METHODS = {"electra": "pre-trained ELECTRA", "mlm": "pre-trained MLM", "random": "random init", "tfidf": "TF-IDF + LR"}
+DEFAULT_SETTINGS = {"finetune_hparams": {}, "min_steps": 300}
 SPEC = {"type": "classification", "text_column": "review", "label_column": "cat"}
 
 
@@ -108,7 +111,7 @@ def finetune(
     workdir: Path, method: str, task: str, train_examples: int, recorded: dict[str, Any], args: argparse.Namespace
 ) -> dict:
     """Fine-tune one model on one split; `recorded` is run.sh's pretrain_config.json (the random model's shape)."""
-    hparams = finetune_hparams(train_examples, args.min_steps, args.batch_size)
+    hparams = finetune_hparams(train_examples, args.min_steps, args.batch_size) | args.finetune_hparams
     hparams |= {"task_names": [task], "tasks": {task: SPEC}, "seed": args.finetune_seed}
     model = {"electra": PRETRAINED, "mlm": MLM, "random": RANDOM}[method]
     if method == "random":
@@ -148,6 +151,9 @@ def run_study(args: argparse.Namespace) -> list[dict]:
     study.mkdir(parents=True, exist_ok=True)
     log = study / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    # Rows of the first runs, before these two were recorded, used the defaults.
+    settings = {"finetune_hparams": args.finetune_hparams, "min_steps": args.min_steps}
+    rows = [row for row in rows if {key: row.get(key, value) for key, value in DEFAULT_SETTINGS.items()} == settings]
     done = {(row["method"], row["seed"], row["size"]) for row in rows}
     recorded = json.loads((workdir / "models" / PRETRAINED / "pretrain_config.json").read_text())
     if "mlm" in args.methods:
@@ -170,6 +176,7 @@ def run_study(args: argparse.Namespace) -> list[dict]:
                     "seed": seed,
                     "size": size,
                     "train_examples": train_examples,
+                    **settings,
                     **scores,
                     "seconds": round(time.perf_counter() - started, 1),
                 }
@@ -257,9 +264,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--seeds-for-all", type=int, default=1, help="how many seeds the full training set gets")
     parser.add_argument("--methods", default="electra,mlm,random,tfidf")
-    parser.add_argument("--min-steps", type=int, default=300)
+    parser.add_argument("--min-steps", type=int, default=DEFAULT_SETTINGS["min_steps"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--finetune-seed", type=int, default=0)
+    parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for every fine-tuning")
     args = parser.parse_args()
     args.sizes = args.sizes.split(",")
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
