@@ -5,8 +5,12 @@ The peer is what popular PyTorch ports do: an `ElectraForMaskedLM` generator and
 Gumbel-max sampling, loss = MLM + 50 x replaced-token detection, torch AdamW. Ours is
 `electra.objectives.PretrainingModel` with the reference's masking, one training step as the
 trainer runs it. Same shapes (ELECTRA-Small by default), batch, sequence length and threads; each
-variant runs in its own process so peak memory is its own. Prints a table, then one JSON line.
+variant runs in its own process so peak memory is its own. A variant is `ours` or `peer`, a precision
+(`fp32`, `bf16` autocast) and optionally `-compile` (torch.compile of the model). On CUDA the peak memory is
+the GPU's and the MFU basis is the device's measured bf16 (or fp32) matrix-product rate. Prints a table, then
+one JSON line.
 Usage: python benchmarks/pretrain_step.py [--size small|tiny] [--batch 32] [--steps 6] [--threads 2]
+       [--device cpu|cuda] [--variants peer-fp32,ours-fp32,ours-bf16,ours-bf16-compile]
 """
 
 from __future__ import annotations
@@ -42,22 +46,31 @@ def flops_per_token(size: str, masked_share: float) -> float:
     return 3 * (generator + discriminator)
 
 
-def matmul_rate() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a square matrix product on random data, the MFU basis."""
+    size, repeats = (8192, 20) if device.type == "cuda" else (2048, 5)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
+    synchronize(device)
     started = time.perf_counter()
-    for _ in range(5):
+    for _ in range(repeats):
         a @ b
-    return 5 * 2 * 2048**3 / (time.perf_counter() - started)
+    synchronize(device)
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
 
 
-def batch_of_ids(batch: int, seed: int) -> torch.Tensor:
+def batch_of_ids(batch: int, seed: int, device: torch.device) -> torch.Tensor:
     ids = torch.randint(5, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(seed))
     ids[:, 0], ids[:, -1] = 2, 3
-    return ids
+    return ids.to(device)
 
 
-def ours_step(size: str, batch: int, precision: str):
+def ours_step(size: str, batch: int, precision: str, device: torch.device, compiled: bool):
     from electra.config import build_pretraining_config
     from electra.objectives import PretrainingModel, mask_batch
     from electra.trainer import AdamWeightDecay, default_param_groups
@@ -76,14 +89,15 @@ def ours_step(size: str, batch: int, precision: str):
             "train_batch_size": batch,
         }
     )
-    model = PretrainingModel(config, VOCAB, 0).train()
+    model = PretrainingModel(config, VOCAB, 0).train().to(device)
+    forward = torch.compile(model) if compiled else model
     optimizer = AdamWeightDecay(default_param_groups(model, 0.01), lr=1e-4)
     params = [param for param in model.parameters()]
-    special = torch.tensor([0, 2, 3, 4])
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    special = torch.tensor([0, 2, 3, 4], device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step(seed: int) -> None:
-        ids = batch_of_ids(batch, seed)
+        ids = batch_of_ids(batch, seed, device)
         masked = mask_batch(
             ids,
             torch.ones_like(ids),
@@ -92,12 +106,12 @@ def ours_step(size: str, batch: int, precision: str):
             mask_id=MASK_ID,
             mask_prob=0.15,
             max_predictions=config.max_predictions_per_seq,
-            noise=torch.Generator().manual_seed(seed),
+            noise=torch.Generator(device=device).manual_seed(seed),
             rows=slice(0, batch),
             total_rows=batch,
         )
         with autocast:
-            sums = model(masked)
+            sums = forward(masked)
         counts = model.counts(masked)
         loss = sum(w * sums[k] / counts[model.normalizers[k]] for k, w in model.loss_weights.items())
         loss.backward()
@@ -108,7 +122,7 @@ def ours_step(size: str, batch: int, precision: str):
     return step
 
 
-def peer_step(size: str, batch: int, precision: str):
+def peer_step(size: str, batch: int, precision: str, device: torch.device, compiled: bool):
     import transformers
 
     hidden, layers, heads, intermediate, embedding, gen_hidden = SHAPES[size]
@@ -128,24 +142,29 @@ def peer_step(size: str, batch: int, precision: str):
     )
     generator.electra.embeddings = discriminator.electra.embeddings
     generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
-    modules = torch.nn.ModuleList([generator, discriminator]).train()
+    modules = torch.nn.ModuleList([generator, discriminator]).train().to(device)
+    if compiled:
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
     optimizer = torch.optim.AdamW(modules.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step(seed: int) -> None:
-        generator_rng = torch.Generator().manual_seed(seed)
-        ids = batch_of_ids(batch, seed)
+        generator_rng = torch.Generator(device=device).manual_seed(seed)
+        ids = batch_of_ids(batch, seed, device)
         special = (ids == 2) | (ids == 3)
-        chosen = (torch.rand(ids.shape, generator=generator_rng) < 0.15) & ~special
-        inputs = torch.where(chosen & (torch.rand(ids.shape, generator=generator_rng) < 0.85), MASK_ID, ids)
+        chosen = (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.15) & ~special
+        inputs = torch.where(chosen & (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.85), MASK_ID, ids)
         labels = torch.where(chosen, ids, -100)
-        generated = generator(input_ids=inputs, labels=labels)
+        with autocast:
+            generated = generator(input_ids=inputs, labels=labels)
         with torch.no_grad():
-            logits = generated.logits[chosen]
-            gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=generator_rng) + 1e-9) + 1e-9)
-            sampled = (logits + gumbel).argmax(-1)
+            logits = generated.logits[chosen].float()
+            uniform = torch.rand(logits.shape, generator=generator_rng, device=device)
+            sampled = (logits - torch.log(-torch.log(uniform + 1e-9) + 1e-9)).argmax(-1)
         fake = ids.clone()
         fake[chosen] = sampled
-        judged = discriminator(input_ids=fake, labels=(fake != ids).long())
+        with autocast:
+            judged = discriminator(input_ids=fake, labels=(fake != ids).long())
         (generated.loss + 50 * judged.loss).backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         optimizer.step()
@@ -154,24 +173,29 @@ def peer_step(size: str, batch: int, precision: str):
     return step
 
 
-def measure(variant: str, size: str, batch: int, steps: int, threads: int) -> dict:
+def measure(variant: str, size: str, batch: int, steps: int, threads: int, device: torch.device) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    name, precision = variant.split("-")
-    step = (ours_step if name == "ours" else peer_step)(size, batch, precision)
-    for seed in range(2):
+    name, precision, *compile_flag = variant.split("-")
+    build = ours_step if name == "ours" else peer_step
+    step = build(size, batch, precision, device, compiled=compile_flag == ["compile"])
+    started = time.perf_counter()
+    for seed in range(3):  # warm-up: the first steps allocate, pick kernels and (with -compile) compile
         step(seed)
+    synchronize(device)
+    warmup_s = time.perf_counter() - started
     times = []
     for seed in range(steps):
         started = time.perf_counter()
         step(100 + seed)
+        synchronize(device)
         times.append(time.perf_counter() - started)
     seconds = sorted(times)[len(times) // 2]
-    return {
-        "tok_s": batch * SEQ / seconds,
-        "step_s": seconds,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-    }
+    if device.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return {"tok_s": batch * SEQ / seconds, "step_s": seconds, "peak_gb": peak_gb, "warmup_s": warmup_s}
 
 
 def main() -> None:
@@ -181,10 +205,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="peer-fp32,ours-fp32,ours-bf16")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.run_one:
-        print(json.dumps(measure(args.run_one, args.size, args.batch, args.steps, args.threads)))
+        print(json.dumps(measure(args.run_one, args.size, args.batch, args.steps, args.threads, device)))
         return
     rows = {}
     for variant in args.variants.split(","):
@@ -201,31 +227,41 @@ def main() -> None:
             str(args.steps),
             "--threads",
             str(args.threads),
+            "--device",
+            args.device,
         ]
-        rows[variant] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"variant {variant} failed:\n{done.stderr[-3000:]}")
+        rows[variant] = json.loads(done.stdout.splitlines()[-1])
     torch.set_num_threads(args.threads)
-    rate = matmul_rate()
+    basis = "bf16" if args.device == "cuda" and any("bf16" in variant for variant in rows) else "fp32"
+    rate = matmul_rate(device, torch.bfloat16 if basis == "bf16" else torch.float32)
     masked_share = int(0.155 * SEQ) / SEQ
     flops = flops_per_token(args.size, masked_share)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
     print(
-        f"ELECTRA-{args.size}, batch {args.batch} x seq {SEQ}, {args.threads} threads, torch {torch.__version__}; "
-        f"fp32 matmul {rate / 1e9:.0f} GFLOP/s; {flops / 1e6:.1f} MFLOP/token (ours, masked-only generator output)"
+        f"ELECTRA-{args.size}, batch {args.batch} x seq {SEQ}, {where}, torch {torch.__version__}; "
+        f"{basis} matmul {rate / 1e12:.2f} TFLOP/s; {flops / 1e6:.1f} MFLOP/token (ours, masked-only generator output)"
     )
-    print(f"{'variant':<10} | {'tok/s':>8} | {'step s':>7} | {'peak RSS GB':>11} | {'MFU vs fp32 matmul':>18}")
+    memory = "peak GPU GiB" if device.type == "cuda" else "peak RSS GB"
+    print(f"{'variant':<18} | {'tok/s':>10} | {'step ms':>8} | {memory:>12} | {'warm-up s':>9} | MFU vs {basis} matmul")
     for variant, row in rows.items():
         print(
-            f"{variant:<10} | {row['tok_s']:8,.0f} | {row['step_s']:7.2f} | {row['peak_rss_gb']:11.2f} | "
-            f"{row['tok_s'] * flops / rate:18.1%}"
+            f"{variant:<18} | {row['tok_s']:10,.0f} | {1000 * row['step_s']:8.1f} | {row['peak_gb']:12.2f} | "
+            f"{row['warmup_s']:9.1f} | {row['tok_s'] * flops / rate:.1%}"
         )
-    peer = rows.get("peer-fp32", {}).get("tok_s")
+    peer_variant = "peer-bf16" if "peer-bf16" in rows else "peer-fp32"
+    peer = rows.get(peer_variant, {}).get("tok_s")
     best = max((row["tok_s"], variant) for variant, row in rows.items() if variant.startswith("ours"))
     headline = {
         "ours_tok_s": round(best[0]),
         "ours_variant": best[1],
         "peer_tok_s": round(peer) if peer else None,
+        "peer_variant": peer_variant if peer else None,
         "ratio": round(best[0] / peer, 2) if peer else None,
         "ours_fp32_ratio": round(rows["ours-fp32"]["tok_s"] / peer, 2) if peer and "ours-fp32" in rows else None,
-        "mfu_fp32_basis": round(best[0] * flops / rate, 3),
+        f"mfu_{basis}_basis": round(best[0] * flops / rate, 3),
     }
     print(json.dumps(headline))
 

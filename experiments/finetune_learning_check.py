@@ -10,9 +10,12 @@ on N training examples drawn with seed 0 (the same ones for both starting points
 pre-training should matter most; pair it with `--epochs` so the few examples get enough steps. Every run is
 `electra finetune` with `--trials` seeds (1 by default; the table gives the median and, with several, the
 range); prints a table and a final JSON line and appends nothing anywhere else (record it in experiments/RESULTS.md).
+`--shape-hparams` gives the model's shape when it is not the tiny one (e.g. '{"model_size": "small"}' for
+ELECTRA-Small); `--shared-data` where the data is when it is not ../shared/data beside the repository.
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
        [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1]
        [--train-examples N --epochs E] [--finetune-hparams '{"layerwise_lr_decay": 1.0}']
+       [--shape-hparams '{"model_size": "small"}'] [--shared-data DIR]
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from pathlib import Path
 from electra.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / "shared" / "data"
 TINY = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512}
+TINY_SHAPE = {"embedding_size": 128, "model_hparam_overrides": TINY}
 BUDGET = {"learning_rate": 3e-4, "train_batch_size": 32, "eval_batch_size": 128, "log_every_steps": 100}
 EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "squadv1": 2, "waimai": 3}
 HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "squadv1": "f1", "waimai": "accuracy"}
@@ -46,11 +49,11 @@ def link(target: Path, link_path: Path) -> None:
         link_path.symlink_to(target)
 
 
-def split_waimai(folder: Path) -> None:
+def split_waimai(shared: Path, folder: Path) -> None:
     """waimai_10k.csv (label,review) -> train.csv / dev.csv, 80/20 with a fixed seed."""
     if (folder / "dev.csv").exists():
         return
-    with open(SHARED / "zh_cls" / "waimai_10k" / "waimai_10k.csv", encoding="utf-8-sig", newline="") as handle:
+    with open(shared / "zh_cls" / "waimai_10k" / "waimai_10k.csv", encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
     random.Random(0).shuffle(rows)
     cut = int(0.8 * len(rows))
@@ -62,11 +65,11 @@ def split_waimai(folder: Path) -> None:
             writer.writerows(part)
 
 
-def split_squad(folder: Path) -> None:
+def split_squad(shared: Path, folder: Path) -> None:
     """SQuAD 1.1 dev -> train.json / dev.json with disjoint articles (80/20, seed 0)."""
     if (folder / "dev.json").exists():
         return
-    dataset = json.loads((SHARED / "squadv1" / "dev.json").read_text())
+    dataset = json.loads((shared / "squadv1" / "dev.json").read_text())
     articles = list(dataset["data"])
     random.Random(0).shuffle(articles)
     cut = int(0.8 * len(articles))
@@ -94,12 +97,12 @@ def sample_training_set(source: Path, target: Path, task: str, count: int) -> No
             (target / split.name).symlink_to(split.resolve())
 
 
-def pretrain_chinese(workdir: Path, steps: int) -> None:
+def pretrain_chinese(shared: Path, workdir: Path, steps: int) -> None:
     zh = workdir / "zh"
     if (zh / "models" / "zh_pretrained" / "discriminator").exists():
         return
     zh.mkdir(parents=True, exist_ok=True)
-    corpus = SHARED / "pretrain_zh"
+    corpus = shared / "pretrain_zh"
     if not (zh / "vocab.txt").exists():
         electra("vocab", "--corpus-dir", str(corpus), "--output", str(zh / "vocab.txt"), "--vocab-size", "8000")
     electra(
@@ -112,8 +115,7 @@ def pretrain_chinese(workdir: Path, steps: int) -> None:
         str(zh / "pretrain_data"),
     )
     hparams = {
-        "embedding_size": 128,
-        "model_hparam_overrides": TINY,
+        **TINY_SHAPE,
         "train_batch_size": 32,
         "num_train_steps": steps,
         "num_warmup_steps": steps // 10,
@@ -136,8 +138,7 @@ def finetune(
         "num_trials": args.trials,
         "task_names": [task],
         "num_train_epochs": args.epochs or EPOCHS[task],
-        "embedding_size": 128,
-        "model_hparam_overrides": TINY,
+        **args.shape_hparams,
         **args.finetune_hparams,
     }
     if task == "waimai":
@@ -170,22 +171,25 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
     parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
     parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for both runs")
+    parser.add_argument("--shape-hparams", type=json.loads, default=TINY_SHAPE, help="JSON: the model's shape")
+    parser.add_argument("--shared-data", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = parser.parse_args()
-    if not SHARED.exists():
-        sys.exit(f"{SHARED} is absent")
+    shared = args.shared_data
+    if not shared.exists():
+        sys.exit(f"{shared} is absent")
     workdir = Path(args.workdir)
     english = workdir / "en"
     source = Path(args.pretrain_workdir)
     link(source / "vocab.txt", english / "vocab.txt")
     link(source / "models" / args.model_name, english / "models" / "en_pretrained")
     for task in ("sst", "cola", "mrpc"):
-        link(SHARED / task, english / "finetuning_data" / task)
+        link(shared / task, english / "finetuning_data" / task)
     tasks = args.tasks.split(",")
     if "squadv1" in tasks:
-        split_squad(english / "finetuning_data" / "squadv1")
+        split_squad(shared, english / "finetuning_data" / "squadv1")
     if "waimai" in tasks:
-        pretrain_chinese(workdir, args.zh_steps)
-        split_waimai(workdir / "zh" / "finetuning_data" / "waimai")
+        pretrain_chinese(shared, workdir, args.zh_steps)
+        split_waimai(shared, workdir / "zh" / "finetuning_data" / "waimai")
     if args.train_examples and "squadv1" in tasks:
         sys.exit("--train-examples samples classification sets; leave squadv1 out of --tasks")
     rows = []
