@@ -153,7 +153,8 @@ def peer_step(size: str, batch: int, precision: str, device: torch.device, compi
         ids = batch_of_ids(batch, seed, device)
         special = (ids == 2) | (ids == 3)
         chosen = (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.15) & ~special
-        inputs = torch.where(chosen & (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.85), MASK_ID, ids)
+        use_mask_token = torch.rand(ids.shape, generator=generator_rng, device=device) < 0.85
+        inputs = torch.where(chosen & use_mask_token, MASK_ID, ids)
         labels = torch.where(chosen, ids, -100)
         with autocast:
             generated = generator(input_ids=inputs, labels=labels)

@@ -245,7 +245,8 @@ def plot(cells: dict, sizes: list[str], methods: list[str], rows: list[dict], pa
         ]
         axes.errorbar(xs, medians, yerr=errors, marker="o", capsize=3, label=METHODS[method])
     axes.set_xscale("log")
-    axes.set_xlabel("labelled training examples per class (log scale; rightmost: all)")
+    rightmost = "; rightmost: all" if "all" in per_class else ""
+    axes.set_xlabel(f"labelled training examples per class (log scale{rightmost})")
     axes.set_ylabel("dev macro-F1 (%)")
     axes.set_title("Ticket routing, 10 classes: median over seeds, bars min-max")
     axes.grid(alpha=0.3)
