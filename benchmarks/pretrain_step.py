@@ -235,6 +235,7 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"variant {variant} failed:\n{done.stderr[-3000:]}")
         rows[variant] = json.loads(done.stdout.splitlines()[-1])
+        print(f"{variant}: {rows[variant]}", file=sys.stderr, flush=True)  # kept if a later variant overruns
     torch.set_num_threads(args.threads)
     basis = "bf16" if args.device == "cuda" and any("bf16" in variant for variant in rows) else "fp32"
     rate = matmul_rate(device, torch.bfloat16 if basis == "bf16" else torch.float32)
