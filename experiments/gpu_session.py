@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from finetune_learning_check import TINY_SHAPE  # this folder's learning checks: the same compact shape
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +87,16 @@ def electra(*args: str) -> list[str]:
     return [sys.executable, "-m", "electra.cli", *args]
 
 
+def real_tokens_per_example(data_dir: Path) -> float:
+    """Mean non-padding tokens of an example, as the trainer counts them in tokens_per_second (10,000 spread out)."""
+    from electra.pretrain_data import PretrainingData
+    from electra.tokenization import read_vocab
+
+    data = PretrainingData(data_dir / "pretrain_data", read_vocab(data_dir / "vocab.txt"))
+    sample = data.input_ids(np.linspace(0, len(data) - 1, min(len(data), 10_000)).astype(np.int64))
+    return float(data.attention_mask(sample).sum(1).mean())
+
+
 def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any], seconds: float) -> Path | None:
     """Calibrate the speed on 60 steps, then pre-train for about `seconds`; returns the model folder."""
     calibration = f"{name}-calibration"
@@ -101,7 +112,8 @@ def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any]
     if seconds < 30:
         session.say(f"{name}: skipped, {session.left():.0f}s left")
         return None
-    step_tokens = recipe["train_batch_size"] * 128
+    # tokens_per_second counts real tokens only: padded data (one short review an example) runs more steps a second.
+    step_tokens = recipe["train_batch_size"] * real_tokens_per_example(data_dir)
     steps = max(500, int(0.85 * seconds * tokens_per_second / step_tokens))
     session.say(f"{name}: {tokens_per_second:,.0f} tokens/s -> {steps:,} steps for {seconds:.0f}s")
     full = {

@@ -97,17 +97,13 @@ def test_attention_runs_on_fused_kernels_in_bf16():
 
 
 def pretraining_setup(seed: int = 0) -> tuple[PretrainingModel, object]:
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     config = build_pretraining_config(
         {
             "model_size": "small",
-            "embedding_size": 64,
+            "embedding_size": SHAPE.embedding_size,
             "generator_hidden_size": 0.5,
-            "model_hparam_overrides": {
-                "hidden_size": 128,
-                "num_hidden_layers": 3,
-                "num_attention_heads": 2,
-                "intermediate_size": 256,
-            },
+            "model_hparam_overrides": {name: getattr(SHAPE, name) for name in shape},
         }
     )
     torch.manual_seed(seed)
