@@ -105,7 +105,7 @@ def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) ->
 
     def train_step(step: int) -> int:
         model.train()
-        inputs = batches.make_batch(batches.batch_indices(step), slice(0, batch), batch, 0, CPU)
+        inputs = batches.make_batch(batches.batch_indices(step), np.arange(batch), batch, 0, CPU)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             sums = model(inputs)
         (sums["task_loss"] / batch).backward()

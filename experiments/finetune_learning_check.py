@@ -29,11 +29,10 @@ import sys
 import time
 from pathlib import Path
 
+from electra.config import COMPACT_SHAPE
 from electra.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
-TINY = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 512}
-TINY_SHAPE = {"embedding_size": 128, "model_hparam_overrides": TINY}
 BUDGET = {"learning_rate": 3e-4, "train_batch_size": 32, "eval_batch_size": 128, "log_every_steps": 100}
 EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "squadv1": 2, "waimai": 3}
 HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "squadv1": "f1", "waimai": "accuracy"}
@@ -115,7 +114,7 @@ def pretrain_chinese(shared: Path, workdir: Path, steps: int) -> None:
         str(zh / "pretrain_data"),
     )
     hparams = {
-        **TINY_SHAPE,
+        **COMPACT_SHAPE,
         "train_batch_size": 32,
         "num_train_steps": steps,
         "num_warmup_steps": steps // 10,
@@ -171,7 +170,7 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
     parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
     parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for both runs")
-    parser.add_argument("--shape-hparams", type=json.loads, default=TINY_SHAPE, help="JSON: the model's shape")
+    parser.add_argument("--shape-hparams", type=json.loads, default=COMPACT_SHAPE, help="JSON: the model's shape")
     parser.add_argument("--shared-data", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = parser.parse_args()
     shared = args.shared_data

@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from finetune_learning_check import TINY_SHAPE  # this folder's learning checks: the same compact shape
+
+from electra.config import COMPACT_SHAPE
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-ZH_RECIPE = {**TINY_SHAPE, "train_batch_size": 256, "learning_rate": 7e-4, "temperature": 2.0}
+ZH_RECIPE = {**COMPACT_SHAPE, "train_batch_size": 256, "learning_rate": 7e-4, "temperature": 2.0}
 EN_RECIPE = {"model_size": "small", "train_batch_size": 256, "learning_rate": 5e-4}
 CALIBRATION_STEPS = 60
 PART_BYTES = 15 * 2**20

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,12 +25,13 @@ def example_batch(rows: int = 64, seq: int = 40, seed: int = 0) -> tuple[torch.T
     return ids, attention, torch.zeros_like(ids)
 
 
-def masked(ids, attention, types, rows=None, total=None, seed=7, mask_prob=0.15, max_predictions=6):
-    rows = rows or slice(0, len(ids))
+def masked(ids, attention, types, rows=None, total=None, seed=7, mask_prob=0.15, max_predictions=6, width=None):
+    rows = slice(0, len(ids)) if rows is None else rows
+    columns = slice(0, width or ids.shape[1])
     return mask_batch(
-        ids[rows],
-        attention[rows],
-        types[rows],
+        ids[rows][:, columns],
+        attention[rows][:, columns],
+        types[rows][:, columns],
         special_ids=SPECIAL,
         mask_id=MASK,
         mask_prob=mask_prob,
@@ -37,6 +39,7 @@ def masked(ids, attention, types, rows=None, total=None, seed=7, mask_prob=0.15,
         noise=torch.Generator().manual_seed(seed),
         rows=rows,
         total_rows=total or len(ids),
+        noise_length=ids.shape[1],
     )
 
 
@@ -65,6 +68,23 @@ def test_masking_of_a_row_does_not_depend_on_how_the_global_batch_is_split():
         assert torch.equal(part.masked_ids, whole.masked_ids[rows])
         assert torch.equal(part.positions, whole.positions[rows])
         assert torch.equal(part.sample_noise, whole.sample_noise[rows])
+
+
+def test_masking_of_a_row_does_not_depend_on_its_padding_width():
+    ids, attention, types = example_batch(rows=12, seq=40)
+    whole = masked(ids, attention, types)
+    lengths = attention.sum(1)
+    for rows in (np.array([5, 0, 9]), np.argsort(lengths.numpy())[:4], np.arange(12)):
+        width = int(lengths[rows].max())
+        part = masked(ids, attention, types, rows=rows, total=12, width=width)
+        slots = part.positions.shape[1]
+        assert slots == min(6, width)
+        assert torch.equal(part.masked_ids, whole.masked_ids[rows, :width])
+        assert torch.equal(part.weights, whole.weights[rows, :slots])
+        assert torch.equal(part.positions, whole.positions[rows, :slots])
+        assert torch.equal(part.targets, whole.targets[rows, :slots])
+        assert torch.equal(part.sample_noise, whole.sample_noise[rows, :slots])
+        assert (whole.weights[rows, slots:] == 0).all()
 
 
 def test_sampling_follows_the_softmax_and_respects_disallow():

@@ -18,7 +18,8 @@ import electra.objectives as objectives
 from electra.cli import main
 from electra.config import build_pretraining_config, parse_hparams
 from electra.errors import UserError
-from electra.pretrain import run_pretraining
+from electra.pretrain import PAD_WIDTH_MULTIPLE, run_pretraining
+from electra.pretrain_data import PretrainingData
 from electra.trainer import AdamWeightDecay, TrainSettings, learning_rate_at
 
 FAST = {
@@ -171,7 +172,8 @@ def test_nonfinite_steps_are_skipped_then_training_stops_naming_the_checkpoint(p
         return sums
 
     monkeypatch.setattr(objectives.PretrainingModel, "forward", sometimes_nan)
-    code = pretrain(pretrain_data_dir, "nan", num_train_steps=30, max_nonfinite_steps=3)
+    # one forward call per step
+    code = pretrain(pretrain_data_dir, "nan", num_train_steps=30, max_nonfinite_steps=3, length_groups=1)
     assert code == 2
     error = capsys.readouterr().err
     assert "not finite for 3 steps in a row" in error and "step-00000004" in error
@@ -229,12 +231,24 @@ def test_objectives_train_end_to_end(pretrain_data_dir: Path):
         assert all(record["loss"] == record["loss"] for record in logged)  # finite, not NaN
 
 
+NO_DROPOUT = {"model_hparam_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+
+
+def test_length_groups_train_exactly_as_full_padding(pretrain_data_dir: Path):
+    data = PretrainingData(pretrain_data_dir / "pretrain_data")
+    lengths = data.attention_mask(data.input_ids(range(len(data)))).sum(1)
+    assert lengths.min() < data.max_seq_length - PAD_WIDTH_MULTIPLE, "short rows, so the pieces are narrower"
+    for groups in (1, 4):
+        name = f"groups{groups}"
+        assert pretrain(pretrain_data_dir, name, num_train_steps=4, length_groups=groups, **NO_DROPOUT) == 0
+    full, grouped = metrics(pretrain_data_dir / "models" / "groups1"), metrics(pretrain_data_dir / "models" / "groups4")
+    for a, b in zip(full, grouped, strict=True):
+        for key in ("loss", "mlm_loss", "disc_loss", "disc_accuracy", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
 def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
-    no_dropout = {
-        "model_hparam_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        "num_train_steps": 4,
-        "gradient_accumulation_steps": 2,
-    }
+    no_dropout = {**NO_DROPOUT, "num_train_steps": 4, "gradient_accumulation_steps": 2}
     torchrun = shutil.which("torchrun")
     assert torchrun
     base = ["-m", "electra.cli", "pretrain", "--data-dir", str(pretrain_data_dir), "--hparams", hparams(**no_dropout)]

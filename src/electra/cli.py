@@ -7,21 +7,14 @@ import sys
 from pathlib import Path
 
 from electra import __version__
+from electra.config import COMPACT_SHAPE
 from electra.errors import UserError
 
 DEFAULT_QUICKSTART_DIR = "electra-quickstart"
 QUICKSTART_VOCAB_SIZE = 8000
 QUICKSTART_STEPS = 300
-# A tiny ELECTRA that learns visibly in a few CPU minutes: 4 layers of width 128, generator width 32.
 QUICKSTART_HPARAMS = {
-    "model_size": "small",
-    "embedding_size": 128,
-    "model_hparam_overrides": {
-        "hidden_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "intermediate_size": 512,
-    },
+    **COMPACT_SHAPE,
     "train_batch_size": 32,
     "eval_batch_size": 32,
     "num_eval_steps": 10,

@@ -339,8 +339,11 @@ class FinetuningBatches:
             chosen[here] = self._order(int(epoch))[positions[here] % count]
         return chosen
 
+    def example_lengths(self, indices: np.ndarray) -> np.ndarray:
+        return self.lengths[indices]
+
     def make_batch(
-        self, indices: np.ndarray, rows: slice, total_rows: int, noise_seed: int, device: torch.device
+        self, indices: np.ndarray, rows: np.ndarray, total_rows: int, noise_seed: int, device: torch.device
     ) -> FinetuningBatch:
         return collate([self.features[i] for i in indices[rows]], self.pad_id, device)
 

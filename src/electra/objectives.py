@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,28 +51,35 @@ def mask_batch(
     mask_prob: float,
     max_predictions: int,
     noise: torch.Generator,
-    rows: slice,
+    rows: slice | np.ndarray,
     total_rows: int,
+    noise_length: int | None = None,
 ) -> MaskedBatch:
     """The reference's dynamic masking: round(mask_prob x real tokens) positions (at least 1, at most
     `max_predictions`) drawn uniformly among non-special tokens, 85% replaced by [MASK].
 
     Positions are drawn without replacement (the reference's categorical draw can repeat a position,
-    which only wastes a prediction slot). `rows` picks this process's rows out of the global batch
-    whose `total_rows` rows of noise are drawn here; `input_ids` holds just those rows.
+    which only wastes a prediction slot). Noise is drawn for the whole global batch, `total_rows` rows of
+    `noise_length` columns (the data's full sequence length), and `rows` picks this batch's rows out of
+    it: `input_ids` holds just those rows, possibly cut to fewer columns. So a row is masked the same
+    whichever process, micro-batch or padding width it lands in.
     """
     device = input_ids.device
     seq_length = input_ids.shape[1]
-    position_noise = torch.rand(total_rows, seq_length, generator=noise, device=device)[rows]
-    keep_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows]
-    sample_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows]
+    noise_length = noise_length or seq_length
+    slots_here = min(max_predictions, seq_length)
+    if not isinstance(rows, slice):
+        rows = torch.as_tensor(rows, device=device)
+    position_noise = torch.rand(total_rows, noise_length, generator=noise, device=device)[rows, :seq_length]
+    keep_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows, :slots_here]
+    sample_noise = torch.rand(total_rows, max_predictions, generator=noise, device=device)[rows, :slots_here]
 
     candidates = attention_mask.bool() & ~torch.isin(input_ids, special_ids)
     num_tokens = attention_mask.sum(1).to(torch.float32)
-    num_to_predict = (num_tokens * mask_prob).round().long().clamp(1, max_predictions)
+    num_to_predict = (num_tokens * mask_prob).round().long().clamp(1, slots_here)
     scores = position_noise.masked_fill(~candidates, -1.0)
-    positions = scores.topk(max_predictions, dim=1).indices
-    slots = torch.arange(max_predictions, device=device)
+    positions = scores.topk(slots_here, dim=1).indices
+    slots = torch.arange(slots_here, device=device)
     used = (slots[None, :] < num_to_predict[:, None]) & candidates.gather(1, positions)
     positions = positions * used
     originals = input_ids.gather(1, positions)

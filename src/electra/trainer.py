@@ -60,6 +60,9 @@ class TrainSettings:
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20
     adam_bias_correction: bool = True
+    # Run each micro-batch as this many pieces of similar-length examples, each padded only to its own
+    # longest: the step still sees the same examples with the same loss normalisation, with less padding.
+    length_groups: int = 1
 
     @classmethod
     def from_config(cls, config: Any, **values: Any) -> TrainSettings:
@@ -73,9 +76,12 @@ class TrainingTask(Protocol):
 
     def batch_indices(self, step: int) -> np.ndarray: ...
 
+    def example_lengths(self, indices: np.ndarray) -> np.ndarray: ...
+
     def make_batch(
-        self, indices: np.ndarray, rows: slice, total_rows: int, noise_seed: int, device: torch.device
-    ) -> Any: ...
+        self, indices: np.ndarray, rows: np.ndarray, total_rows: int, noise_seed: int, device: torch.device
+    ) -> Any:
+        """The examples at positions `rows` of the step's global batch `indices` (`total_rows` long)."""
 
 
 # ----------------------------------------------------------------------------------------------- processes
@@ -364,14 +370,17 @@ class Trainer:
         indices = self.task.batch_indices(step)
         first = self.processes.rank * self.micro_batch * self.settings.gradient_accumulation_steps
         noise_seed = derived_seed(self.settings.seed, step, "noise")
-        return [
-            self.task.make_batch(
-                indices, slice(start, start + self.micro_batch), len(indices), noise_seed, self.processes.device
-            )
-            for start in range(
-                first, first + self.micro_batch * self.settings.gradient_accumulation_steps, self.micro_batch
-            )
-        ]
+        pieces = []
+        for start in range(
+            first, first + self.micro_batch * self.settings.gradient_accumulation_steps, self.micro_batch
+        ):
+            rows = np.arange(start, start + self.micro_batch)
+            if self.settings.length_groups > 1:
+                rows = rows[np.argsort(self.task.example_lengths(indices[rows]), kind="stable")]
+                pieces += np.array_split(rows, min(self.settings.length_groups, len(rows)))
+            else:
+                pieces.append(rows)
+        return [self.task.make_batch(indices, rows, len(indices), noise_seed, self.processes.device) for rows in pieces]
 
     def resume(self) -> int:
         """Load the newest checkpoint if there is one; returns the step to continue from."""
