@@ -141,6 +141,17 @@ def test_rerun_after_kill_resumes_and_matches_an_uninterrupted_run(pretrain_data
     assert steps == list(range(1, 41)), "the log has each step once"
 
 
+def test_resuming_with_another_vocabulary_is_refused(pretrain_data_dir: Path, capsys):
+    assert pretrain(pretrain_data_dir, "vocab-a", num_train_steps=2) == 0
+    recorded = pretrain_data_dir / "models" / "vocab-a" / "pretrain_config.json"
+    config = json.loads(recorded.read_text())
+    assert len(config["vocab_sha256"]) == 64
+    recorded.write_text(json.dumps({**config, "vocab_sha256": "0" * 64}))  # as if vocab.txt had been rebuilt
+    assert pretrain(pretrain_data_dir, "vocab-a", num_train_steps=4) == 2
+    assert "trained with another vocabulary" in capsys.readouterr().err
+    assert not (pretrain_data_dir / "models" / "vocab-a" / "checkpoints" / "step-00000004").exists()
+
+
 def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path):
     assert pretrain(pretrain_data_dir, "source", num_train_steps=4) == 0
     source = pretrain_data_dir / "models" / "source"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import unicodedata
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def test_trained_vocab_starts_with_special_tokens_and_respects_size(english_corp
     assert len(set(tokens)) == len(tokens)
     assert all(token == token.lower() for token in tokens[5:])
     assert any(token.startswith("##") for token in tokens)
+
+
+def test_training_the_same_corpus_twice_gives_the_same_vocabulary(tmp_path: Path) -> None:
+    # Every word twice, and many characters and pairs equally frequent: the trainer's tie-breaks decide,
+    # both at the alphabet's cut-off (limit_alphabet) and between merges.
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(400)]
+    corpus = write_corpus(tmp_path / "corpus", [[" ".join(words)] * 2])
+    runs = [train_on(corpus, vocab_size=200, limit_alphabet=20) for _ in range(4)]
+    assert all(run == runs[0] for run in runs[1:])
+    characters = [token for token in runs[0] if len(token) == 1]
+    assert len(characters) == 20
+    pieces = runs[0][5 + 20 :]
+    continuations = [token for token in pieces if len(token) == 3 and token.startswith("##")]
+    assert pieces[: len(continuations)] == continuations, "characters, then ## characters, then merged pieces"
 
 
 def test_cased_vocab_keeps_case_and_accents(english_corpus: Path) -> None:

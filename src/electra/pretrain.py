@@ -142,7 +142,14 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
         config.max_seq_length = data.max_seq_length  # the data decides when the user did not
     split_file = model_dir / "pretrain_config.json"
     if split_file.exists():  # keep the split of the first run, so evaluation stays held out
-        held_out = json.loads(split_file.read_text())["eval_examples"]
+        first_run = json.loads(split_file.read_text())
+        held_out = first_run["eval_examples"]
+        if first_run.get("vocab_sha256", data.metadata["vocab_sha256"]) != data.metadata["vocab_sha256"]:
+            raise UserError(
+                f"{model_dir} was trained with another vocabulary than {vocab_file}: its checkpoints would read "
+                "the new token ids as the old ones. Use the vocabulary and data it was trained with, or another "
+                "--model-name to start afresh"
+            )
     else:
         held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
     if len(data) - held_out < config.train_batch_size:
@@ -301,6 +308,7 @@ def run_pretraining(
         record = {
             **config.to_dict(),
             "vocab_size": len(vocab),
+            "vocab_sha256": run.data.metadata["vocab_sha256"],
             "eval_examples": len(run.eval_range),
             "train_examples": len(run.train_range),
             "processes": processes.world_size,

@@ -108,7 +108,9 @@ def train_vocab(
 
     `limit_alphabet=None` keeps the most frequent characters that cover 99.99% of the text (at most
     half the vocabulary), so a Chinese corpus keeps its thousands of characters and an English one
-    does not spend entries on stray symbols. That costs one extra streaming pass over the corpus.
+    does not spend entries on stray symbols. The alphabet is chosen here, ties broken by code point:
+    the tokenizers trainer cuts its alphabet in hash order among equally frequent characters, which
+    changes from run to run. That costs one extra streaming pass over the corpus.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise UserError(
@@ -122,24 +124,34 @@ def train_vocab(
             if line.strip():
                 yield normalizer.normalize_str(line)
 
+    split_words = pre_tokenizers.BertPreTokenizer()
+    char_counts: Counter = Counter()
+    inner_chars: set[str] = set()  # characters that occur after the first of a word: they get a "##" piece
+    for line in normalized_lines(report):
+        char_counts.update(line)
+        for word, _ in split_words.pre_tokenize_str(line):
+            inner_chars.update(word[1:])
+    for space in (" ", "\t"):
+        char_counts.pop(space, None)
+    if not char_counts:
+        raise UserError("the corpus holds no text to train a vocabulary on")
     if limit_alphabet is None:
-        char_counts: Counter = Counter()
-        for line in normalized_lines(report):
-            char_counts.update(line)
-        for space in (" ", "\t"):
-            char_counts.pop(space, None)
-        if not char_counts:
-            raise UserError("the corpus holds no text to train a vocabulary on")
         limit_alphabet = min(alphabet_size_for_coverage(char_counts), vocab_size // 2)
-        report = InvalidUtf8Report()  # already counted on this pass
+    alphabet = sorted(char_counts, key=lambda char: (-char_counts[char], char))[:limit_alphabet]
+    # The trainer numbers the "##" pieces in hash order, and those numbers break ties between equally frequent
+    # merges, so the vocabulary changed from run to run (huggingface/tokenizers#1794). Declared up front,
+    # in a fixed order, the pieces get fixed numbers.
+    continuations = [f"##{char}" for char in sorted(inner_chars.intersection(alphabet))]
+    report = InvalidUtf8Report()  # already counted on this pass
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
     # The lines arrive normalised; the pre-tokenizer still splits words and punctuation.
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        limit_alphabet=limit_alphabet,
+        special_tokens=[*SPECIAL_TOKENS, *continuations],
+        limit_alphabet=len(alphabet),
+        initial_alphabet=alphabet,
         continuing_subword_prefix="##",
         show_progress=show_progress,
     )
@@ -147,4 +159,6 @@ def train_vocab(
     vocab = tokenizer.get_vocab()
     if len(vocab) <= len(SPECIAL_TOKENS):
         raise UserError("the corpus holds no text to train a vocabulary on")
-    return sorted(vocab, key=vocab.__getitem__)
+    tokens = sorted(vocab, key=vocab.__getitem__)[len(SPECIAL_TOKENS) + len(continuations) :]
+    # The usual layout: special tokens, characters, "##" characters, then the merged pieces.
+    return [*SPECIAL_TOKENS, *tokens[: len(alphabet)], *continuations, *tokens[len(alphabet) :]]
