@@ -25,15 +25,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_ticket_routing(out: Path, budgets: dict[str, str], timeout: float) -> tuple[str, float]:
+def run_ticket_routing(out: Path, budgets: dict[str, str], timeout: float, mode: str = "--quick") -> tuple[str, float]:
     data = shared_data("zh_cls/online_shopping_10_cats/online_shopping_10_cats.csv")
     if shutil.which("electra") is None:
         pytest.skip("the electra command is not installed")
     env = {**os.environ, **budgets, "OUT": str(out), "PORT": str(free_port()), "SHARED_DATA": str(data.parents[2])}
     started = time.perf_counter()
-    done = subprocess.run(
-        ["bash", str(ROUTING / "run.sh"), "--quick"], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    command = ["bash", str(ROUTING / "run.sh"), *([mode] if mode else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout, seconds
@@ -61,6 +60,31 @@ def test_ticket_routing_script_small_budgets(tmp_path: Path) -> None:
     check_outputs(tmp_path / "out", stdout, train_per_class=20)
     for step in range(1, 9):
         assert f"] {step}/8 " in stdout
+
+
+def test_ticket_routing_full_mode_runs_the_study_small_budgets(tmp_path: Path) -> None:
+    """CI's variant of the full `run.sh`: every step, then the study, all four methods at one size and seed."""
+    budgets = {
+        "PRETRAIN_STEPS": "30",
+        "TRAIN_PER_CLASS": "20",
+        "EPOCHS": "1",
+        "STUDY_SIZES": "10",
+        "STUDY_SEEDS": "0",
+        "STUDY_MIN_STEPS": "10",
+    }
+    out = tmp_path / "out"
+    stdout, _ = run_ticket_routing(out, budgets, timeout=600, mode="")
+    check_outputs(out, stdout, train_per_class=20)
+    assert "] 9/9 the few-labels study" in stdout
+    rows = [json.loads(line) for line in (out / "study" / "results.jsonl").read_text().splitlines()]
+    assert sorted(row["method"] for row in rows) == ["electra", "mlm", "random", "tfidf"]
+    assert all(row["size"] == "10" and row["train_examples"] == 100 and 0 <= row["macro_f1"] <= 100 for row in rows)
+    assert all(row["epochs"] == 4 for row in rows if row["method"] != "tfidf")  # 10 updates of 32 from 100
+    mlm_config = json.loads((out / "models" / "zh-compact-mlm" / "pretrain_config.json").read_text())
+    assert mlm_config["electra_objective"] is False and mlm_config["num_train_steps"] == 30
+    report = (out / "study" / "RESULTS.md").read_text()
+    assert "| TF-IDF + LR |" in report and "10 / class" in report
+    assert (out / "study" / "few_labels.png").stat().st_size > 10_000
 
 
 @pytest.mark.example

@@ -11,7 +11,9 @@
 #
 # Environment: OUT (output folder, default examples/zh_ticket_routing/output-<mode>), SHARED_DATA (the
 # data folder, default ../shared/data beside the repository), PORT (default 8765), and to change the
-# budgets PRETRAIN_STEPS, TRAIN_PER_CLASS (empty: all), EPOCHS, DEV_SHARE.
+# budgets PRETRAIN_STEPS, TRAIN_PER_CLASS (empty: all), EPOCHS, DEV_SHARE; for the study (full mode)
+# STUDY_SIZES (default 10,50,200,1000,all labelled tickets per class), STUDY_SEEDS (0,1,2) and
+# STUDY_MIN_STEPS (1000 fine-tuning updates at least).
 set -euo pipefail
 
 MODE=full
@@ -143,7 +145,8 @@ trap - EXIT
 if [[ $MODE == full ]]; then
   step "9/$STEPS the few-labels study: pre-trained vs MLM vs random init vs TF-IDF, 10 to all labels per class / 小样本实验"
   python "$HERE/study.py" --workdir "$OUT" --shared-data "$SHARED_DATA" \
-    --min-steps 1000 --finetune-hparams '{"layerwise_lr_decay": 1.0}'
+    --sizes "${STUDY_SIZES:-10,50,200,1000,all}" --seeds "${STUDY_SEEDS:-0,1,2}" \
+    --min-steps "${STUDY_MIN_STEPS:-1000}" --finetune-hparams '{"layerwise_lr_decay": 1.0}'
 fi
 
 dev_line=$(grep -m1 "tickets/dev:" "$OUT/finetune.log" | sed 's/^ *//')
