@@ -388,10 +388,11 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
     ):  # the ONNX path decodes alike
         from electra.export import export_onnx
 
-        onnx_folder = export_onnx(outcome["trials"][0]["dir"] / "model", tmp_path / "onnx").parent
-        path = run_prediction(onnx_folder, questions, tmp_path / "onnx.jsonl", show_progress=False).path
-        (onnx_answer,) = [json.loads(line) for line in path.read_text().splitlines()]
-        assert (onnx_answer["answer"], onnx_answer["start"]) == (answer["answer"], answer["start"])
+        for weights in ("fp32", "int8"):
+            onnx_folder = export_onnx(outcome["trials"][0]["dir"] / "model", tmp_path / weights, weights).parent
+            path = run_prediction(onnx_folder, questions, tmp_path / f"{weights}.jsonl", show_progress=False).path
+            (onnx_answer,) = [json.loads(line) for line in path.read_text().splitlines()]
+            assert (onnx_answer["answer"], onnx_answer["start"]) == (answer["answer"], answer["start"]), weights
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"context": "x"}) + "\n")
     with pytest.raises(UserError, match=r'bad\.jsonl:1: each line needs a "context" and a "question"'):
