@@ -9,8 +9,9 @@ Throughput counts real tokens only, the median over logging windows after the fi
 The default corpus is the Chinese use case's (examples/zh_ticket_routing): the articles of
 ../shared/data/pretrain_zh plus every review of online_shopping_10_cats as a document of its own, short texts
 like the tickets a team would pre-train on. Prints a table, then one JSON line.
-Usage: python benchmarks/pretrain_padding.py [--corpus DIR] [--shape compact|small] [--batch 128]
-       [--steps 40] [--groups 1,2,4,8] [--threads 2] [--shared-data ../shared/data] [--work DIR]
+Usage: python benchmarks/pretrain_padding.py [--corpus DIR | --data-dir BUILT] [--shape compact|small]
+       [--batch 128] [--steps 40] [--groups 1,2,4,8] [--threads 2] [--shared-data ../shared/data] [--work DIR]
+On a GPU the same command times `electra pretrain` there (it picks CUDA by itself).
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def run_variant(data_dir: Path, groups: int, args: argparse.Namespace, env: dict
         "save_checkpoints_steps": args.steps,
         "log_every_steps": LOG_EVERY,
         "length_groups": groups,
+        "model_dir": str(args.work / "models" / name),  # never inside a --data-dir given by the user
     }
-    model_dir = data_dir / "models" / name
+    model_dir = args.work / "models" / name
     shutil.rmtree(model_dir, ignore_errors=True)
     electra("pretrain", "--data-dir", str(data_dir), "--model-name", name, "--hparams", json.dumps(hparams), env=env)
     rows = [json.loads(line) for line in (model_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -107,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="a folder of .txt files (default: the ticket corpus above)")
     parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, help="a data dir already built (vocab.txt, pretrain_data/)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="compact")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=40)
@@ -114,12 +117,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "electra-pretrain-padding")
     args = parser.parse_args()
-    if args.corpus and not args.corpus.is_dir():
-        sys.exit(f"no corpus folder at {args.corpus}: pass --corpus DIR (a folder of .txt files)")
-    corpus = args.corpus or ticket_corpus(args.shared_data, args.work / "tickets-corpus")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
-    data_dir = args.work / f"data-{corpus.name}"
-    prepare_data(corpus, data_dir, env)
+    if args.data_dir:  # already built: vocab.txt and pretrain_data/ (e.g. a GPU machine's staged copy)
+        data_dir, name = args.data_dir, args.data_dir.name
+    else:
+        if args.corpus and not args.corpus.is_dir():
+            sys.exit(f"no corpus folder at {args.corpus}: pass --corpus DIR (a folder of .txt files)")
+        corpus = args.corpus or ticket_corpus(args.shared_data, args.work / "tickets-corpus")
+        data_dir, name = args.work / f"data-{corpus.name}", corpus.name
+        prepare_data(corpus, data_dir, env)
     share = real_token_share(data_dir)
     groups = [int(value) for value in args.groups.split(",")]
     results = {count: run_variant(data_dir, count, args, env) for count in groups}
@@ -127,7 +133,7 @@ def main() -> None:
     import torch
 
     print(
-        f"corpus {corpus.name}: real tokens {share:.1%} of 128-token rows; shape {args.shape}, batch "
+        f"data {name}: real tokens {share:.1%} of 128-token rows; shape {args.shape}, batch "
         f"{args.batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}"
     )
     print("| variant | real tokens/s | vs groups-1 | loss at the last step |")
