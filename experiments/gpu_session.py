@@ -204,7 +204,9 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
     parser.add_argument("--zh-seconds", type=float, default=70)
     parser.add_argument("--en-seconds", type=float, default=200)
-    parser.add_argument("--compile", action="store_true", help='pre-train with "compile": true')
+    parser.add_argument(
+        "--compile", nargs="?", const=True, default=False, help='pre-train with "compile": true, or with a mode'
+    )
     args = parser.parse_args()
     if args.build_stage:
         build_stage(args.shared_data, args.stage)
@@ -234,7 +236,7 @@ def main() -> None:
             cwd=REPO,
         )
         session.say("GPU tests started in the background")
-        compile_flag = {"compile": True} if args.compile else {}
+        compile_flag = {"compile": args.compile} if args.compile else {}
         zh_model = pretrain(session, work / "zh", "zh-compact-gpu", {**ZH_RECIPE, **compile_flag}, args.zh_seconds)
         if zh_model:
             pack(session, zh_model)

@@ -221,6 +221,15 @@ def test_unknown_and_malformed_hparams_are_clear_errors(tmp_path: Path, capsys):
     assert "vocab.txt does not exist" in capsys.readouterr().err
 
 
+def test_compile_takes_true_false_or_a_torch_compile_mode():
+    assert build_pretraining_config({"compile": "reduce-overhead"}).compile == "reduce-overhead"
+    assert build_pretraining_config({"compile": True}).compile is True
+    with pytest.raises(UserError, match="'fast': use true, false or one of default, reduce-overhead"):
+        build_pretraining_config({"compile": "fast"})
+    with pytest.raises(UserError, match="hparam 'compile' should be"):
+        build_pretraining_config({"compile": 1})
+
+
 def test_learning_rate_warms_up_then_decays_linearly_to_zero():
     settings = TrainSettings(learning_rate=1.0, num_train_steps=100, batch_size=1, num_warmup_steps=10)
     assert learning_rate_at(0, settings) == 0.0

@@ -68,6 +68,8 @@ COMPACT_SHAPE: dict[str, Any] = {
     },
 }
 DEBUG_SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 144 * 4, "num_attention_heads": 4}
+# torch.compile's modes, which the "compile" hparam accepts besides true and false.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Accepted for compatibility with the reference's command lines; they configure TPUs, which this toolkit does not use.
 IGNORED_HPARAMS = {"use_tpu", "num_tpu_cores", "tpu_job_name", "tpu_name", "tpu_zone", "gcp_project"}
 
@@ -161,7 +163,7 @@ class PretrainingConfig:
     seed: int = 0
     gradient_accumulation_steps: int = 1
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "bf16" or "fp32"
-    compile: bool = False
+    compile: bool | str = False  # true, or a torch.compile mode such as "reduce-overhead" (CUDA graphs)
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20  # consecutive skipped steps before training stops
     adam_bias_correction: bool = True  # false reproduces the reference's optimizer exactly
@@ -253,7 +255,7 @@ class FinetuningConfig:
     seed: int = 0
     gradient_accumulation_steps: int = 1
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = False  # true, or a torch.compile mode such as "reduce-overhead" (CUDA graphs)
     log_every_steps: int = 50
     max_nonfinite_steps: int = 20
     adam_bias_correction: bool = True
@@ -416,6 +418,8 @@ def _typed_config(cls: type, resolved: dict[str, Any]) -> Any:
         if value is not None and not _matches(value, expected):
             raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
     config = cls(**resolved)
+    if isinstance(config.compile, str) and config.compile not in COMPILE_MODES:
+        raise UserError(f"compile {config.compile!r}: use true, false or one of {', '.join(COMPILE_MODES)}")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
     if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:

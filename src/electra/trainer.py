@@ -56,7 +56,7 @@ class TrainSettings:
     keep_checkpoint_max: int = 5
     seed: int = 0
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = False  # true, or a torch.compile mode
     log_every_steps: int = 10
     max_nonfinite_steps: int = 20
     adam_bias_correction: bool = True
@@ -359,7 +359,8 @@ class Trainer:
             device_ids = [processes.device.index] if processes.device.type == "cuda" else None
             self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if settings.compile:
-            self.forward = torch.compile(self.forward)
+            mode = None if settings.compile is True else settings.compile
+            self.forward = torch.compile(self.forward, mode=mode)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
