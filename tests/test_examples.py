@@ -73,7 +73,7 @@ def test_ticket_routing_full_mode_runs_the_study_small_budgets(tmp_path: Path) -
         "STUDY_MIN_STEPS": "10",
     }
     out = tmp_path / "out"
-    stdout, _ = run_ticket_routing(out, budgets, timeout=600, mode="")
+    stdout, _ = run_ticket_routing(out, budgets, timeout=900, mode="")
     check_outputs(out, stdout, train_per_class=20)
     assert "] 9/9 the few-labels study" in stdout
     rows = [json.loads(line) for line in (out / "study" / "results.jsonl").read_text().splitlines()]
