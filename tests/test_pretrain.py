@@ -228,6 +228,8 @@ def test_compile_takes_true_false_or_a_torch_compile_mode():
         build_pretraining_config({"compile": "fast"})
     with pytest.raises(UserError, match="hparam 'compile' should be"):
         build_pretraining_config({"compile": 1})
+    with pytest.raises(UserError, match="length_groups -1 must be 0"):
+        build_pretraining_config({"length_groups": -1})
 
 
 def test_learning_rate_warms_up_then_decays_linearly_to_zero():

@@ -393,6 +393,8 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
         )
     if not 0 < config.mask_prob < 1:
         raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
+    if config.length_groups < 0:
+        raise UserError(f"length_groups {config.length_groups} must be 0 (automatic) or a number of pieces, 1 or more")
     return config
 
 
