@@ -80,8 +80,7 @@ def ticket_corpus(shared: Path, folder: Path) -> Path:
 
 def real_token_share(data_dir: Path) -> float:
     data = PretrainingData(data_dir / "pretrain_data")
-    mask = data.attention_mask(data.input_ids(np.arange(len(data))))
-    return float(mask.mean())
+    return float(data.real_lengths(np.arange(len(data))).mean() / data.max_seq_length)
 
 
 def run_variant(data_dir: Path, groups: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:

@@ -95,8 +95,7 @@ def real_tokens_per_example(data_dir: Path) -> float:
     from electra.tokenization import read_vocab
 
     data = PretrainingData(data_dir / "pretrain_data", read_vocab(data_dir / "vocab.txt"))
-    sample = data.input_ids(np.linspace(0, len(data) - 1, min(len(data), 10_000)).astype(np.int64))
-    return float(data.attention_mask(sample).sum(1).mean())
+    return float(data.real_lengths(np.linspace(0, len(data) - 1, min(len(data), 10_000)).astype(np.int64)).mean())
 
 
 def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any], seconds: float) -> Path | None:

@@ -76,7 +76,7 @@ class PretrainingTask:
         return self.example_range.start + chosen
 
     def example_lengths(self, indices: np.ndarray) -> np.ndarray:
-        return self.data.attention_mask(self.data.input_ids(indices)).sum(1)
+        return self.data.real_lengths(indices)
 
     def make_batch(
         self, indices: np.ndarray, rows: np.ndarray, total_rows: int, noise_seed: int, device: torch.device

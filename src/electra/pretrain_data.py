@@ -492,6 +492,10 @@ class PretrainingData:
     def attention_mask(self, input_ids: np.ndarray) -> np.ndarray:
         return (input_ids != self.pad_id).astype(np.int64)
 
+    def real_lengths(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Non-padding tokens of each example at `indices`: what training counts as tokens."""
+        return self.attention_mask(self.input_ids(indices)).sum(1)
+
     def partition(self, part: int, num_parts: int) -> range:
         """Contiguous, disjoint example ranges covering everything, one for each rank or loader worker."""
         if not 0 <= part < num_parts:

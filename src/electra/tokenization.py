@@ -145,7 +145,7 @@ def train_vocab(
     report = InvalidUtf8Report()  # already counted on this pass
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
     # The lines arrive normalised; the pre-tokenizer still splits words and punctuation.
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.pre_tokenizer = split_words
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
