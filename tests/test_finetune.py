@@ -428,8 +428,10 @@ def test_glue_task_writes_submission_file(tmp_path: Path, vocab_file: Path) -> N
     assert submission.read_text() == "index\tprediction\n0\t1\n1\t0\n"
 
 
-def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path) -> None:
-    """A local Hugging Face ELECTRA folder (as a released discriminator) is a starting point, shape included."""
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path, weights: str) -> None:
+    """A local Hugging Face ELECTRA folder (as a released discriminator) is a starting point, shape included,
+    in either weights format the hub holds (google/electra-*-discriminator ship only pytorch_model.bin)."""
     import shutil
 
     from safetensors.torch import load_file
@@ -446,12 +448,16 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
     released = tmp_path / "electra-tiny-discriminator"
     ElectraForPreTraining(hf_config).save_pretrained(released)
     shutil.copyfile(vocab_file, released / "vocab.txt")
+    original = load_file(str(released / "model.safetensors"))
+    if weights == "pytorch_model.bin":
+        torch.save(original, released / weights)
+        (released / "model.safetensors").unlink()
     write_user_task(tmp_path, {"train": sentiment_rows(32, 0), "dev": sentiment_rows(16, 1)})
     hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "train_batch_size": 8, "num_train_epochs": 1}
     outcome = run_finetuning(tmp_path, "m", {**hparams, "init_checkpoint": str(released), "learning_rate": 0.0})
     exported = outcome["trials"][0]["dir"] / "model"
     config = json.loads((exported / "config.json").read_text())
     assert [config[key] for key in ("embedding_size", "hidden_size", "num_hidden_layers")] == [24, 48, 3]
-    original, tuned = load_file(str(released / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    tuned = load_file(str(exported / "model.safetensors"))
     encoder_keys = [key for key in original if key.startswith("electra.")]
     assert encoder_keys and all(torch.equal(original[key], tuned[key]) for key in encoder_keys)  # lr 0: unchanged

@@ -313,3 +313,57 @@ def test_optimizer_matches_torch_adamw_with_bias_correction_and_the_reference_wi
         assert torch.allclose(got, want, atol=1e-6)
     for got, want in zip(reference, expected, strict=True):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def hugging_face_pair(folder: Path, vocab_size: int) -> tuple[dict, dict]:
+    """A released-style Hugging Face pair in folder/discriminator (pytorch_model.bin, as Google's ELECTRA releases
+    on the hub ship) and folder/generator (model.safetensors), with the shared embeddings equal in both."""
+    shape = {"vocab_size": vocab_size, "embedding_size": 16, "intermediate_size": 64}
+    discriminator = transformers.ElectraForPreTraining(
+        transformers.ElectraConfig(**shape, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    )
+    generator = transformers.ElectraForMaskedLM(
+        transformers.ElectraConfig(**shape, hidden_size=16, num_hidden_layers=1, num_attention_heads=1)
+    )
+    generator.electra.embeddings.load_state_dict(discriminator.electra.embeddings.state_dict())
+    discriminator.config.to_json_file(
+        folder.joinpath("discriminator").mkdir(parents=True) or folder / "discriminator" / "config.json"
+    )
+    position_ids = {"electra.embeddings.position_ids": torch.arange(512)[None]}  # a buffer older releases saved
+    torch.save({**discriminator.state_dict(), **position_ids}, folder / "discriminator" / "pytorch_model.bin")
+    generator.save_pretrained(folder / "generator")
+    return discriminator.state_dict(), generator.state_dict()
+
+
+def test_pre_training_continues_from_a_hugging_face_pair(pretrain_data_dir: Path, tmp_path: Path, capsys):
+    """Google's releases on the Hugging Face hub come as a discriminator and a generator folder; continuing
+    pre-training from them takes both shapes from their config.json and every weight, the generator's included."""
+    vocab_size = len((pretrain_data_dir / "vocab.txt").read_text().splitlines())
+    released = tmp_path / "released"
+    discriminator, generator = hugging_face_pair(released, vocab_size)
+    settings = {"train_batch_size": 8, "num_train_steps": 1, "learning_rate": 0.0, "precision": "fp32"}
+    run_pretraining(pretrain_data_dir, "from-hf", {**settings, "init_checkpoint": str(released)})
+    model_dir = pretrain_data_dir / "models" / "from-hf"
+    recorded = json.loads((model_dir / "pretrain_config.json").read_text())
+    assert (recorded["generator_hidden_size"], recorded["generator_layers"]) == (0.5, 0.5)
+    for part, source in (("discriminator", discriminator), ("generator", generator)):
+        exported = load_file(model_dir / part / "model.safetensors")
+        assert set(source) - set(exported) <= {"generator_lm_head.weight"}, part  # tied to the word embeddings
+        assert all(torch.equal(value, source[key]) for key, value in exported.items()), part  # learning rate 0
+    assert "random weights" not in capsys.readouterr().err
+
+    # The discriminator alone: the generator starts from random weights, and the run says so.
+    run_pretraining(pretrain_data_dir, "from-hf-disc", {**settings, "init_checkpoint": str(released / "discriminator")})
+    assert "no weights for generator.electra" in capsys.readouterr().err
+    exported = load_file(pretrain_data_dir / "models" / "from-hf-disc" / "discriminator" / "model.safetensors")
+    assert all(torch.equal(exported[key], value) for key, value in discriminator.items())
+
+    # A pair built on another vocabulary is refused, with the way out.
+    hugging_face_pair(tmp_path / "other-vocab", vocab_size + 5)
+    with pytest.raises(UserError, match=r"vocabulary differs: build the data with the checkpoint.s vocab\.txt"):
+        run_pretraining(
+            pretrain_data_dir, "other-vocab", {**settings, "init_checkpoint": str(tmp_path / "other-vocab")}
+        )
+    (tmp_path / "broken.bin").write_bytes(b"not a state dict")
+    with pytest.raises(UserError, match=r"cannot read weights from .*broken\.bin: it is not a PyTorch state dict"):
+        run_pretraining(pretrain_data_dir, "broken", {**settings, "init_checkpoint": str(tmp_path / "broken.bin")})

@@ -329,7 +329,8 @@ SIZE_BY_HIDDEN = {256: "small", 768: "base", 1024: "large"}
 def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     """The shape hparams of the weights in `folder`, so that starting from them needs no repeated settings:
     from its pretrain_config.json (ours, or a converted TF checkpoint), else from a Hugging Face config.json
-    (its own or its discriminator/'s, e.g. a released google/electra-*-discriminator)."""
+    (its own or its discriminator/'s, e.g. a released google/electra-*-discriminator; with `generator`, the
+    generator's width and depth from a generator/ beside it)."""
     names = SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ())
     if (folder / "pretrain_config.json").is_file():
         recorded = json.loads((folder / "pretrain_config.json").read_text())
@@ -341,11 +342,18 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     layout = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     if any(name not in config for name in layout):
         return {}
-    return {
+    shape = {
         "model_size": SIZE_BY_HIDDEN.get(config["hidden_size"], "small"),
         "embedding_size": config.get("embedding_size", config["hidden_size"]),
         "model_hparam_overrides": {name: config[name] for name in layout},
     }
+    generator_file = folder / "generator" / "config.json"
+    if generator and hf_folder != folder and generator_file.is_file():  # a Hugging Face pair, e.g. Google's releases
+        generator_config = json.loads(generator_file.read_text())
+        if all(name in generator_config for name in ("hidden_size", "num_hidden_layers")):
+            shape["generator_hidden_size"] = generator_config["hidden_size"] / config["hidden_size"]
+            shape["generator_layers"] = generator_config["num_hidden_layers"] / config["num_hidden_layers"]
+    return shape
 
 
 def parse_hparams(text: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from electra.errors import UserError
+
 TMP_MARKER = ".tmp-"
 
 
@@ -52,3 +54,27 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_weights(path: str | os.PathLike) -> dict:
+    """Tensors by name from a safetensors file, or from a PyTorch state dict (`pytorch_model.bin`, as Hugging
+    Face's older ELECTRA releases ship), loaded without running any pickled code."""
+    import torch  # here, not at the top: the data-building processes import this module and never need torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # truncated, corrupt, or not safetensors at all
+            raise UserError(f"cannot read weights from {path}: {str(error).splitlines()[0][:200]}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's message is pages about weights_only; the cause is the file
+        raise UserError(
+            f"cannot read weights from {path}: it is not a PyTorch state dict that loads without running pickled "
+            "code; give a model.safetensors or pytorch_model.bin of an ELECTRA model"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors (a PyTorch pytorch_model.bin or .pt file)")
+    return state

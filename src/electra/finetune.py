@@ -41,7 +41,7 @@ from electra.config import (
     pretraining_objective,
 )
 from electra.errors import UserError
-from electra.fileio import atomic_directory, atomic_output, write_text_atomic
+from electra.fileio import atomic_directory, atomic_output, read_weights, write_text_atomic
 from electra.metrics import iob2_tags, regression_scores
 from electra.modeling import (
     ElectraClassificationHead,
@@ -452,7 +452,7 @@ ENCODER_PREFIXES = ("electra.", "discriminator.electra.", "")
 
 def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
     """The encoder weights of a pre-trained or fine-tuned model (ours or Hugging Face's) into `model.electra`."""
-    state = load_file(str(path))
+    state = read_weights(path)
     for prefix in ENCODER_PREFIXES:
         encoder = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
         if "embeddings.word_embeddings.weight" in encoder:

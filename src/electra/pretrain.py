@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 
 from electra.config import SHAPE_HPARAMS, ModelConfig, PretrainingConfig, build_pretraining_config, inherited_shape
 from electra.errors import UserError
-from electra.fileio import atomic_directory, write_text_atomic
+from electra.fileio import atomic_directory, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
 from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab
@@ -162,19 +163,98 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     )
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # ours and newer Hugging Face folders; older releases
+
+
+def weights_file(folder: Path) -> Path | None:
+    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+
+
 def resolve_init_checkpoint(path: str) -> Path:
-    """A safetensors file, a checkpoint folder, or a model folder (its newest checkpoint)."""
+    """A weights file: `path` itself, the one in the folder `path` (ours, a converted TF checkpoint or a Hugging
+    Face model), its newest checkpoint, or its discriminator's (an exported or Hugging Face pair)."""
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    if (candidate / "model.safetensors").is_file():
-        return candidate / "model.safetensors"
-    found = checkpoint_dirs(candidate)
-    if found:
-        return found[-1] / "model.safetensors"
-    raise UserError(
-        f"init_checkpoint {path} is neither a .safetensors file nor a folder holding model.safetensors or checkpoints/"
+    newest = checkpoint_dirs(candidate)[-1] / "model.safetensors" if checkpoint_dirs(candidate) else None
+    found = weights_file(candidate) or newest or weights_file(candidate / "discriminator")
+    if found is None:
+        raise UserError(
+            f"init_checkpoint {path} is neither a weights file (.safetensors, pytorch_model.bin) nor a folder holding "
+            "one, checkpoints/, or discriminator/"
+        )
+    return found
+
+
+def _pretraining_sources(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights `init_checkpoint` points at, by part: "all" (ours or a converted TF checkpoint: every
+    weight under our names), "discriminator" and/or "generator" (Hugging Face ElectraForPreTraining and
+    ElectraForMaskedLM names, from one model or a folder holding discriminator/ and generator/)."""
+    candidate = Path(path)
+    if candidate.is_dir() and weights_file(candidate) is None and not checkpoint_dirs(candidate):
+        pair = {part: weights_file(candidate / part) for part in ("discriminator", "generator")}
+        if not any(pair.values()):
+            resolve_init_checkpoint(path)  # raises the error that says what a folder must hold
+        return {part: read_weights(file) for part, file in pair.items() if file is not None}
+    state = read_weights(resolve_init_checkpoint(path))
+    if any(key.startswith(("discriminator.", "generator.")) for key in state):
+        return {"all": state}
+    is_generator = any(key.startswith(("generator_lm_head.", "generator_predictions.")) for key in state)
+    return {"generator" if is_generator else "discriminator": state}
+
+
+def load_init_checkpoint(model: PretrainingModel, path: str) -> list[str]:
+    """Start pre-training from the weights at `path` (see `_pretraining_sources`); returns notes on what starts
+    from random weights instead: the generator when only a discriminator is given, a masked LM's head when a
+    discriminator starts plain MLM. The discriminator itself (or the masked LM) must be complete.
+
+    Weights this model shares (the generator's embeddings, its output layer tied to the word embeddings) are set
+    once, from the discriminator's copy when both parts carry one."""
+    sources = _pretraining_sources(path)
+    prefixes = {"all": "", "discriminator": "discriminator.", "generator": "generator."}
+    if not model.has_discriminator:  # plain MLM: the whole model is `generator`; a discriminator gives its encoder
+        prefixes["discriminator"] = "generator."
+        encoder = {key: value for key, value in sources.get("discriminator", {}).items() if key.startswith("electra.")}
+        sources["discriminator"] = encoder
+    own = model.state_dict()
+    provided: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for part in ("all", "discriminator", "generator"):  # the discriminator's copy of a shared weight wins
+        for key, value in sources.get(part, {}).items():
+            name = prefixes[part] + key
+            if name in own:
+                provided.setdefault(own[name].data_ptr(), (name, value))
+            elif not key.endswith(("position_ids", "token_type_ids")):  # buffers older transformers saved
+                unexpected.append(name)
+    mismatched = [
+        f"{name} {tuple(value.shape)} (model {tuple(own[name].shape)})"
+        for name, value in provided.values()
+        if value.shape != own[name].shape
+    ]
+    if unexpected or mismatched:
+        hint = (
+            "the vocabulary differs: build the data with the checkpoint's vocab.txt"
+            if any("word_embeddings" in item for item in mismatched)
+            else "use the same objective and model settings as the checkpoint (model_size, model_hparam_overrides, "
+            "embedding_size, generator_hidden_size, generator_layers)"
+        )
+        problems = [f"{len(mismatched)} of another shape: {', '.join(mismatched[:4])}"] if mismatched else []
+        problems += [f"{len(unexpected)} unknown: {', '.join(sorted(unexpected)[:4])}"] if unexpected else []
+        raise UserError(f"the weights in {path} do not fit this model ({'; '.join(problems)}): {hint}")
+    fresh = sorted({name for name, value in own.items() if value.data_ptr() not in provided})
+    # The discriminator (or a lone masked LM's encoder) must come from the checkpoint; heads and the generator may not.
+    required = (
+        ("",) if "all" in sources else ("discriminator.",) if model.has_discriminator else ("generator.electra.",)
     )
+    essential = [name for name in fresh if name.startswith(required)]
+    if essential:
+        raise UserError(
+            f"the weights in {path} do not fit this model: missing {essential[:5]}; use the same objective and "
+            "model settings as the checkpoint"
+        )
+    model.load_state_dict({name: value for name, value in provided.values()}, strict=False)
+    parts = sorted({".".join(name.split(".")[:2]) for name in fresh})
+    return [f"{path} has no weights for {', '.join(parts)}: starting them from random weights"] if parts else []
 
 
 def hf_config(config: ModelConfig, architecture: str) -> dict[str, Any]:
@@ -316,7 +396,9 @@ def run_pretraining(
         write_text_atomic(run.model_dir / "pretrain_config.json", json.dumps(record, indent=2) + "\n")
     outcome: dict[str, Any] = {"model_dir": run.model_dir}
     if config.init_checkpoint and not checkpoint_dirs(run.model_dir):
-        load_weights(model, resolve_init_checkpoint(config.init_checkpoint))  # weights only, fresh optimizer
+        for note in load_init_checkpoint(model, config.init_checkpoint):  # weights only, fresh optimizer
+            if processes.is_main:
+                print(f"note: {note}", file=sys.stderr)
     if config.do_train:
         settings = TrainSettings.from_config(
             config,
