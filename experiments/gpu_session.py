@@ -17,12 +17,14 @@ and every stage's output goes to <out>/session.log.
 
 First build the stage where ../shared/data is (minutes on a CPU), then run on the GPU machine from the
 repository root (the device tool: carry .gpu, which .git/info/exclude ignores):
-  python experiments/gpu_session.py --build-stage --stage .gpu [--shared-data ../shared/data]
+  python experiments/gpu_session.py --build-stage --stage .gpu [--shared-data ../shared/data] [--en-init MODEL_DIR]
   PYTHONPATH=src python3 experiments/gpu_session.py --stage .gpu --out "$OUT" [--deadline 540] [--en-seconds 200]
       [--zh-seconds 70]                 (PYTHONPATH: the GPU machine's image has torch, not this package)
 The stage holds en/ (an 8,000-WordPiece vocabulary and pre-training data of pretrain_en, as the learning checks
-use), zh/ (a vocabulary and data of pretrain_zh plus the unlabelled reviews of online_shopping_10_cats that are in
-no dev or test split of the ticket study's seeds 0-2) and data/{squadv1,sst,cola,mrpc}/.
+use; with --en-init, a model brought back from an earlier lease, in bfloat16, under en/init/, and its vocabulary:
+the English run then continues that model), zh/ (a vocabulary and data of pretrain_zh plus the unlabelled
+reviews of online_shopping_10_cats that are in no dev or test split of the ticket study's seeds 0-2) and
+data/{squadv1,sst,cola,mrpc}/.
 """
 
 from __future__ import annotations
@@ -135,10 +137,11 @@ def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any]
 
 
 def pack(session: Session, model_dir: Path) -> None:
-    """The discriminator, config, metrics and results as <out>/<name>.tar, split into parts the lease returns."""
+    """Both exported models, config, metrics and results as <out>/<name>.tar, split into parts the lease returns
+    (the generator too, so that a later lease can continue pre-training from the pair: --build-stage --en-init)."""
     tar_path = session.out / f"{model_dir.name}.tar"
     with tarfile.open(tar_path, "w") as tar:
-        for relative in ("discriminator", "pretrain_config.json", "logs/metrics.jsonl", "results"):
+        for relative in ("discriminator", "generator", "pretrain_config.json", "logs/metrics.jsonl", "results"):
             if (model_dir / relative).exists():
                 tar.add(model_dir / relative, arcname=f"{model_dir.name}/{relative}")
     data = tar_path.read_bytes()
@@ -166,7 +169,27 @@ def held_out_reviews(reviews: Path, seeds: range) -> set[str]:
     return texts
 
 
-def build_stage(shared: Path, stage: Path) -> None:
+def stage_init_model(source: Path, target: Path) -> None:
+    """A previous lease's model (discriminator/ and, when brought back, generator/) as bfloat16 Hugging Face
+    folders, half the size for the carry limit; `electra pretrain` continues from them (init_checkpoint)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for part in ("discriminator", "generator"):
+        if not (source / part / "model.safetensors").is_file():
+            continue
+        (target / part).mkdir(parents=True, exist_ok=True)
+        weights = load_file(str(source / part / "model.safetensors"))
+        save_file(
+            {name: value.to(torch.bfloat16) for name, value in weights.items()},
+            str(target / part / "model.safetensors"),
+        )
+        for name in ("config.json", "vocab.txt"):
+            shutil.copyfile(source / part / name, target / part / name)
+    print(f"staged {source} in {target} (bfloat16)")
+
+
+def build_stage(shared: Path, stage: Path, en_init: Path | None = None) -> None:
     reviews = shared / "zh_cls" / "online_shopping_10_cats" / "online_shopping_10_cats.csv"
     corpus = stage / "zh" / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -179,14 +202,26 @@ def build_stage(shared: Path, stage: Path) -> None:
     # One review a document: blank lines separate documents in a corpus file.
     (corpus / "reviews_unlabelled.txt").write_text("\n\n".join(kept) + "\n", encoding="utf-8")
     print(f"{len(kept):,} unlabelled reviews ({len(held_out):,} dev/test texts of seeds 0-2 left out)")
+    if en_init is not None:  # continuing a model: its vocabulary, not a new one
+        stage_init_model(en_init, stage / "en" / "init")
+        shutil.copyfile(en_init / "discriminator" / "vocab.txt", stage / "en" / "vocab.txt")
     for language, source, extra in (
         ("en", shared / "pretrain_en", ["--num-processes", "2"]),
         ("zh", corpus, ["--split-sentences"]),
     ):
         folder = stage / language
         folder.mkdir(parents=True, exist_ok=True)
-        vocab = ["vocab", "--corpus-dir", str(source), "--output", str(folder / "vocab.txt"), "--vocab-size", "8000"]
-        subprocess.run(electra(*vocab), check=True)
+        if not (language == "en" and en_init is not None):
+            vocab = [
+                "vocab",
+                "--corpus-dir",
+                str(source),
+                "--output",
+                str(folder / "vocab.txt"),
+                "--vocab-size",
+                "8000",
+            ]
+            subprocess.run(electra(*vocab), check=True)
         data = ["build-data", "--corpus-dir", str(source), "--vocab-file", str(folder / "vocab.txt")]
         subprocess.run(electra(*data, "--output-dir", str(folder / "pretrain_data"), "--overwrite", *extra), check=True)
     for task in ("squadv1", "sst", "cola", "mrpc"):
@@ -198,6 +233,9 @@ def main() -> None:
     parser.add_argument("--stage", type=Path, required=True)
     parser.add_argument("--build-stage", action="store_true", help="build --stage from --shared-data, then stop")
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--en-init", type=Path, help="with --build-stage: an English model of an earlier lease to continue pre-training"
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-session"))
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
@@ -208,7 +246,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.build_stage:
-        build_stage(args.shared_data, args.stage)
+        build_stage(args.shared_data, args.stage, args.en_init)
         return
     if args.out is None:
         parser.error("--out is required to run the session")
@@ -239,7 +277,11 @@ def main() -> None:
         zh_model = pretrain(session, work / "zh", "zh-compact-gpu", {**ZH_RECIPE, **compile_flag}, args.zh_seconds)
         if zh_model:
             pack(session, zh_model)
-        en_model = pretrain(session, work / "en", "en-small-gpu", {**EN_RECIPE, **compile_flag}, args.en_seconds)
+        en_recipe = {**EN_RECIPE, **compile_flag}
+        if (args.stage / "en" / "init").is_dir():  # staged with --en-init: continue that model
+            en_recipe["init_checkpoint"] = str((args.stage / "en" / "init").resolve())
+            session.say(f"English model continues from {en_recipe['init_checkpoint']}")
+        en_model = pretrain(session, work / "en", "en-small-gpu", en_recipe, args.en_seconds)
         if en_model:
             pack(session, en_model)
         try:
