@@ -166,6 +166,16 @@ def test_other_objectives_produce_finite_losses_and_gradients(hparams):
         assert "disc_loss" not in sums and model.generator.config.hidden_size == 144
 
 
+@pytest.mark.parametrize("hparams", [{}, {"electra_objective": False, "electric_objective": True}])
+def test_training_forward_compiles_to_one_graph(hparams):
+    """torch.compile (the "compile" hparam; CUDA graphs with "reduce-overhead") captures a whole training forward:
+    no host synchronisation, data-dependent shape or unsupported op splits it, dropout included."""
+    torch._dynamo.reset()
+    model = tiny_model(**hparams).train()
+    explanation = torch._dynamo.explain(model)(batch_for(model))
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
 def test_generator_shares_the_discriminator_embeddings_and_is_smaller():
     model = tiny_model()
     assert model.generator.electra.embeddings is model.discriminator.electra.embeddings

@@ -36,7 +36,8 @@ def keep_mask(shape: torch.Size, drop_prob: float, device: torch.device) -> torc
 def dropout(hidden: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     if not training or drop_prob == 0.0:
         return hidden
-    if hidden.device.type != "cpu":
+    # The fast mask is for eager CPU steps; compiled code fuses dropout itself, and `random_` would break its graph.
+    if hidden.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(hidden, drop_prob, training=True)
     return torch.where(keep_mask(hidden.shape, drop_prob, hidden.device), hidden * (1.0 / (1.0 - drop_prob)), 0.0)
 
