@@ -384,6 +384,11 @@ def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path)
     assert "tickets/dev" in outcome["trials"][0]["scores"]
     config = json.loads((outcome["trials"][0]["dir"] / "model" / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["embedding_size"]) == (32, 2, 32)
+    # The reference's examples pass "model_size"; agreeing with the recorded one, it keeps the rest inherited ...
+    assert prepare_finetuning(data_dir, "tiny", {**hparams, "model_size": "small"}).config.model_hparam_overrides
+    # ... and a model pre-trained with "debug": true has the debug shape, which fine-tuning takes without being told.
+    run_pretraining(data_dir, "tiny-debug", {"debug": True, "num_train_steps": 1})
+    assert run_finetuning(data_dir, "tiny-debug", hparams)["trials"][0]["scores"]
     with pytest.raises(UserError, match="no pre-trained model at"):
         run_finetuning(data_dir, "missing", hparams)
 

@@ -367,3 +367,22 @@ def test_pre_training_continues_from_a_hugging_face_pair(pretrain_data_dir: Path
     (tmp_path / "broken.bin").write_bytes(b"not a state dict")
     with pytest.raises(UserError, match=r"cannot read weights from .*broken\.bin: it is not a PyTorch state dict"):
         run_pretraining(pretrain_data_dir, "broken", {**settings, "init_checkpoint": str(tmp_path / "broken.bin")})
+
+
+def test_model_name_of_a_downloaded_pair_continues_it_and_failures_change_nothing(pretrain_data_dir: Path):
+    """The reference's recipe for continuing pre-training: put the downloaded model at <data-dir>/models/<name> and
+    pass --model-name <name>. Its weights are where training starts; later runs resume its own checkpoints with
+    the shape it was trained with; a run whose settings do not fit is refused before it writes anything."""
+    vocab_size = len((pretrain_data_dir / "vocab.txt").read_text().splitlines())
+    model_dir = pretrain_data_dir / "models" / "downloaded"
+    discriminator, _ = hugging_face_pair(model_dir, vocab_size)
+    settings = {"train_batch_size": 8, "num_train_steps": 2, "learning_rate": 0.0, "precision": "fp32"}
+    assert run_pretraining(pretrain_data_dir, "downloaded", settings)["train"].step == 2
+    exported = load_file(model_dir / "discriminator" / "model.safetensors")
+    assert all(torch.equal(exported[key], value) for key, value in discriminator.items())
+    evaluation = {"do_train": False, "do_eval": True, "num_eval_steps": 1, "eval_batch_size": 8}
+    assert "disc_auc" in run_pretraining(pretrain_data_dir, "downloaded", evaluation)["eval"]  # shape inherited
+    record = (model_dir / "pretrain_config.json").read_bytes()
+    with pytest.raises(UserError, match="do not fit"):
+        run_pretraining(pretrain_data_dir, "downloaded", {**evaluation, "model_size": "base"})
+    assert (model_dir / "pretrain_config.json").read_bytes() == record

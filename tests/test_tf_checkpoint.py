@@ -111,3 +111,13 @@ def test_pretraining_continues_from_a_converted_checkpoint(tmp_path: Path) -> No
     before = load_file(str(converted / "discriminator" / "model.safetensors"))
     after = load_file(str(data_dir / "models" / "continued" / "discriminator" / "model.safetensors"))
     assert all(torch.equal(before[key], after[key]) for key in before)  # learning rate 0: the released weights
+
+    # The reference's recipe: convert into <data-dir>/models/<name> and name it; evaluating it first works too.
+    in_place = convert_tf_checkpoint(FIXTURE, data_dir / "models" / "electra_small")
+    evaluation = {"do_train": False, "do_eval": True, "num_eval_steps": 2, "eval_batch_size": 4}
+    assert "disc_auc" in run_pretraining(data_dir, "electra_small", evaluation)["eval"]
+    outcome = run_pretraining(data_dir, "electra_small", {k: v for k, v in hparams.items() if k != "init_checkpoint"})
+    assert outcome["train"].step == 2
+    after = load_file(str(in_place / "discriminator" / "model.safetensors"))
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert json.loads((in_place / "pretrain_config.json").read_text())["converted_from"]

@@ -334,7 +334,10 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     names = SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ())
     if (folder / "pretrain_config.json").is_file():
         recorded = json.loads((folder / "pretrain_config.json").read_text())
-        return {key: recorded[key] for key in names if key in recorded}
+        shape = {key: recorded[key] for key in names if key in recorded}
+        if recorded.get("debug"):  # "debug": true trained the debug shape, whatever the size said
+            shape["model_hparam_overrides"] = {**shape.get("model_hparam_overrides", {}), **DEBUG_SHAPE}
+        return shape
     hf_folder = folder / "discriminator" if (folder / "discriminator" / "config.json").is_file() else folder
     if not (hf_folder / "config.json").is_file():
         return {}
@@ -354,6 +357,17 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
             shape["generator_hidden_size"] = generator_config["hidden_size"] / config["hidden_size"]
             shape["generator_layers"] = generator_config["num_hidden_layers"] / config["num_hidden_layers"]
     return shape
+
+
+def with_inherited_shape(hparams: dict[str, Any], folder: Path, generator: bool = False) -> dict[str, Any]:
+    """`hparams` completed with the shape of the weights in `folder` (see inherited_shape). Shape hparams the user
+    gave that agree with the recorded ones (the reference's examples always pass "model_size") still let the rest
+    be inherited; one that disagrees means the user sets the shape, and loading the weights says what differs."""
+    inherited = inherited_shape(folder, generator)
+    given = [key for key in SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ()) if key in hparams]
+    if any(key in inherited and inherited[key] != hparams[key] for key in given):
+        return hparams
+    return {**inherited, **hparams}
 
 
 def parse_hparams(text: str) -> dict[str, Any]:

@@ -32,13 +32,12 @@ from torch import nn
 from tqdm import tqdm
 
 from electra.config import (
-    SHAPE_HPARAMS,
     FinetuningConfig,
     ModelConfig,
     build_finetuning_config,
     encoder_config,
-    inherited_shape,
     pretraining_objective,
+    with_inherited_shape,
 )
 from electra.errors import UserError
 from electra.fileio import atomic_directory, atomic_output, read_weights, write_text_atomic
@@ -471,7 +470,8 @@ def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
         raise UserError(
             f"the weights in {path} do not fit a {model.config.num_hidden_layers}-layer model of hidden size "
             f"{model.config.hidden_size} ({len(mismatched)} tensor(s) of another shape, {len(missing)} missing: "
-            f"{listed}): set model_size / model_hparam_overrides / embedding_size to those it was trained with"
+            f"{listed}): set model_size / model_hparam_overrides / embedding_size to those it was trained with, "
+            "or leave them out of --hparams to take its own (from its pretrain_config.json or config.json)"
         )
     model.electra.load_state_dict({key: encoder[key] for key in own})
 
@@ -673,8 +673,8 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
     else:
         init = None if hparams.get("debug") else model_dir
-    if init is not None and not any(key in hparams for key in SHAPE_HPARAMS):
-        hparams = {**inherited_shape(init), **hparams}
+    if init is not None:
+        hparams = with_inherited_shape(hparams, init)
     config = build_finetuning_config(hparams)
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
-from electra.config import SHAPE_HPARAMS, ModelConfig, PretrainingConfig, build_pretraining_config, inherited_shape
+from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config, with_inherited_shape
 from electra.errors import UserError
 from electra.fileio import atomic_directory, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
@@ -116,14 +116,21 @@ def default_length_groups(device: torch.device) -> int:
 def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> PretrainingRun:
     """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does.
 
-    Continuing from a model folder (`init_checkpoint`) takes its shape unless the hparams give one.
+    Resuming a model, or continuing from a model folder (`init_checkpoint`), takes its shape unless the hparams
+    give another. As in
+    the reference, `--model-name` may name a downloaded model (a converted TF checkpoint or a Hugging Face pair
+    under <data-dir>/models/): with no checkpoints of its own yet, it is where pre-training starts from.
     """
-    init = Path(hparams["init_checkpoint"]) if hparams.get("init_checkpoint") else None
-    if init is not None and init.is_dir() and not any(key in hparams for key in SHAPE_HPARAMS):
-        hparams = {**inherited_shape(init, generator=True), **hparams}
-    config = build_pretraining_config(hparams)
     data_dir = Path(data_dir)
-    model_dir = Path(config.model_dir) if config.model_dir else data_dir / "models" / model_name
+    model_dir = Path(hparams["model_dir"]) if hparams.get("model_dir") else data_dir / "models" / model_name
+    if "init_checkpoint" not in hparams and not checkpoint_dirs(model_dir) and holds_weights(model_dir):
+        hparams = {**hparams, "init_checkpoint": str(model_dir)}
+    init = Path(hparams["init_checkpoint"]) if hparams.get("init_checkpoint") else None
+    if checkpoint_dirs(model_dir):  # resuming or evaluating: the shape it was trained with
+        hparams = with_inherited_shape(hparams, model_dir, generator=True)
+    elif init is not None and init.is_dir():
+        hparams = with_inherited_shape(hparams, init, generator=True)
+    config = build_pretraining_config(hparams)
     vocab_file = Path(config.vocab_file) if config.vocab_file else data_dir / "vocab.txt"
     vocab = read_vocab(vocab_file)
     if config.vocab_size is not None and config.vocab_size != len(vocab):
@@ -142,18 +149,19 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
             )
         config.max_seq_length = data.max_seq_length  # the data decides when the user did not
     split_file = model_dir / "pretrain_config.json"
+    held_out = None
     if split_file.exists():  # keep the split of the first run, so evaluation stays held out
         first_run = json.loads(split_file.read_text())
-        held_out = first_run["eval_examples"]
+        held_out = first_run.get("eval_examples")  # absent from a converted TF checkpoint's record
         if first_run.get("vocab_sha256", data.metadata["vocab_sha256"]) != data.metadata["vocab_sha256"]:
             raise UserError(
                 f"{model_dir} was trained with another vocabulary than {vocab_file}: its checkpoints would read "
                 "the new token ids as the old ones. Use the vocabulary and data it was trained with, or another "
                 "--model-name to start afresh"
             )
-    else:
+    if held_out is None:
         held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
-    if len(data) - held_out < config.train_batch_size:
+    if config.do_train and len(data) - held_out < config.train_batch_size:
         raise UserError(
             f"{data_path} holds {len(data):,} examples: too few for train_batch_size "
             f"{config.train_batch_size} after holding out {held_out:,} for evaluation"
@@ -168,6 +176,11 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # ours and newer Hugg
 
 def weights_file(folder: Path) -> Path | None:
     return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+
+
+def holds_weights(folder: Path) -> bool:
+    """A model folder with weights of its own: ours, a converted TF checkpoint, or a Hugging Face pair."""
+    return any(weights_file(path) for path in (folder, folder / "discriminator", folder / "generator"))
 
 
 def resolve_init_checkpoint(path: str) -> Path:
@@ -383,9 +396,21 @@ def run_pretraining(
     torch.manual_seed(config.seed)  # the initial weights
     vocab = read_vocab(run.vocab_file)
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
+    # Weights first: a checkpoint or init_checkpoint that does not fit stops the run before anything is written.
+    if checkpoint_dirs(run.model_dir):
+        load_weights(model, checkpoint_dirs(run.model_dir)[-1] / "model.safetensors")  # training resumes from it
+    elif config.init_checkpoint:
+        for note in load_init_checkpoint(model, config.init_checkpoint):  # weights only, fresh optimizer
+            if processes.is_main:
+                print(f"note: {note}", file=sys.stderr)
+    elif not config.do_train:
+        raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
     if processes.is_main:
         run.model_dir.mkdir(parents=True, exist_ok=True)
+        record_file = run.model_dir / "pretrain_config.json"
+        earlier = json.loads(record_file.read_text()) if record_file.exists() else {}
         record = {
+            **{key: earlier[key] for key in ("converted_from",) if key in earlier},
             **config.to_dict(),
             "vocab_size": len(vocab),
             "vocab_sha256": run.data.metadata["vocab_sha256"],
@@ -393,12 +418,8 @@ def run_pretraining(
             "train_examples": len(run.train_range),
             "processes": processes.world_size,
         }
-        write_text_atomic(run.model_dir / "pretrain_config.json", json.dumps(record, indent=2) + "\n")
+        write_text_atomic(record_file, json.dumps(record, indent=2) + "\n")
     outcome: dict[str, Any] = {"model_dir": run.model_dir}
-    if config.init_checkpoint and not checkpoint_dirs(run.model_dir):
-        for note in load_init_checkpoint(model, config.init_checkpoint):  # weights only, fresh optimizer
-            if processes.is_main:
-                print(f"note: {note}", file=sys.stderr)
     if config.do_train:
         settings = TrainSettings.from_config(
             config,
@@ -417,10 +438,6 @@ def run_pretraining(
         outcome["train"] = result
         if processes.is_main:
             outcome["exported"] = export_models(model, run.model_dir, run.vocab_file)
-    elif checkpoint_dirs(run.model_dir):
-        load_weights(model, checkpoint_dirs(run.model_dir)[-1] / "model.safetensors")
-    elif not config.init_checkpoint:
-        raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
     if config.do_eval and processes.is_main:
         results = evaluate(model.to(processes.device), run, processes.device)
         outcome["eval"] = results
