@@ -466,3 +466,17 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
     tuned = load_file(str(exported / "model.safetensors"))
     encoder_keys = [key for key in original if key.startswith("electra.")]
     assert encoder_keys and all(torch.equal(original[key], tuned[key]) for key in encoder_keys)  # lr 0: unchanged
+
+
+def test_text_in_another_encoding_stops_with_the_line_and_the_fix(tmp_path: Path) -> None:
+    """Chinese tables are often saved as GBK: a one-line error names the first bad line and the conversion."""
+    from electra.config import parse_hparams
+    from electra.tasks import read_table_rows
+
+    table = tmp_path / "train.csv"
+    table.write_bytes("text,label\n这家店很好吃,pos\n".encode("gbk"))
+    with pytest.raises(UserError, match=r"train\.csv:2: not UTF-8 text.*iconv -f GB18030 -t UTF-8 train\.csv"):
+        read_table_rows(table, header=True)
+    hparams = tmp_path / "hparams.json"  # saved by an editor that writes a byte-order mark
+    hparams.write_text('{"task_names": ["sst"]}', encoding="utf-8-sig")
+    assert parse_hparams(str(hparams)) == {"task_names": ["sst"]}

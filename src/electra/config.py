@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from electra.errors import UserError
+from electra.fileio import read_text
 
 # The paper's Table 6 (the reference keeps the base/large values in a comment of configure_pretraining.py).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
@@ -377,7 +378,7 @@ def parse_hparams(text: str) -> dict[str, Any]:
         path = Path(text)
         if not path.is_file():
             raise UserError(f"--hparams file {path} does not exist")
-        source, text = str(path), path.read_text(encoding="utf-8")
+        source, text = str(path), read_text(path)
     try:
         values = json.loads(text)
     except json.JSONDecodeError as error:

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from electra.errors import UserError
 
@@ -78,3 +79,41 @@ def read_weights(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise UserError(f"{path} is not a state dict of tensors (a PyTorch pytorch_model.bin or .pt file)")
     return state
+
+
+@contextmanager
+def open_text(path: str | os.PathLike, newline: str | None = None) -> Iterator[TextIO]:
+    """An input text file, read as UTF-8 (a byte-order mark is skipped). A file in another encoding stops with
+    the first line that is not UTF-8 and how to convert it, instead of a decoding traceback."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as handle:
+            yield handle
+    except UnicodeDecodeError:
+        raise UserError(not_utf8_message(Path(path))) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    with open_text(path) as handle:
+        return handle.read()
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def not_utf8_message(path: Path) -> str:
+    with open(path, "rb") as handle:  # UTF-8 never uses the newline byte inside a character: lines decode alone
+        number = next((number for number, line in enumerate(handle, 1) if not is_utf8(line)), 1)
+    try:  # Chinese text is often saved as GBK; GB18030 is its superset
+        path.read_bytes().decode("gb18030")
+        source = "GB18030"
+    except UnicodeDecodeError:
+        source = "<its encoding>"
+    return (
+        f"{path}:{number}: not UTF-8 text; save the file as UTF-8, e.g. "
+        f"`iconv -f {source} -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+    )

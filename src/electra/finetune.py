@@ -40,7 +40,7 @@ from electra.config import (
     with_inherited_shape,
 )
 from electra.errors import UserError
-from electra.fileio import atomic_directory, atomic_output, read_weights, write_text_atomic
+from electra.fileio import atomic_directory, atomic_output, open_text, read_weights, write_text_atomic
 from electra.metrics import iob2_tags, regression_scores
 from electra.modeling import (
     ElectraClassificationHead,
@@ -1061,7 +1061,7 @@ def read_prediction_inputs(
             if label_column:
                 examples[-1].label = gold_label(head, row, label_column, f"{path}:{number}")
         return examples
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
             if not line.strip():

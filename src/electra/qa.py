@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from electra.errors import UserError
+from electra.fileio import read_text
 from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
 from electra.tokenization import CLS, SEP, build_tokenizer
 
@@ -133,7 +134,7 @@ def _examples_of_paragraph(
 def read_squad(path: Path, training: bool, v2: bool) -> list[QAExample]:
     """Examples of a SQuAD JSON file (`data` -> paragraphs -> qas)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+        data = json.loads(read_text(path))["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f'{path} is not a SQuAD JSON file with a top-level "data" list ({error})') from None
     report = ReadReport()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from electra.config import ModelConfig, pretraining_objective
 from electra.errors import UserError
-from electra.fileio import write_text_atomic
+from electra.fileio import open_text, read_text, write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
 from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, read_vocab
@@ -249,7 +249,7 @@ def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any
                 raise UserError(f"{path}:{number}: no text field {text_field!r} (name it with --text-field)")
             texts.append(({key: value for key, value in row.items() if key != text_field}, row[text_field]))
         return texts
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         return [({"line": number}, line.strip()) for number, line in enumerate(handle, 1) if line.strip()]
 
 
@@ -333,7 +333,7 @@ def read_references(path: Path, lists: list[NBestList]) -> None:
         for item in lists:
             item.reference = by_id[item.id]
         return
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = read_text(path).splitlines()
     if len(lines) != len(lists):
         raise UserError(f"{path} has {len(lines):,} lines for {len(lists):,} n-best lists: give one reference a line")
     for item, line in zip(lists, lines, strict=True):

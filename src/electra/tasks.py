@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from electra.errors import UserError
+from electra.fileio import open_text
 from electra.metrics import bioes_tags, classification_scores, regression_scores, tagging_scores
 
 KINDS = ("classification", "regression", "tagging")  # user tasks; "qa" is built in (see QATask)
@@ -170,7 +171,7 @@ def get_task(
 # ----------------------------------------------------------------------------------------------- GLUE
 def read_tsv_rows(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of a tab-separated file, quotes taken literally as the reference's reader."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with open_text(path, newline="") as handle:
         return [
             (number, row) for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), 1)
         ]
@@ -283,7 +284,7 @@ def read_conll(path: Path) -> list[Example]:
     words: list[str] = []
     tags: list[str] = []
     start = 1
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":
@@ -462,7 +463,7 @@ class TableTask(Task):
 def read_table_rows(path: Path, header: bool) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0")."""
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with open_text(path, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
             lines = [(reader.line_num, row) for row in reader]
@@ -486,7 +487,7 @@ def read_table_rows(path: Path, header: bool) -> list[tuple[int, dict[str, Any]]
 
 def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue

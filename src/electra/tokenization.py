@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from electra.corpus import InvalidUtf8Report, iter_corpus_lines
 from electra.errors import UserError
-from electra.fileio import write_text_atomic
+from electra.fileio import read_text, write_text_atomic
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -38,7 +38,7 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
             "or pass the vocab.txt of a released model"
         )
     try:
-        tokens = [line.strip() for line in vocab_path.read_text(encoding="utf-8").splitlines()]
+        tokens = [line.strip() for line in read_text(vocab_path).splitlines()]
     except UnicodeDecodeError as error:
         raise UserError(
             f"vocabulary file {vocab_path} is not UTF-8 text ({error.reason} at byte {error.start})"
