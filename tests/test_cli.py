@@ -55,6 +55,12 @@ def test_reference_flags_are_accepted():
     assert (defaults.do_lower_case, defaults.blanks_separate_docs, defaults.max_seq_length) == (True, True, 128)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["build-data", "--do-lower-case", "--no-lower-case"])
+    # The reference's scripts declare --blanks-separate-docs with a value (type=bool): accepted, and read right.
+    base = ["build-data", "--corpus-dir", "c", "--vocab-file", "v", "--output-dir", "o"]
+    for value, expected in (("False", False), ("true", True), ("0", False)):
+        assert build_parser().parse_args([*base, "--blanks-separate-docs", value]).blanks_separate_docs is expected
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--blanks-separate-docs", "maybe"])
 
 
 def test_default_corpus_is_real_documentation_text(tmp_path: Path):

@@ -25,9 +25,25 @@ QUICKSTART_HPARAMS = {
 }
 
 
+def _truth_value(text: str) -> bool:
+    values = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return values[text.lower()]
+
+
 def _add_toggle(parser: argparse.ArgumentParser, on: str, off: str, dest: str, default: bool, what: str) -> None:
+    """`on` alone or with a value (the reference's scripts take `--blanks-separate-docs False`), or `off`."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument(on, dest=dest, action="store_true", help=f"{what}{' (default)' if default else ''}")
+    group.add_argument(
+        on,
+        dest=dest,
+        nargs="?",
+        const=True,
+        type=_truth_value,
+        metavar="BOOL",
+        help=f"{what}{' (default)' if default else ''}",
+    )
     group.add_argument(off, dest=dest, action="store_false", help=f"do not {what}{'' if default else ' (default)'}")
     parser.set_defaults(**{dest: default})
 
