@@ -148,6 +148,8 @@ def test_finetune_config_precedence() -> None:
     assert build_finetuning_config({"task_names": "sst,cola", "learning_rate": 3e-4}).learning_rate == 3e-4
     with pytest.raises(UserError, match="did you mean 'layerwise_lr_decay'"):
         build_finetuning_config({"layerwise_lr_decy": 0.8})
+    with pytest.raises(UserError, match=r"'raw_data_dir' sets one of the reference's paths; here .*--data-dir"):
+        build_finetuning_config({"raw_data_dir": "glue"})
 
 
 # ----------------------------------------------------------------------------------------------- data files

@@ -195,6 +195,9 @@ def test_nonfinite_steps_are_skipped_then_training_stops_naming_the_checkpoint(p
 def test_unknown_and_malformed_hparams_are_clear_errors(tmp_path: Path, capsys):
     with pytest.raises(UserError, match="did you mean 'learning_rate'"):
         build_pretraining_config({"learnin_rate": 1e-4})
+    with pytest.raises(UserError, match="give their folder as pretrain_data"):
+        build_pretraining_config({"pretrain_tfrecords": "data/pretrain_tfrecords/pretrain_data.tfrecord*"})
+    assert build_pretraining_config({"model_dir": "m"}).model_dir == "m"  # a path hparam of pre-training here too
     with pytest.raises(UserError, match="should be"):
         build_pretraining_config({"num_train_steps": "many"})
     with pytest.raises(UserError, match="not valid JSON"):

@@ -73,6 +73,17 @@ DEBUG_SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Accepted for compatibility with the reference's command lines; they configure TPUs, which this toolkit does not use.
 IGNORED_HPARAMS = {"use_tpu", "num_tpu_cores", "tpu_job_name", "tpu_name", "tpu_zone", "gcp_project"}
+# Paths the reference derives from --data-dir and --model-name and lets hparams override: where ours are instead.
+REFERENCE_PATHS = {
+    "pretrain_tfrecords": "pre-training reads the shards of `electra build-data`: give their folder as pretrain_data",
+    "data_dir": "give the data dir as --data-dir",
+    "model_dir": "fine-tuned models go under <data-dir>/models/<model-name>/: choose it with --model-name",
+    "raw_data_dir": "task data is read from <data-dir>/finetuning_data/<task>/: choose it with --data-dir",
+    "preprocessed_data_dir": "features are rebuilt in seconds and never cached: leave it out",
+    "results_txt": "results are written to <model-dir>/results/: leave it out",
+    "results_pkl": "results are written to <model-dir>/results/ (JSON beside the text): leave it out",
+    "test_predictions": "test outputs go to <model-dir>/test_predictions/ (with write_test_outputs): leave it out",
+}
 
 
 @dataclass
@@ -393,6 +404,8 @@ def parse_hparams(text: str) -> dict[str, Any]:
 
 def check_names(values: dict[str, Any], known: set[str], what: str) -> None:
     for name in values:
+        if name not in known and name in REFERENCE_PATHS:
+            raise UserError(f"hparam {name!r} sets one of the reference's paths; here {REFERENCE_PATHS[name]}")
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
