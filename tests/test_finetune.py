@@ -482,3 +482,14 @@ def test_text_in_another_encoding_stops_with_the_line_and_the_fix(tmp_path: Path
     hparams = tmp_path / "hparams.json"  # saved by an editor that writes a byte-order mark
     hparams.write_text('{"task_names": ["sst"]}', encoding="utf-8-sig")
     assert parse_hparams(str(hparams)) == {"task_names": ["sst"]}
+
+
+def test_evaluating_a_fine_tuned_model_named_by_init_checkpoint(finetuned_classifier: Path) -> None:
+    """The reference's evaluation of a fine-tuned model: "do_train": false with init_checkpoint naming its folder
+    under finetuning_models/, from any --model-name."""
+    root = finetuned_classifier.parents[4]
+    hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "do_train": False, "do_eval": True}
+    outcome = run_finetuning(root, "evaluator", {**hparams, "init_checkpoint": str(finetuned_classifier.parent)})
+    assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    with pytest.raises(UserError, match="init_checkpoint names the fine-tuned model to evaluate"):
+        run_finetuning(root, "evaluator", {**hparams, "init_checkpoint": str(root / "models" / "m")})

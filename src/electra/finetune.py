@@ -641,6 +641,7 @@ class FinetuningRun:
     vocab_file: Path
     vocab: list[str]
     init_checkpoint: Path | None
+    finetuned_model: Path | None = None  # with "do_train": false, the exported model that init_checkpoint names
 
     @property
     def tasks_name(self) -> str:
@@ -673,6 +674,16 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         init = Path(hparams["init_checkpoint"]) if hparams["init_checkpoint"] else None
     else:
         init = None if hparams.get("debug") else model_dir
+    finetuned = None
+    if init is not None and hparams.get("do_train") is False:
+        # The reference evaluates a fine-tuned model this way: init_checkpoint names its finetuning_models/ folder.
+        finetuned = init / "model" if (init / "model").is_dir() else init
+        if not (finetuned / TASK_FILE).is_file() and not any(finetuned.glob(f"*/{TASK_FILE}")):
+            raise UserError(
+                f'with "do_train": false, init_checkpoint names the fine-tuned model to evaluate, and {init} is not '
+                "one: give a folder under <model-dir>/finetuning_models/ (e.g. sst_model_1)"
+            )
+        init = finetuned
     if init is not None:
         hparams = with_inherited_shape(hparams, init)
     config = build_finetuning_config(hparams)
@@ -687,7 +698,7 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     if config.vocab_size is not None and config.vocab_size != len(vocab):
         raise UserError(f"vocab_size {config.vocab_size} does not match the {len(vocab):,} tokens of {vocab_file}")
     init_checkpoint = None
-    if init is not None:
+    if init is not None and finetuned is None:
         if init == model_dir and (pretrained := _pretrained_encoder(model_dir)) is not None:
             init_checkpoint = pretrained
         elif not init.exists():
@@ -703,7 +714,7 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         get_task(name, finetuning_data, config.tasks, config.debug, config.double_unordered)
         for name in config.task_names
     ]
-    return FinetuningRun(config, hparams, tasks, model_dir, vocab_file, vocab, init_checkpoint)
+    return FinetuningRun(config, hparams, tasks, model_dir, vocab_file, vocab, init_checkpoint, finetuned)
 
 
 def qa_head_config(run: FinetuningRun, task: Task) -> QAHeadConfig:
@@ -979,9 +990,13 @@ def run_finetuning(
         else:
             model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
             model = FinetuningModel(model_config, [item.head for item in data])
-            if not (trial_dir / "model").is_dir():
-                raise UserError(f'{trial_dir / "model"} does not exist: train first ("do_train": true)')
-            _load_exported(model, trial_dir / "model", data)
+            exported = run.finetuned_model or trial_dir / "model"
+            if not exported.is_dir():
+                raise UserError(
+                    f'{exported} does not exist: train first ("do_train": true), or name a fine-tuned model with '
+                    "init_checkpoint"
+                )
+            _load_exported(model, exported, data)
         model.to(processes.device)
         trial_scores: dict[str, dict[str, float]] = {}
         if processes.is_main:
