@@ -493,3 +493,31 @@ def test_evaluating_a_fine_tuned_model_named_by_init_checkpoint(finetuned_classi
     assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
     with pytest.raises(UserError, match="init_checkpoint names the fine-tuned model to evaluate"):
         run_finetuning(root, "evaluator", {**hparams, "init_checkpoint": str(root / "models" / "m")})
+
+
+def test_mnli_writes_the_glue_diagnostic_predictions(tmp_path: Path, vocab_file: Path) -> None:
+    """GLUE's diagnostic set lives in mnli/ (diagnostic.tsv) and is predicted by the MNLI model, as AX.tsv."""
+    folder = tmp_path / "finetuning_data" / "mnli"
+    folder.mkdir(parents=True)
+    labels = ["entailment", "contradiction", "neutral"]
+    header = "\t".join(f"c{i}" for i in range(8))
+
+    def pairs(count: int, with_label: bool) -> str:
+        rows = [(text, "the film was fine", labels[i % 3]) for i, (text, _) in enumerate(sentiment_rows(count, 0))]
+        return "".join(
+            f"{i}\t" + "\t".join(["x"] * 7) + f"\t{a}\t{b}" + (f"\t{label}\t{label}" if with_label else "") + "\n"
+            for i, (a, b, label) in enumerate(rows)
+        )
+
+    (folder / "train.tsv").write_text(f"{header}\ts1\ts2\tl1\tgold\n" + pairs(48, True))
+    (folder / "dev_matched.tsv").write_text(f"{header}\ts1\ts2\tl1\tgold\n" + pairs(12, True))
+    (folder / "test_matched.tsv").write_text(f"{header}\ts1\ts2\n" + pairs(5, False))
+    (folder / "diagnostic.tsv").write_text(
+        "index\tsentence1\tsentence2\n0\ta good film\tthe film was fine\n1\tbad\tok\n"
+    )
+    hparams = {**TINY_MODEL, "task_names": ["mnli"], "vocab_file": str(vocab_file), "write_test_outputs": True}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
+    written = {path.name: path.read_text().splitlines() for path in outcome["test_outputs"]}
+    assert sorted(written) == ["AX.tsv", "MNLI-m.tsv"]  # no test_mismatched.tsv here: skipped
+    assert len(written["AX.tsv"]) == 3 and written["AX.tsv"][0] == "index\tprediction"
+    assert all(line.split("\t")[1] in labels for line in written["AX.tsv"][1:] + written["MNLI-m.tsv"][1:])

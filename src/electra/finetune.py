@@ -75,6 +75,7 @@ GLUE_SUBMISSION_NAMES = {
     "rte": "RTE",
     "test_matched": "MNLI-m",
     "test_mismatched": "MNLI-mm",
+    "diagnostic": "AX",
 }
 TASK_FILE = "electra_task.json"
 # Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.

@@ -196,9 +196,12 @@ class GlueTask(Task):
     def split_path(self, split: str) -> Path:
         return self.split_file(split, (".tsv",))
 
+    def split_columns(self, split: str) -> Columns:
+        return self.test_columns if split.startswith("test") else self.columns
+
     def read_split(self, split: str) -> list[Example]:
         path = self.split_path(split)
-        columns = self.test_columns if split.startswith("test") else self.columns
+        columns = self.split_columns(split)
         examples, skipped = [], []
         for number, row in read_tsv_rows(path):
             if number == 1 and columns.skip_header:
@@ -273,8 +276,12 @@ class MNLI(GlueTask):
     def eval_splits(self) -> list[str]:
         return ["dev"] + (["dev_mismatched"] if self.has_split("dev_mismatched") else [])
 
+    def split_columns(self, split: str) -> Columns:
+        # GLUE's diagnostic set (AX), kept in mnli/ and predicted by the MNLI model: index, premise, hypothesis
+        return Columns(1, 2, None) if split == "diagnostic" else super().split_columns(split)
+
     def test_splits(self) -> list[str]:
-        return ["test_matched", "test_mismatched"]
+        return ["test_matched", "test_mismatched", "diagnostic"]
 
 
 # ----------------------------------------------------------------------------------------------- tagging
