@@ -364,6 +364,11 @@ def test_encoder_shape_mismatch_lists_tensors(tmp_path: Path) -> None:
         load_encoder_weights(model, tmp_path / "model.safetensors")
     same = FinetuningModel(small_config(layers=2), [TaskHead("t", "classification", ["0", "1"])])
     load_encoder_weights(same, tmp_path / "model.safetensors")  # the discriminator's encoder loads
+    # Another vocabulary, or more positions than pre-training had, are said in those words.
+    longer = {**small_config(layers=2).to_dict(), "vocab_size": 99, "max_position_embeddings": 128}
+    other = FinetuningModel(ModelConfig(**longer), [TaskHead("t", "classification", ["0", "1"])])
+    with pytest.raises(UserError, match=r"pre-trained with .*; it has 64 positions: use max_seq_length 64"):
+        load_encoder_weights(other, tmp_path / "model.safetensors")
 
 
 def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:

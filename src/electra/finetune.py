@@ -466,6 +466,20 @@ def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
         if key in encoder and encoder[key].shape != value.shape
     ]
     missing = [key for key in own if key not in encoder]
+    # The two mismatches a user makes most, said in their own terms: another vocabulary, too long a max_seq_length.
+    words, positions = "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"
+    reasons = {}
+    if words in encoder and encoder[words].shape != own[words].shape:
+        reasons[words] = (
+            f"its vocabulary has {len(encoder[words]):,} tokens and this one {len(own[words]):,}: fine-tune with the "
+            "vocab.txt it was pre-trained with (vocab_file)"
+        )
+    if positions in encoder and len(encoder[positions]) < len(own[positions]):
+        reasons[positions] = (
+            f"it has {len(encoder[positions])} positions: use max_seq_length {len(encoder[positions])} or less"
+        )
+    if reasons and not missing and all(item.split(":")[0] in reasons for item in mismatched):
+        raise UserError(f"the weights in {path} do not fit: {'; '.join(reasons.values())}")
     if mismatched or missing:
         listed = "; ".join(mismatched[:6] + [f"{key}: missing" for key in missing[:6]])
         raise UserError(
