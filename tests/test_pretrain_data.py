@@ -197,7 +197,7 @@ def test_rebuild_refuses_other_settings_unless_overwrite(english_corpus: Path, v
     build(english_corpus, vocab_file, output)
     before = all_files(output)
     assert build(english_corpus, vocab_file, output).skipped
-    with pytest.raises(UserError, match=r"other settings \(differing: settings\).*--overwrite"):
+    with pytest.raises(UserError, match=r"other settings \(differing: max_seq_length 128 -> 64\).*--overwrite"):
         build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64))
     assert all_files(output) == before
     build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64), overwrite=True)

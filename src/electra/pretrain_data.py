@@ -312,7 +312,15 @@ def _prepare_output(output_dir: Path, corpus_dir: Path, identity: dict, overwrit
             existing = json.loads(metadata_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             existing = {}
-        differing = sorted(key for key in identity if existing.get(key) != identity[key])
+        differing = []
+        for key in sorted(identity):
+            before, now = existing.get(key), identity[key]
+            if isinstance(before, dict) and isinstance(now, dict):  # the flags: name each one that changed
+                differing += [
+                    f"{name} {before.get(name)!r} -> {now[name]!r}" for name in now if before.get(name) != now[name]
+                ]
+            elif before != now:
+                differing.append({"corpus": "the corpus files", "vocab_sha256": "the vocabulary"}.get(key, key))
         if not differing:
             return False
         raise UserError(
