@@ -213,6 +213,11 @@ def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
         get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_column": "review"}}).examples("train")
     with pytest.raises(UserError, match="unknown spec key"):
         get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_colum": "x"}})
+    chunk = tmp_path / "finetuning_data" / "chunk"
+    chunk.mkdir()
+    (chunk / "train.txt").write_text("The DT B-NP\ncat NN I-NP\n\nsat VBD\n")  # the last line lost its tag
+    with pytest.raises(UserError, match=r"train\.txt:4: 2 field\(s\) where line 1 has 3"):
+        get_task("chunk", tmp_path / "finetuning_data", {}).examples("train")
 
 
 # ----------------------------------------------------------------------------------------------- end to end

@@ -291,9 +291,17 @@ def read_conll(path: Path) -> list[Example]:
     words: list[str] = []
     tags: list[str] = []
     start = 1
+    width = None  # fields of the file's first token line; a line with another count lost a field (the tag?)
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()
+            if fields and fields[0] != "-DOCSTART-":
+                width = width or (len(fields), number)
+                if len(fields) != width[0]:
+                    raise UserError(
+                        f"{path}:{number}: {len(fields)} field(s) where line {width[1]} has {width[0]} (word ... tag): "
+                        f"{line.strip()!r}"
+                    )
             if not fields or fields[0] == "-DOCSTART-":
                 if words:
                     examples.append(Example(len(examples), words=words, label=tags, source=f"{path}:{start}"))
