@@ -330,3 +330,50 @@ def test_real_corpora_through_the_command_line(tmp_path: Path, corpus_name: str,
     assert counts["unknown_tokens"] < 0.001 * counts["tokens"]
     data = PretrainingData(tmp_path / "data", read_vocab(vocab))
     assert len(data) == counts["examples"] > documents // 2
+
+
+def all_rows(directory: Path) -> np.ndarray:
+    data = PretrainingData(directory)
+    return data.input_ids(np.arange(len(data)))
+
+
+def test_archives_and_compressed_files_read_as_the_reference_reads_openwebtext(vocab_file: Path, tmp_path: Path):
+    """OpenWebText, extracted as the reference says, is a folder of xz-compressed tars of one-document text files:
+    build-data reads it as is, each file inside one document (blank lines within it dropped, as the reference's
+    OpenWebText builder does), and a gzip-compressed text file as the text it holds. The examples equal those of
+    the same text written out plainly, a blank line after each document."""
+    import gzip
+    import io
+    import tarfile
+
+    documents = ["\n\n".join(lines) for lines in ENGLISH_DOCUMENTS]  # blank lines inside documents
+    packed, plain = tmp_path / "openwebtext", tmp_path / "plain"
+    packed.mkdir(), plain.mkdir()
+    for number, chunk in enumerate((documents[:3], documents[3:])):
+        name = f"urlsf_subset00-{number}_data.xz"
+        with tarfile.open(packed / name, "w:xz") as archive:
+            for index, text in enumerate(chunk):
+                data = text.encode()
+                member = tarfile.TarInfo(f"{number:04d}-{index}.txt")
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+        kept = ["\n".join(line for line in text.splitlines() if line.strip()) for text in chunk]
+        (plain / name).write_text("\n\n".join(kept) + "\n\n")
+    text = "\n".join(ENGLISH_DOCUMENTS[0]) + "\n"
+    (packed / "extra.txt.gz").write_bytes(gzip.compress(text.encode()))
+    (plain / "extra.txt.gz").write_text(text)
+    from_packed = build(packed, vocab_file, tmp_path / "a", settings=BuildSettings(blanks_separate_docs=False))
+    build(plain, vocab_file, tmp_path / "b", settings=BuildSettings(blanks_separate_docs=True))
+    assert from_packed.documents == len(documents) + 1
+    assert np.array_equal(all_rows(tmp_path / "a"), all_rows(tmp_path / "b"))
+    assert train_vocab(list_corpus_files(packed), 200, show_progress=False) == train_vocab(
+        list_corpus_files(plain), 200, show_progress=False
+    )
+
+    (packed / "extra.txt.gz").write_bytes(gzip.compress(text.encode())[:40])  # cut short in a copy
+    with pytest.raises(UserError, match=r"extra\.txt\.gz is a damaged compressed file"):
+        build(packed, vocab_file, tmp_path / "c")
+    (packed / "extra.txt.gz").unlink()
+    (packed / "notes.zip").write_bytes(b"PK\x03\x04" + bytes(40))
+    with pytest.raises(UserError, match=r"notes\.zip is a zip archive.*extract it"):
+        build(packed, vocab_file, tmp_path / "d")

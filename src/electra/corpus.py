@@ -4,20 +4,31 @@ A corpus is a folder of UTF-8 text files (searched recursively, hidden files ski
 lines separate documents, as in the reference. Files are cut into units of about `UNIT_BYTES` at
 document boundaries; a unit is the grain of parallel work and of seeding, so that what is built from a
 corpus does not depend on how many processes build it.
+
+Compressed files (gzip, bzip2, xz) are read as the text they hold, and tar archives (compressed or not) as
+one document per file inside, as the reference's OpenWebText builder reads the corpus's `urlsf_subset*.xz`
+archives; each such file is one unit.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import mmap
 import os
 import sys
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from electra.errors import UserError
 
 UNIT_BYTES = 1 << 20
+DAMAGED = (OSError, EOFError, lzma.LZMAError, tarfile.TarError)  # what truncated or corrupt packed files raise
+UNSUPPORTED_MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7z"}
 # Without a blank line this far past the target, cut at a line end so one huge document cannot serialise work.
 MAX_UNIT_STRETCH = 4
 
@@ -37,7 +48,39 @@ class CorpusUnit:
 class DecodedUnit:
     lines: list[str]
     invalid_utf8: int
-    first_invalid_line: int  # 1-based line in the file; 0 when the bytes were valid
+    first_invalid_line: int  # 1-based line in the file; 0 when the bytes were valid or the line is unknown
+    one_document_per_blank: bool = False  # from an archive: blank lines are exactly the ends of its files
+
+
+def compression(head: bytes) -> Any:
+    """The stdlib module that decompresses data starting with `head` (its first bytes), or None."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return gzip
+    if head.startswith(b"BZh") and head[3:4].isdigit() and head[4:10] == b"1AY&SY":
+        return bz2
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma
+    return None
+
+
+def packing(path: Path) -> str | None:
+    """How a corpus file is packed: "tar", "compressed", or None for plain text; unreadable packings are errors."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    for magic, name in UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            raise UserError(
+                f"{path} is a {name} archive, which the corpus reader does not open: extract it, or repack it as "
+                "tar, gzip, bzip2 or xz"
+            )
+    if head[257:262] == b"ustar":
+        return "tar"
+    if compression(head):
+        try:
+            return "tar" if tarfile.is_tarfile(path) else "compressed"
+        except DAMAGED:  # reading it says so, with the file's name
+            return "compressed"
+    return None
 
 
 def list_corpus_files(corpus_dir: str | os.PathLike) -> list[Path]:
@@ -70,6 +113,9 @@ def plan_units(files: list[Path], unit_bytes: int = UNIT_BYTES, at_blank_lines: 
         size = path.stat().st_size
         if size == 0:
             continue
+        if packing(path):  # no random access into compressed bytes: the whole file is one unit
+            units.append(CorpusUnit(path, 0, size))
+            continue
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             start = 0
             while start < size:
@@ -96,20 +142,57 @@ def _unit_end(data: mmap.mmap, target: int, size: int, at_blank_lines: bool, str
 
 def read_unit(unit: CorpusUnit) -> DecodedUnit:
     """The unit's lines (any newline convention), with invalid UTF-8 replaced by U+FFFD and counted."""
+    kind = packing(unit.path)
+    try:
+        if kind == "tar":
+            return _read_archive(unit.path)
+        if kind == "compressed":
+            data = unit.path.read_bytes()
+            lines, invalid, first_line = _decode(compression(data[:10]).decompress(data))
+            return DecodedUnit(lines, invalid, first_line)
+    except DAMAGED as error:
+        raise UserError(f"{unit.path} is a damaged {kind} file ({error}): download or copy it again") from None
     with open(unit.path, "rb") as handle:
         handle.seek(unit.start)
         data = handle.read(unit.size)
+    lines, invalid, first_line = _decode(data)
+    if invalid:
+        first_line += _count_newlines(unit.path, unit.start)
+    return DecodedUnit(lines, invalid, first_line)
+
+
+def _decode(data: bytes) -> tuple[list[str], int, int]:
+    """Lines of `data`, the count of invalid UTF-8 sequences replaced, and the line of the first (0 if none)."""
     try:
         text = data.decode("utf-8")
         invalid, first_line = 0, 0
     except UnicodeDecodeError as error:
         text = data.decode("utf-8", errors="replace")
         invalid = len(text) - len(data.decode("utf-8", errors="ignore"))
-        first_line = _count_newlines(unit.path, unit.start) + data.count(b"\n", 0, error.start) + 1
+        first_line = data.count(b"\n", 0, error.start) + 1
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and not lines[-1]:
         lines.pop()
-    return DecodedUnit(lines, invalid, first_line)
+    return lines, invalid, first_line
+
+
+def _read_archive(path: Path) -> DecodedUnit:
+    """Every file in a tar archive, in name order, as one document: its non-blank lines, then a blank line."""
+    lines: list[str] = []
+    invalid = 0
+    with tarfile.open(path) as archive:
+        members = sorted((member for member in archive.getmembers() if member.isfile()), key=lambda item: item.name)
+        for member in members:
+            data = archive.extractfile(member).read()
+            if compression(data[:10]) or data.startswith(tuple(UNSUPPORTED_MAGIC)):
+                raise UserError(
+                    f"{path} holds compressed archives ({member.name}, ...): extract it first (`tar xf {path.name}`, "
+                    "as for OpenWebText's openwebtext.tar.xz) and pass the extracted folder as --corpus-dir"
+                )
+            member_lines, member_invalid, _ = _decode(data)
+            invalid += member_invalid
+            lines += [line for line in member_lines if line.strip()] + [""]
+    return DecodedUnit(lines, invalid, 0, one_document_per_blank=True)
 
 
 def _count_newlines(path: Path, end: int) -> int:
@@ -142,9 +225,10 @@ class InvalidUtf8Report:
 
     def warn(self) -> None:
         for path, (count, first_line) in sorted(self.by_file.items()):
+            where = f" (first at line {first_line})" if first_line else ""
             print(
-                f"warning: {path}: {count} invalid UTF-8 byte sequence(s) replaced by U+FFFD "
-                f"(first at line {first_line}); re-encode the file as UTF-8 to keep that text",
+                f"warning: {path}: {count} invalid UTF-8 byte sequence(s) replaced by U+FFFD{where}; "
+                "re-encode the text as UTF-8 to keep it",
                 file=sys.stderr,
             )
 

@@ -160,7 +160,7 @@ class _UnitBuilder:
         lines = [line.strip() for line in decoded.lines]
         if settings.split_sentences:
             lines = [sentence for line in lines for sentence in split_into_sentences(line)]
-        if not settings.blanks_separate_docs:
+        if not settings.blanks_separate_docs and not decoded.one_document_per_blank:
             lines = [line for line in lines if line]
         encodings = self.tokenizer.encode_batch_fast([line for line in lines if line], add_special_tokens=False)
         token_ids = (encoding.ids for encoding in encodings)
