@@ -443,6 +443,12 @@ def test_glue_task_writes_submission_file(tmp_path: Path, vocab_file: Path) -> N
     submission = tmp_path / "models" / "m" / "test_predictions" / "sst_1" / "SST-2.tsv"
     assert outcome["test_outputs"] == [submission]
     assert submission.read_text() == "index\tprediction\n0\t1\n1\t0\n"
+    # `electra predict` knows GLUE's column names and reads quotes as text, as GLUE's files need.
+    (folder / "quoted.tsv").write_text('sentence\tlabel\n"the film was great\t1\nan awful plot "\t0\n')
+    done = run_prediction(
+        outcome["trials"][0]["dir"] / "model", folder / "quoted.tsv", columns={"label_column": "label"}
+    )
+    assert done.scores["accuracy"] == 100.0
 
 
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])

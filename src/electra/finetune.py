@@ -52,7 +52,16 @@ from electra.modeling import (
 )
 from electra.pretrain import hf_config, resolve_init_checkpoint
 from electra.qa import QADecoding, QAFeaturizer, best_answer, read_mrqa, read_squad, records_to_examples
-from electra.tasks import TABLE_SUFFIXES, Example, Task, get_task, label_scores, read_jsonl_rows, read_table_rows
+from electra.tasks import (
+    GLUE_TEXT_COLUMNS,
+    TABLE_SUFFIXES,
+    Example,
+    Task,
+    get_task,
+    label_scores,
+    read_jsonl_rows,
+    read_table_rows,
+)
 from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
 from electra.trainer import (
     NO_DECAY_MARKERS,
@@ -1063,8 +1072,10 @@ def read_prediction_inputs(
     if head.kind == "qa":
         return read_questions(path)
     tagging = head.kind == "tagging"
-    text_column = columns.get("text_column") or spec.get("text_column") or ("tokens" if tagging else "text")
-    text_column_2 = columns.get("text_column_2") or spec.get("text_column_2")
+    given = columns.get("text_column") or spec.get("text_column")
+    glue = None if given else GLUE_TEXT_COLUMNS.get(spec.get("name", ""))  # a GLUE model on GLUE's own files
+    text_column = given or (glue[0] if glue else "tokens" if tagging else "text")
+    text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
     label_column = columns.get("label_column")
     if label_column and (head.kind not in ("classification", "regression") or path.suffix not in TABLE_SUFFIXES):
         raise UserError(
@@ -1073,7 +1084,10 @@ def read_prediction_inputs(
         )
     examples = []
     if path.suffix in TABLE_SUFFIXES:
-        rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, header=True)
+        if path.suffix == ".jsonl":
+            rows = read_jsonl_rows(path)
+        else:
+            rows = read_table_rows(path, header=True, literal_quotes=glue is not None and path.suffix == ".tsv")
         for number, row in rows:
             if text_column not in row or (text_column_2 and text_column_2 not in row):
                 missing = text_column if text_column not in row else text_column_2

@@ -244,6 +244,18 @@ def _glue(
     register_task(name)(cls)
 
 
+# The header names of the text columns in GLUE's dev and test files (CoLA's dev file has no header), so that
+# `electra predict` runs a GLUE model over them without being told.
+GLUE_TEXT_COLUMNS = {
+    "cola": ("sentence", None),
+    "sst": ("sentence", None),
+    "mrpc": ("#1 String", "#2 String"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "sts": ("sentence1", "sentence2"),
+    "mnli": ("sentence1", "sentence2"),
+}
 BINARY = ("0", "1")
 ENTAILMENT = ("entailment", "not_entailment")
 _glue("cola", BINARY, Columns(3, None, 1, skip_header=False), Columns(1, None, None), metrics=("mcc", "accuracy"))
@@ -475,11 +487,14 @@ class TableTask(Task):
         )
 
 
-def read_table_rows(path: Path, header: bool) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0")."""
+def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0"). `literal_quotes`
+    reads quote characters as text, as GLUE's files need (the reference reads them so)."""
     delimiter = "\t" if path.suffix == ".tsv" else ","
     with open_text(path, newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        reader = csv.reader(
+            handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if literal_quotes else csv.QUOTE_MINIMAL
+        )
         try:
             lines = [(reader.line_num, row) for row in reader]
         except csv.Error as error:
