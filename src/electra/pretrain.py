@@ -117,9 +117,8 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does.
 
     Resuming a model, or continuing from a model folder (`init_checkpoint`), takes its shape unless the hparams
-    give another. As in
-    the reference, `--model-name` may name a downloaded model (a converted TF checkpoint or a Hugging Face pair
-    under <data-dir>/models/): with no checkpoints of its own yet, it is where pre-training starts from.
+    give another. As in the reference, `--model-name` may name a downloaded model (a converted TF checkpoint or a
+    Hugging Face pair under <data-dir>/models/): with no checkpoints of its own yet, it is where training starts.
     """
     data_dir = Path(data_dir)
     model_dir = Path(hparams["model_dir"]) if hparams.get("model_dir") else data_dir / "models" / model_name
@@ -230,7 +229,7 @@ def load_init_checkpoint(model: PretrainingModel, path: str) -> list[str]:
         encoder = {key: value for key, value in sources.get("discriminator", {}).items() if key.startswith("electra.")}
         sources["discriminator"] = encoder
     own = model.state_dict()
-    provided: dict[str, torch.Tensor] = {}
+    provided: dict[int, tuple[str, torch.Tensor]] = {}  # by the storage of the model's tensor: shared ones once
     unexpected = []
     for part in ("all", "discriminator", "generator"):  # the discriminator's copy of a shared weight wins
         for key, value in sources.get(part, {}).items():
