@@ -48,6 +48,16 @@ def test_split_is_stratified_disjoint_and_reproducible(tmp_path: Path) -> None:
     assert all(read_split(tmp_path / "again", split) == rows for split, rows in splits.items())
     split_table(source, tmp_path / "other", SplitSettings("cat", "review", 0.1, 0.2, seed=8))
     assert read_split(tmp_path / "other", "dev") != splits["dev"]
+    # An earlier split is replaced; a folder with the user's own files, or the input itself, is never emptied.
+    split_table(source, tmp_path / "other", settings)
+    assert read_split(tmp_path / "other", "dev") == splits["dev"]
+    with pytest.raises(UserError, match="holds the input"):
+        split_table(source, tmp_path, settings)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match=r"already holds other files \(notes.txt"):
+        split_table(source, tmp_path / "mine", settings)
+    assert source.exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_few_label_training_sets_nest_and_keep_dev_and_test(tmp_path: Path) -> None:

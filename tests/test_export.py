@@ -29,6 +29,10 @@ def test_hugging_face_export_of_a_fine_tuned_model(finetuned_classifier: Path, t
         logits = model(**encoded).logits
         torch.testing.assert_close(logits, predictor.model.outputs(batch, 0), atol=1e-5, rtol=1e-5)
     assert model.config.id2label[int(logits[0].argmax())] == "pos"
+    export_hf(finetuned_classifier, tmp_path / "hf")  # an earlier export is replaced ...
+    with pytest.raises(UserError, match="holds the input"):  # ... the model itself never
+        export_hf(finetuned_classifier, finetuned_classifier)
+    assert (finetuned_classifier / "model.safetensors").is_file()
 
 
 def test_hugging_face_export_of_a_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:

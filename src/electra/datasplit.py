@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from electra.errors import UserError
-from electra.fileio import atomic_directory
+from electra.fileio import atomic_directory, check_replaceable
 from electra.tasks import read_jsonl_rows, read_table_rows
 
 SPLITS = ("train", "dev", "test")
@@ -123,6 +123,7 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         "counts": counts,
         "files": {split: f"{split}{suffix}" for split in SPLITS if chosen[split]},
     }
+    check_replaceable(target, SPLIT_RECORD, [path])
     with atomic_directory(target) as tmp:
         for split in SPLITS:
             if chosen[split]:

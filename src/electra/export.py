@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from electra.errors import UserError
-from electra.fileio import atomic_directory
+from electra.fileio import atomic_directory, check_replaceable
 from electra.finetune import (
     TASK_FILE,
     Featurizer,
@@ -68,6 +68,7 @@ def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) ->
 
 
 def _copy_model_folder(source: Path, target: Path, do_lower_case: bool) -> None:
+    check_replaceable(target, "config.json", [source])
     with atomic_directory(target) as tmp:
         for path in source.iterdir():
             if path.is_file():
@@ -139,6 +140,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
     example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    check_replaceable(target, "model.onnx", [source])
     with atomic_directory(target) as tmp, quiet_exporter():
         try:
             program = torch.onnx.export(

@@ -38,6 +38,22 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and TMP_MARKER in path.name
 
 
+def check_replaceable(folder: Path, marker: str, inputs: list[Path]) -> None:
+    """Refuse to replace `folder` (as `atomic_directory` does) unless it is new, empty, or an earlier output of the
+    same command (it holds `marker`) that holds none of the command's `inputs`: never delete a user's own files."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    for source in inputs:
+        if source.resolve() == folder.resolve() or source.resolve().is_relative_to(folder.resolve()):
+            raise UserError(f"{folder} holds the input {source}: write the output to another folder")
+    if not (folder / marker).exists():
+        names = ", ".join(sorted(path.name for path in folder.iterdir())[:3])
+        raise UserError(
+            f"{folder} already holds other files ({names}, ...), which writing there would delete: choose a new "
+            "or empty folder"
+        )
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; once the block finishes, its files are synced and it
