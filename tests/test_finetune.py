@@ -537,3 +537,16 @@ def test_mnli_writes_the_glue_diagnostic_predictions(tmp_path: Path, vocab_file:
     assert sorted(written) == ["AX.tsv", "MNLI-m.tsv"]  # no test_mismatched.tsv here: skipped
     assert len(written["AX.tsv"]) == 3 and written["AX.tsv"][0] == "index\tprediction"
     assert all(line.split("\t")[1] in labels for line in written["AX.tsv"][1:] + written["MNLI-m.tsv"][1:])
+
+
+def test_a_trial_is_not_reused_once_its_training_data_changed(tmp_path: Path, vocab_file: Path) -> None:
+    """Re-running the same command reuses a finished trial, but not after the training file changed (another
+    `electra split`, say): that run's dev score would belong to a model trained on other data."""
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(vocab_file)}
+    write_user_task(tmp_path, {"train": sentiment_rows(48, 0), "dev": sentiment_rows(16, 1)})
+    first = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
+    again = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
+    assert again["trials"][0]["scores"] == first["trials"][0]["scores"]  # reused as it is
+    write_user_task(tmp_path, {"train": sentiment_rows(48, 2), "dev": sentiment_rows(16, 1)})
+    with pytest.raises(UserError, match=r"other settings \(the training data differ\)"):
+        run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})

@@ -14,6 +14,7 @@ batch but not what the model computes for each of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -777,8 +778,18 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
     return loaded
 
 
+def training_data_fingerprint(examples: list[Any]) -> str:
+    """A checksum of what a task trains on (texts, words, labels, answers; not where they were read from), so a
+    trial is not reused once its training file changed, e.g. after another `electra split`."""
+    digest = hashlib.sha256()
+    for example in examples:
+        fields = {key: value for key, value in asdict(example).items() if key not in ("eid", "source")}
+        digest.update(json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
-    """Refuse to resume or reuse a trial that was trained with other hparams."""
+    """Refuse to resume or reuse a trial that was trained with other hparams or other training data."""
     path = trial_dir / "finetune_config.json"
     if not path.is_file():
         return
@@ -786,12 +797,15 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
     changed = sorted(
         key
         for key in set(previous) | set(record)
-        if key not in RUN_INDEPENDENT_HPARAMS and previous.get(key) != record.get(key)
+        if key not in RUN_INDEPENDENT_HPARAMS
+        and previous.get(key) != record.get(key)
+        and (key != "train_data" or key in previous)  # trials recorded before the checksum existed
     )
     if changed:
         raise UserError(
-            f"{trial_dir} holds a run with other settings ({', '.join(changed[:6])} differ): delete that folder "
-            "to start again, or restore the settings to resume it"
+            f"{trial_dir} holds a run with other settings "
+            f"({', '.join('the training data' if key == 'train_data' else key for key in changed[:6])} differ): "
+            "delete that folder to start again, or restore the settings to resume it"
         )
 
 
@@ -802,7 +816,12 @@ def train_trial(
     config = run.config
     trial_dir = run.trial_dir(trial)
     seed = config.seed + trial - 1
-    record = {**config.to_dict(), "seed": seed, "labels": {item.head.name: item.head.labels for item in data}}
+    record = {
+        **config.to_dict(),
+        "seed": seed,
+        "labels": {item.head.name: item.head.labels for item in data},
+        "train_data": {item.head.name: training_data_fingerprint(item.train) for item in data},
+    }
     _check_trial_record(trial_dir, record)
     torch.manual_seed(seed)
     model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
