@@ -42,6 +42,11 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         assert too_long.status_code == 413 and "example 1 is longer than 50" in too_long.json()["detail"]
         body = client.post("/predict", content=json.dumps({"texts": ["a" * 3000]}), headers={"content-type": "json"})
         assert body.status_code == 413 and "2,000-byte limit" in body.json()["detail"]
+        pieces = (piece.encode() for piece in ['{"texts": ["good"], "padding": "', "x" * 3000, '"}'])
+        chunked = client.post("/predict", content=pieces, headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and "2,000-byte limit" in chunked.json()["detail"]  # no Content-Length
+        small = (piece.encode() for piece in ['{"texts": ', '["good"]}'])
+        assert client.post("/predict", content=small, headers={"content-type": "application/json"}).status_code == 200
         both = client.post("/predict", json={"texts": ["good"], "pairs": [["a", "b"]]})
         assert both.status_code == 422 and "exactly one of" in both.json()["detail"]
         assert client.post("/predict", json={"texts": "not a list"}).status_code == 422

@@ -16,6 +16,7 @@ of handlers defined inside `create_app`, which postponed annotations would hide.
 """
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,53 @@ class ServeLimits:
     max_body_bytes: int = 1_000_000
     max_batch_size: int = 64  # examples the model runs at once, across requests
     batch_wait_ms: float = 2.0
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a body over `max_bytes`: at once when Content-Length says so, else (a
+    chunked upload) as soon as the bytes received pass the limit. The body is read here, at most `max_bytes` of
+    it, and handed on to the application whole."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send, f"request body of {int(length)} bytes exceeds the {self.max_bytes:,}-byte limit")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(send, f"request body exceeds the {self.max_bytes:,}-byte limit")
+                return
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> dict:
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Any, detail: str) -> None:
+        content = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
 
 class MicroBatcher:
@@ -88,8 +136,7 @@ class MicroBatcher:
 def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:
     """The FastAPI application serving the fine-tuned model in `model_dir`."""
     try:
-        from fastapi import FastAPI, HTTPException, Request
-        from fastapi.responses import JSONResponse
+        from fastapi import FastAPI, HTTPException
         from pydantic import BaseModel
     except ImportError:
         raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
@@ -130,15 +177,7 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
     )
     app.state.batcher = batcher
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return JSONResponse(
-                status_code=413,
-                content={"detail": f"request body of {length} bytes exceeds the {limits.max_body_bytes:,}-byte limit"},
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
