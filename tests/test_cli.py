@@ -61,6 +61,14 @@ def test_reference_flags_are_accepted():
         assert build_parser().parse_args([*base, "--blanks-separate-docs", value]).blanks_separate_docs is expected
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--blanks-separate-docs", "maybe"])
+    # Counts that cannot work are refused by the parser, not by a traceback later.
+    for arguments in (
+        ["predict", "--model-dir", "m", "--input", "i", "--batch-size", "0"],
+        ["score", "--model-dir", "m", "--input", "i", "--max-seq-length", "2"],
+        [*base, "--num-processes", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(arguments)
 
 
 def test_default_corpus_is_real_documentation_text(tmp_path: Path):

@@ -317,6 +317,8 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     assert done.scores["accuracy"] == pytest.approx(100 * np.mean(same))
     assert done.scores["accuracy"] > 90 and set(done.scores) == {"accuracy", "macro_f1", "mcc", "f1"}
     assert json.loads(done.path.with_suffix(".scores.json").read_text()) == done.scores
+    elsewhere = run_prediction(finetuned_classifier, source, tmp_path / "new" / "out.jsonl", columns=columns)
+    assert elsewhere.path.read_text() == done.path.read_text()  # a missing output folder is created
     source.write_text("sentence\tgold\ngood film\tpos\nbad film\tneutral\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"labelled\.tsv:3: label 'neutral' is not one the model was trained on"):
         run_prediction(finetuned_classifier, source, columns=columns, show_progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from electra import __version__
@@ -23,6 +24,21 @@ QUICKSTART_HPARAMS = {
     "log_every_steps": 10,
     "do_eval": True,
 }
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum` (a batch of 0 or a negative count is a mistake)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 def _truth_value(text: str) -> bool:
@@ -86,9 +102,12 @@ def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus-dir", required=True, help="folder of raw text; blank lines separate documents")
     parser.add_argument("--vocab-file", required=True, help="WordPiece vocab.txt")
     parser.add_argument("--output-dir", required=True, help="where to write the shards")
-    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default: 128)")
+    parser.add_argument("--max-seq-length", type=_at_least(3), default=128, help="tokens per example (default: 128)")
     parser.add_argument(
-        "--num-processes", type=int, default=1, help="parallel processes; the output does not depend on it (default: 1)"
+        "--num-processes",
+        type=_at_least(1),
+        default=1,
+        help="parallel processes; the output does not depend on it (default: 1)",
     )
     _add_toggle(
         parser,
@@ -152,7 +171,7 @@ def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
         default=QUICKSTART_VOCAB_SIZE,
         help=f"vocabulary size (default: {QUICKSTART_VOCAB_SIZE}, enough for the small corpus)",
     )
-    parser.add_argument("--num-processes", type=int, default=1, help="processes for build-data (default: 1)")
+    parser.add_argument("--num-processes", type=_at_least(1), default=1, help="processes for build-data (default: 1)")
     parser.add_argument(
         "--train-steps", type=int, default=QUICKSTART_STEPS, help=f"pre-training steps (default: {QUICKSTART_STEPS})"
     )
@@ -215,7 +234,7 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="column of the true labels (classification, regression): also print and write the scores",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch (default: 32)")
+    parser.add_argument("--batch-size", type=_at_least(1), default=32, help="examples per batch (default: 32)")
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
     )
@@ -272,9 +291,17 @@ def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: Electric if the model was pre-trained as Electric, else its masked LM",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="texts (Electric) or masked copies (MLM) per batch (default: 64)"
+        "--batch-size",
+        type=_at_least(1),
+        default=64,
+        help="texts (Electric) or masked copies (MLM) per batch (default: 64)",
     )
-    parser.add_argument("--max-seq-length", type=int, default=128, help="longer texts are cut (default: 128)")
+    parser.add_argument(
+        "--max-seq-length",
+        type=_at_least(3),
+        default=128,
+        help="longer texts are cut (default: 128; [CLS] x [SEP] needs 3)",
+    )
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
     )
@@ -291,9 +318,11 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--max-examples", type=int, default=64, help="examples per request (default: 64)")
-    parser.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default: 10000)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="examples per model batch (default: 64)")
+    parser.add_argument("--max-examples", type=_at_least(1), default=64, help="examples per request (default: 64)")
+    parser.add_argument("--max-chars", type=_at_least(1), default=10_000, help="characters per text (default: 10000)")
+    parser.add_argument(
+        "--max-batch-size", type=_at_least(1), default=64, help="examples per model batch (default: 64)"
+    )
     parser.add_argument(
         "--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default: 2)"
     )

@@ -18,6 +18,7 @@ TMP_MARKER = ".tmp-"
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
     final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
     try:
         yield tmp
