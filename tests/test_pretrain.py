@@ -389,3 +389,17 @@ def test_model_name_of_a_downloaded_pair_continues_it_and_failures_change_nothin
     with pytest.raises(UserError, match="do not fit"):
         run_pretraining(pretrain_data_dir, "downloaded", {**evaluation, "model_size": "base"})
     assert (model_dir / "pretrain_config.json").read_bytes() == record
+
+
+def test_a_second_run_on_a_model_in_training_stops_at_once(pretrain_data_dir: Path):
+    """Two runs writing checkpoints into one model folder would interleave them: the second is refused."""
+    from electra.fileio import folder_lock
+
+    model_dir = pretrain_data_dir / "models" / "busy"
+    with folder_lock(model_dir, "electra pretrain"):  # as a run in another terminal holds it
+        with pytest.raises(
+            UserError, match=rf"{model_dir} is in use by another electra pretrain \(pid {os.getpid()}\)"
+        ):
+            run_pretraining(pretrain_data_dir, "busy", {**FAST, "num_train_steps": 1})
+        assert not (model_dir / "checkpoints").exists()
+    assert run_pretraining(pretrain_data_dir, "busy", {**FAST, "num_train_steps": 1})["train"].step == 1

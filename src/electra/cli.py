@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -480,7 +481,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from electra.pretrain import describe, run_pretraining
 
     outcome = run_pretraining(args.data_dir, args.model_name, parse_hparams(args.hparams))
-    if "train" in outcome or "eval" in outcome:
+    if ("train" in outcome or "eval" in outcome) and os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(describe(outcome))
 
 

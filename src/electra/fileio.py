@@ -39,6 +39,34 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and TMP_MARKER in path.name
 
 
+@contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` while `command` writes in it, so that a second run on the same model
+    (a forgotten terminal, an orphaned worker) stops at once instead of both writing checkpoints. The operating
+    system drops the lock when the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"{folder} is in use by another {command} ({holder}): wait for it to finish, or stop it, then run "
+                "this again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+
+
 def check_replaceable(folder: Path, marker: str, inputs: list[Path]) -> None:
     """Refuse to replace `folder` (as `atomic_directory` does) unless it is new, empty, or an earlier output of the
     same command (it holds `marker`) that holds none of the command's `inputs`: never delete a user's own files."""

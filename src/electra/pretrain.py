@@ -11,6 +11,7 @@ Model folder (`<data-dir>/models/<model-name>/`, as the reference):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -27,7 +28,7 @@ from torch import nn
 
 from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config, with_inherited_shape
 from electra.errors import UserError
-from electra.fileio import atomic_directory, read_weights, write_text_atomic
+from electra.fileio import atomic_directory, folder_lock, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
 from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab
@@ -392,6 +393,12 @@ def run_pretraining(
     if not (config.do_train or config.do_eval):
         raise UserError("both do_train and do_eval are false: nothing to do")
     processes = processes or setup_processes()
+    with folder_lock(run.model_dir, "electra pretrain") if processes.is_main else contextlib.nullcontext():
+        return _train_and_evaluate(run, model_name, processes)
+
+
+def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Processes) -> dict[str, Any]:
+    config = run.config
     torch.manual_seed(config.seed)  # the initial weights
     vocab = read_vocab(run.vocab_file)
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
