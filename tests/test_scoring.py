@@ -179,7 +179,10 @@ def test_rerank_command_reports_wer_before_and_after(models: dict[str, Path], tm
 def test_malformed_nbest_and_references_name_file_and_line(tmp_path: Path) -> None:
     nbest = tmp_path / "nbest.jsonl"
     nbest.write_text('{"id": "u1", "hypotheses": [{"text": "a", "score": 1}]}\n{"id": "u2", "hypotheses": []}\n')
-    with pytest.raises(UserError, match=r"nbest.jsonl:2: no \"hypotheses\" list"):
+    with pytest.raises(UserError, match=r"nbest.jsonl:2: an empty \"hypotheses\" list \(expected .*\]\}\)$"):
+        read_nbest(nbest)
+    nbest.write_text('{"id": "u1", "hyps": []}\n')
+    with pytest.raises(UserError, match=r"nbest.jsonl:1: no \"hypotheses\" list"):
         read_nbest(nbest)
     nbest.write_text('{"id": "u1", "hypotheses": [{"text": "a"}]}\n')
     with pytest.raises(UserError, match=r"nbest.jsonl:1: hypothesis 1 needs a \"text\" string and a numeric"):

@@ -300,9 +300,10 @@ def read_nbest(path: Path) -> list[NBestList]:
     for number, row in read_jsonl_rows(path):
         hypotheses = row.get("hypotheses")
         if not isinstance(hypotheses, list) or not hypotheses:
+            problem = 'an empty "hypotheses" list' if hypotheses == [] else 'no "hypotheses" list'
             raise UserError(
-                f'{path}:{number}: no "hypotheses" list (expected {{"id": ..., "hypotheses": '
-                '[{"text": ..., "score": ...}, ...]}})'
+                f'{path}:{number}: {problem} (expected {{"id": ..., "hypotheses": '
+                f'[{{"text": ..., "score": ...}}, ...]}})'
             )
         texts, first_pass = [], []
         for position, item in enumerate(hypotheses, 1):
