@@ -49,6 +49,11 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         assert client.post("/predict", content=small, headers={"content-type": "application/json"}).status_code == 200
         both = client.post("/predict", json={"texts": ["good"], "pairs": [["a", "b"]]})
         assert both.status_code == 422 and "exactly one of" in both.json()["detail"]
+        pairs = client.post("/predict", json={"pairs": [["good", "film"]]})  # a single-text classifier
+        assert (
+            pairs.status_code == 422
+            and pairs.json()["detail"] == 'this model was fine-tuned on single texts: send "texts"'
+        )
         assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
         tagging_input = client.post("/predict", json={"tokens": [["good"]]})
         assert tagging_input.status_code == 422 and "for taggers" in tagging_input.json()["detail"]

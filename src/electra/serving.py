@@ -25,7 +25,7 @@ from typing import Any
 from electra.errors import UserError
 from electra.export import OnnxPredictor, open_predictor
 from electra.finetune import Predictor
-from electra.tasks import Example
+from electra.tasks import GLUE_TEXT_COLUMNS, Example
 
 
 @dataclass
@@ -133,6 +133,16 @@ class MicroBatcher:
                 start += len(batch)
 
 
+def text_input_kind(spec: dict[str, Any]) -> str | None:
+    """ "pairs" or "texts": what a classifier or regressor was fine-tuned on, where its task spec says (user tasks
+    name their text columns; GLUE tasks are known); None where it does not (a task of the Python API)."""
+    if spec.get("text_column"):
+        return "pairs" if spec.get("text_column_2") else "texts"
+    if spec.get("name") in GLUE_TEXT_COLUMNS:
+        return "pairs" if GLUE_TEXT_COLUMNS[spec["name"]][1] else "texts"
+    return None
+
+
 def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:
     """The FastAPI application serving the fine-tuned model in `model_dir`."""
     try:
@@ -145,6 +155,7 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
     predictor = open_predictor(model_dir, precision)
     head = predictor.head
     batcher = MicroBatcher(predictor, limits)
+    text_inputs = text_input_kind(predictor.spec)
 
     class Question(BaseModel):
         context: str
@@ -219,6 +230,13 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
                 else f'"questions" is for question-answering models; this is a {kind} model'
             )
             raise HTTPException(status_code=422, detail=detail)
+        if (
+            kind in ("classification", "regression")
+            and given[0] in ("texts", "pairs")
+            and text_inputs not in (given[0], None)
+        ):
+            detail = f"this model was fine-tuned on {'pairs of texts' if text_inputs == 'pairs' else 'single texts'}"
+            raise HTTPException(status_code=422, detail=f'{detail}: send "{text_inputs}"')
         count = len(texts or pairs or tokens or questions or [])
         if count > limits.max_examples:
             raise HTTPException(
