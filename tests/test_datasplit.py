@@ -90,6 +90,10 @@ def test_jsonl_in_jsonl_out_and_clear_errors(tmp_path: Path, capsys) -> None:
     assert "has no column 'review' (columns: label, text)" in capsys.readouterr().err
     with pytest.raises(UserError, match="leave nothing to train on"):
         split_table(source, tmp_path / "u", SplitSettings("label", "text", dev_share=0.5, test_share=0.5))
+    # A class too small for a share gets no dev or test example: said, since its scores will be missing.
+    small = write_table(tmp_path / "small.csv", [*ROWS, ("电脑", "电脑 一"), ("电脑", "电脑 二")])
+    split_table(small, tmp_path / "v", SplitSettings("cat", "review", dev_share=0.1, test_share=0.2))
+    assert "warning: dev has no example of 1 class(es) (电脑)" in capsys.readouterr().err
 
 
 def test_online_shopping_reviews_split_into_ten_routing_classes(tmp_path: Path) -> None:

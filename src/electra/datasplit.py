@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,6 +115,14 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         split: dict(sorted(Counter(str(row[settings.label_column]).strip() for _, row in chosen[split]).items()))
         for split in SPLITS
     }
+    for split, share in (("dev", settings.dev_share), ("test", settings.test_share)):
+        missing = sorted(set(by_label) - set(counts[split]))
+        if share and missing:
+            print(
+                f"warning: {split} has no example of {len(missing)} class(es) ({', '.join(missing[:5])}): too few rows "
+                f"of them for a {share:.0%} share, so {split} scores will not cover them",
+                file=sys.stderr,
+            )
     record = {
         "source": str(path),
         "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
