@@ -119,7 +119,8 @@ def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path]
     assert "wrote 2 mlm scores" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "texts.scores.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == [7, 8]
-    assert rows[0]["text"] == "the cat sat" and rows[0]["tokens"] == ["the", "cat", "sat"]
+    assert rows[0]["sentence"] == "the cat sat" and "text" not in rows[0]  # the input's own field name
+    assert rows[0]["tokens"] == ["the", "cat", "sat"]
     assert rows[0]["score"] == pytest.approx(sum(rows[0]["token_scores"]), abs=1e-3) and rows[0]["score"] < 0
     plain = tmp_path / "texts.txt"
     plain.write_text("the cat sat\n\na red dog\n")

@@ -238,8 +238,8 @@ class TextScorer:
 
 # ----------------------------------------------------------------------------------------------- electra score
 def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any], str]]:
-    """(other fields, text) for each text: JSONL rows with `text_field`, or plain text, one a line (blank lines
-    are skipped, so each text keeps its line number as a field)."""
+    """(fields, text) for each text: JSONL rows (all their fields, `text_field` the text), or plain text, one a
+    line (blank lines are skipped, so each text keeps its line number as a field beside "text")."""
     if not path.is_file():
         raise UserError(f"input file {path} does not exist")
     if path.suffix == ".jsonl":
@@ -247,10 +247,11 @@ def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any
         for number, row in read_jsonl_rows(path):
             if not isinstance(row.get(text_field), str):
                 raise UserError(f"{path}:{number}: no text field {text_field!r} (name it with --text-field)")
-            texts.append(({key: value for key, value in row.items() if key != text_field}, row[text_field]))
+            texts.append((row, row[text_field]))
         return texts
     with open_text(path) as handle:
-        return [({"line": number}, line.strip()) for number, line in enumerate(handle, 1) if line.strip()]
+        lines = [(number, line.strip()) for number, line in enumerate(handle, 1) if line.strip()]
+    return [({"line": number, "text": line}, line) for number, line in lines]
 
 
 def run_scoring(
@@ -275,8 +276,8 @@ def run_scoring(
     if truncated:
         print(f"note: {truncated:,} text(s) longer than {scorer.max_seq_length} tokens were cut", file=sys.stderr)
     lines = [
-        json.dumps({**fields, "text": text, **score.to_dict()}, ensure_ascii=False)
-        for (fields, text), score in zip(texts, scores, strict=True)
+        json.dumps({**fields, **score.to_dict()}, ensure_ascii=False)
+        for (fields, _), score in zip(texts, scores, strict=True)
     ]
     write_text_atomic(target, "\n".join(lines) + "\n")
     return target, scorer.method, len(lines)
