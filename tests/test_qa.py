@@ -414,3 +414,5 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
             assert texts.status_code == 422 and '{"questions": [{"context"' in texts.json()["detail"]
             empty = client.post("/predict", json={"questions": [{"context": " ", "question": "who ?"}]})
             assert empty.status_code == 422 and "questions:0: the context is empty" in empty.json()["detail"]
+            blank = client.post("/predict", json={"questions": [{"context": "smith b", "question": " "}]})
+            assert blank.status_code == 422 and "questions:0: the question is empty" in blank.json()["detail"]

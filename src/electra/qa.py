@@ -445,6 +445,8 @@ def records_to_examples(path: Path | str, rows: list[tuple[int, dict[str, Any]]]
     for number, row in rows:
         if not isinstance(row.get("context"), str) or not isinstance(row.get("question"), str):
             raise UserError(f'{path}:{number}: each line needs a "context" and a "question" (strings)')
+        if not row["question"].strip():
+            raise UserError(f"{path}:{number}: the question is empty")
         qa = {"id": str(row.get("id", number)), "question": row["question"], "answers": []}
         found = _examples_of_paragraph(row["context"], [qa], False, False, report)
         if not found:
