@@ -702,13 +702,10 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     finetuned = None
     if init is not None and hparams.get("do_train") is False:
         # The reference evaluates a fine-tuned model this way: init_checkpoint names its finetuning_models/ folder.
-        finetuned = init / "model" if (init / "model").is_dir() else init
-        if not (finetuned / TASK_FILE).is_file() and not any(finetuned.glob(f"*/{TASK_FILE}")):
-            raise UserError(
-                f'with "do_train": false, init_checkpoint names the fine-tuned model to evaluate, and {init} is not '
-                "one: give a folder under <model-dir>/finetuning_models/ (e.g. sst_model_1)"
-            )
-        init = finetuned
+        # (Any other init_checkpoint, e.g. the training run's own hparams reused, leaves the trials' models to it.)
+        candidate = init / "model" if (init / "model").is_dir() else init
+        if (candidate / TASK_FILE).is_file() or any(candidate.glob(f"*/{TASK_FILE}")):
+            finetuned = init = candidate
     if init is not None:
         hparams = with_inherited_shape(hparams, init)
     config = build_finetuning_config(hparams)
@@ -1031,14 +1028,17 @@ def run_finetuning(
         if config.do_train:
             model = train_trial(run, data, trial, featurizer, processes)
         else:
-            model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
-            model = FinetuningModel(model_config, [item.head for item in data])
             exported = run.finetuned_model or trial_dir / "model"
-            if not exported.is_dir():
+            config_file = task_model_dir(exported, data, data[0]) / "config.json"
+            if not config_file.is_file():
                 raise UserError(
-                    f'{exported} does not exist: train first ("do_train": true), or name a fine-tuned model with '
-                    "init_checkpoint"
+                    f'{exported} holds no fine-tuned model: train first ("do_train": true), or name a fine-tuned '
+                    "model with init_checkpoint"
                 )
+            # The shape the model was saved with, whatever the hparams of this evaluation say.
+            model = FinetuningModel(
+                ModelConfig.from_dict(json.loads(config_file.read_text())), [item.head for item in data]
+            )
             _load_exported(model, exported, data)
         model.to(processes.device)
         trial_scores: dict[str, dict[str, float]] = {}
