@@ -38,6 +38,7 @@ class CorpusUnit:
     path: Path
     start: int
     end: int
+    packing: str | None = None  # "tar" or "compressed" (the whole file), as found when the units were planned
 
     @property
     def size(self) -> int:
@@ -113,8 +114,9 @@ def plan_units(files: list[Path], unit_bytes: int = UNIT_BYTES, at_blank_lines: 
         size = path.stat().st_size
         if size == 0:
             continue
-        if packing(path):  # no random access into compressed bytes: the whole file is one unit
-            units.append(CorpusUnit(path, 0, size))
+        kind = packing(path)
+        if kind:  # no random access into compressed bytes: the whole file is one unit
+            units.append(CorpusUnit(path, 0, size, kind))
             continue
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             start = 0
@@ -142,7 +144,7 @@ def _unit_end(data: mmap.mmap, target: int, size: int, at_blank_lines: bool, str
 
 def read_unit(unit: CorpusUnit) -> DecodedUnit:
     """The unit's lines (any newline convention), with invalid UTF-8 replaced by U+FFFD and counted."""
-    kind = packing(unit.path)
+    kind = unit.packing
     try:
         if kind == "tar":
             return _read_archive(unit.path)

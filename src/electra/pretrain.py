@@ -189,7 +189,8 @@ def resolve_init_checkpoint(path: str) -> Path:
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    newest = checkpoint_dirs(candidate)[-1] / "model.safetensors" if checkpoint_dirs(candidate) else None
+    checkpoints = checkpoint_dirs(candidate)
+    newest = checkpoints[-1] / "model.safetensors" if checkpoints else None
     found = weights_file(candidate) or newest or weights_file(candidate / "discriminator")
     if found is None:
         raise UserError(
