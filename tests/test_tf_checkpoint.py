@@ -121,3 +121,96 @@ def test_pretraining_continues_from_a_converted_checkpoint(tmp_path: Path) -> No
     after = load_file(str(in_place / "discriminator" / "model.safetensors"))
     assert all(torch.equal(before[key], after[key]) for key in before)
     assert json.loads((in_place / "pretrain_config.json").read_text())["converted_from"]
+
+
+def _data_dir_with_fixture_vocab(tmp_path: Path) -> Path:
+    from electra.pretrain_data import BuildSettings, build_pretraining_data
+    from tests.conftest import ENGLISH_DOCUMENTS, write_corpus
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(FIXTURE / "vocab.txt", data_dir / "vocab.txt")
+    corpus = write_corpus(tmp_path / "corpus", ENGLISH_DOCUMENTS * 20)
+    settings = BuildSettings(max_seq_length=32)
+    build_pretraining_data(corpus, data_dir / "vocab.txt", data_dir / "pretrain_data", settings, show_progress=False)
+    return data_dir
+
+
+def test_export_writes_the_reference_training_graph_variables(tmp_path: Path) -> None:
+    """A model pre-trained here, as a checkpoint the reference's Estimator restores: every variable of its
+    training graph (weights, an adam_m and adam_v for each, global_step) and nothing else, the weights as
+    trained, the moments our optimizer holds for them."""
+    from electra.cli import main
+    from electra.config import build_pretraining_config
+    from electra.objectives import PretrainingModel
+    from electra.pretrain import run_pretraining
+    from electra.trainer import AdamWeightDecay, default_param_groups, load_weights
+    from tests.fixtures.make_tf_checkpoint import model_variables
+
+    data_dir = _data_dir_with_fixture_vocab(tmp_path)
+    released = convert_tf_checkpoint(FIXTURE, tmp_path / "released")
+    hparams = {"init_checkpoint": str(released), "train_batch_size": 4, "num_train_steps": 3, "learning_rate": 1e-3}
+    run_pretraining(data_dir, "trained", hparams)
+    model_dir = data_dir / "models" / "trained"
+    assert main(["export", "--model-dir", str(model_dir), "--format", "tf", "--output", str(tmp_path / "tf")]) == 0
+
+    exported = TFCheckpoint(tmp_path / "tf")  # found through its `checkpoint` file
+    assert exported.prefix == tmp_path / "tf" / "model.ckpt-3"
+    weights = model_variables()  # the fixture's shape: what the reference builds for it
+    slots = {f"{name}/{slot}" for name in weights for slot in ("adam_m", "adam_v")}
+    assert set(exported.names()) == set(weights) | slots | {"global_step"}
+    assert int(exported.tensor("global_step")) == 3
+    assert all(exported.shape(name) == shape for name, shape in weights.items())
+
+    # The weights: converting the export back gives the trained model exactly.
+    trained = load_file(str(model_dir / "checkpoints" / "step-00000003" / "model.safetensors"))
+    back = load_file(str(convert_tf_checkpoint(tmp_path / "tf", tmp_path / "back") / "model.safetensors"))
+    assert trained.keys() == back.keys()
+    assert all(torch.equal(trained[key], back[key]) for key in trained)
+
+    # The moments: those the trainer would resume with, transposed like their kernels.
+    config = build_pretraining_config(json.loads((tmp_path / "tf" / "pretrain_hparams.json").read_text()))
+    model = PretrainingModel(config, len((FIXTURE / "vocab.txt").read_text().split()), 0)
+    load_weights(model, model_dir / "checkpoints" / "step-00000003" / "model.safetensors")  # the same shape
+    optimizer = AdamWeightDecay(default_param_groups(model, 0.01), lr=1.0)
+    optimizer.load_state_dict(torch.load(model_dir / "checkpoints" / "step-00000003" / "trainer_state.pt")["optimizer"])
+    query = model.generator.electra.encoder.layer[1].attention.self.query.weight
+    embeddings = model.discriminator.electra.embeddings.word_embeddings.weight
+    for tf_name, param in (
+        ("generator/encoder/layer_1/attention/self/query/kernel", query),
+        ("electra/embeddings/word_embeddings", embeddings),  # one variable, trained by both networks
+    ):
+        moments = optimizer.state[param]
+        expected_m, expected_v = moments["exp_avg"].numpy(), moments["exp_avg_sq"].numpy()
+        if tf_name.endswith("kernel"):
+            expected_m, expected_v = expected_m.T, expected_v.T
+        np.testing.assert_array_equal(exported.tensor(f"{tf_name}/adam_m"), expected_m)
+        np.testing.assert_array_equal(exported.tensor(f"{tf_name}/adam_v"), expected_v)
+        assert np.abs(expected_v).sum() > 0
+    assert (tmp_path / "tf" / "vocab.txt").read_text() == (FIXTURE / "vocab.txt").read_text()
+    finetune_hparams = json.loads((tmp_path / "tf" / "finetune_hparams.json").read_text())
+    assert "generator_hidden_size" not in finetune_hparams and finetune_hparams["embedding_size"] == 32
+
+
+def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
+    from electra.pretrain import run_pretraining
+    from electra.tf_checkpoint import export_tf_checkpoint, write_tf_checkpoint
+
+    data_dir = _data_dir_with_fixture_vocab(tmp_path)
+    shape = {"model_size": "small", "embedding_size": 32, "generator_hidden_size": 1.0, "max_seq_length": 32}
+    shape["model_hparam_overrides"] = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}
+    run_pretraining(data_dir, "mlm", {**shape, "electra_objective": False, "train_batch_size": 4, "num_train_steps": 1})
+    with pytest.raises(UserError, match="MLM objective; only ELECTRA models"):
+        export_tf_checkpoint(data_dir / "models" / "mlm", tmp_path / "out")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="already holds other files"):
+        export_tf_checkpoint(convert_tf_checkpoint(FIXTURE, tmp_path / "released"), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+    # A damaged data file (an interrupted download) is named, not read as weights.
+    write_tf_checkpoint(tmp_path / "ckpt", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    data = tmp_path / "ckpt.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
+    with pytest.raises(UserError, match="variable w is damaged"):
+        TFCheckpoint(tmp_path / "ckpt").tensor("w")

@@ -333,14 +333,16 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
 def _add_export_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export",
-        help="export a model to a Hugging Face folder or to ONNX",
+        help="export a model to a Hugging Face folder, to ONNX, or to a checkpoint of Google's reference code",
         description="hf: a folder transformers loads with from_pretrained (model and tokenizer), for a fine-tuned "
         "model or a pre-trained model's discriminator and generator. onnx: a fine-tuned model as model.onnx "
         "(dynamic batch and sequence axes), checked against PyTorch with onnxruntime; --quantize int8 stores "
-        "its weights as 8-bit integers (smaller, faster on CPUs).",
+        "its weights as 8-bit integers (smaller, faster on CPUs). tf: a pre-trained ELECTRA model as a TensorFlow "
+        "checkpoint of the reference (google-research/electra), with its optimizer state and step, which its "
+        "run_finetuning.py starts from and its run_pretraining.py continues.",
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder or a pre-trained model folder")
-    parser.add_argument("--format", choices=("hf", "onnx"), required=True, help="what to write")
+    parser.add_argument("--format", choices=("hf", "onnx", "tf"), required=True, help="what to write")
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument(
         "--quantize",
@@ -554,7 +556,12 @@ def _run_export(args: argparse.Namespace) -> None:
     if args.format == "onnx":
         print(f"wrote {export_onnx(args.model_dir, args.output, args.quantize or 'fp32')}")
     elif args.quantize:
-        raise UserError("--quantize applies to --format onnx only (Hugging Face folders keep the trained weights)")
+        raise UserError("--quantize applies to --format onnx only (the other formats keep the trained weights)")
+    elif args.format == "tf":
+        from electra.tf_checkpoint import export_tf_checkpoint
+
+        prefix = export_tf_checkpoint(args.model_dir, args.output)
+        print(f"wrote {prefix}.index and .data-00000-of-00001 (with checkpoint, vocab.txt and the --hparams files)")
     else:
         for path in export_hf(args.model_dir, args.output):
             print(f"wrote {path}")

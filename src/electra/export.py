@@ -1,4 +1,5 @@
-"""`electra export`: models out to Hugging Face `transformers` folders and to ONNX.
+"""`electra export`: models out to Hugging Face `transformers` folders and to ONNX (and, in tf_checkpoint, to the
+reference's TensorFlow checkpoints).
 
 Hugging Face: our model folders already hold `config.json` + `model.safetensors` with `transformers`'
 parameter names; the export adds the tokenizer files, so `AutoTokenizer.from_pretrained` and

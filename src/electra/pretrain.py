@@ -31,7 +31,7 @@ from electra.errors import UserError
 from electra.fileio import atomic_directory, folder_lock, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
-from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab
+from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab, vocab_checksum
 from electra.trainer import Processes, Trainer, TrainSettings, checkpoint_dirs, load_weights, setup_processes
 
 # Batches are padded to their longest example rounded up to this: few distinct shapes for torch.compile,
@@ -218,9 +218,10 @@ def _pretraining_sources(path: str) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def load_init_checkpoint(model: PretrainingModel, path: str) -> list[str]:
-    """Start pre-training from the weights at `path` (see `_pretraining_sources`); returns notes on what starts
-    from random weights instead: the generator when only a discriminator is given, a masked LM's head when a
-    discriminator starts plain MLM. The discriminator itself (or the masked LM) must be complete.
+    """Start pre-training from the weights at `path` (see `_pretraining_sources`); returns the parts (e.g.
+    "generator.electra") that start from random weights instead: the generator when only a discriminator is
+    given, a masked LM's head when a discriminator starts plain MLM. The discriminator itself (or the masked LM)
+    must be complete.
 
     Weights this model shares (the generator's embeddings, its output layer tied to the word embeddings) are set
     once, from the discriminator's copy when both parts carry one."""
@@ -267,8 +268,50 @@ def load_init_checkpoint(model: PretrainingModel, path: str) -> list[str]:
             "model settings as the checkpoint"
         )
     model.load_state_dict({name: value for name, value in provided.values()}, strict=False)
-    parts = sorted({".".join(name.split(".")[:2]) for name in fresh})
-    return [f"{path} has no weights for {', '.join(parts)}: starting them from random weights"] if parts else []
+    return sorted({".".join(name.split(".")[:2]) for name in fresh})
+
+
+@dataclass
+class SavedPretraining:
+    """A pre-trained model folder as it stands: its newest checkpoint (weights, optimizer state, step) or, with no
+    checkpoints, the weights it was given (a converted TF checkpoint, a Hugging Face pair)."""
+
+    model: PretrainingModel
+    step: int
+    optimizer_state: dict[str, Any] | None
+    vocab_file: Path
+    do_lower_case: bool
+    random_parts: list[str]  # parts the folder has no weights for (the generator beside a lone discriminator)
+
+
+def open_pretrained(folder: Path) -> SavedPretraining:
+    record_file = folder / "pretrain_config.json"
+    if record_file.is_file():  # the settings it was trained with, debug shape included
+        record = json.loads(record_file.read_text())
+        hparams = {key: value for key, value in record.items() if key in PretrainingConfig.__dataclass_fields__}
+    else:
+        hparams = with_inherited_shape({}, folder, generator=True)
+    config = build_pretraining_config(hparams)
+    places = (folder / "vocab.txt", folder / "discriminator" / "vocab.txt", folder.parent.parent / "vocab.txt")
+    vocab_file = next((path for path in places if path.is_file()), None)
+    if vocab_file is None:
+        raise UserError(f"no vocabulary for {folder}: looked for {', '.join(str(path) for path in places)}")
+    vocab = read_vocab(vocab_file)
+    if record_file.is_file() and record.get("vocab_sha256", vocab_checksum(vocab)) != vocab_checksum(vocab):
+        raise UserError(f"{folder} was trained with another vocabulary than {vocab_file}")
+    model = PretrainingModel(config, len(vocab), vocab.index(PAD))
+    checkpoints = checkpoint_dirs(folder)
+    if checkpoints:
+        load_weights(model, checkpoints[-1] / "model.safetensors")
+        state = torch.load(checkpoints[-1] / "trainer_state.pt", map_location="cpu", weights_only=True)
+        return SavedPretraining(model, int(state["step"]), state["optimizer"], vocab_file, config.do_lower_case, [])
+    if not holds_weights(folder):
+        raise UserError(
+            f"{folder} holds no pre-trained model: no checkpoints/, model.safetensors or discriminator/ (pre-train "
+            "it with electra pretrain, or convert a TF checkpoint with electra convert-tf)"
+        )
+    random_parts = load_init_checkpoint(model, str(folder))
+    return SavedPretraining(model, 0, None, vocab_file, config.do_lower_case, random_parts)
 
 
 def hf_config(config: ModelConfig, architecture: str) -> dict[str, Any]:
@@ -407,9 +450,13 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     if checkpoint_dirs(run.model_dir):
         load_weights(model, checkpoint_dirs(run.model_dir)[-1] / "model.safetensors")  # training resumes from it
     elif config.init_checkpoint:
-        for note in load_init_checkpoint(model, config.init_checkpoint):  # weights only, fresh optimizer
-            if processes.is_main:
-                print(f"note: {note}", file=sys.stderr)
+        random_parts = load_init_checkpoint(model, config.init_checkpoint)  # weights only, fresh optimizer
+        if random_parts and processes.is_main:
+            print(
+                f"note: {config.init_checkpoint} has no weights for {', '.join(random_parts)}: "
+                "starting them from random weights",
+                file=sys.stderr,
+            )
     elif not config.do_train:
         raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
     if processes.is_main:

@@ -11,6 +11,12 @@ writes a model folder like `electra pretrain` does: the whole model (for continu
 and the discriminator and generator as Hugging Face folders (for fine-tuning and `transformers`).
 The shape is read from the tensors; the number of attention heads is hidden size / 64, as every
 released ELECTRA.
+
+`export_tf_checkpoint` goes the other way (`electra export --format tf`): a pre-trained model folder as a
+checkpoint the reference's own code loads, written without TensorFlow too. Every variable carries the
+reference's name, with the Adam moments (`<variable>/adam_m`, `/adam_v`) and `global_step` of the newest
+checkpoint, because the reference resumes pre-training through its Estimator, which restores every variable
+of the training graph and stops at the first one a checkpoint lacks.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,8 +33,12 @@ import torch
 from electra.config import SIZE_BY_HIDDEN
 from electra.errors import UserError
 
+if TYPE_CHECKING:
+    from electra.pretrain import SavedPretraining
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
+CRC_MASK_DELTA = 0xA282EAD8
 BLOCK_TRAILER_SIZE = 5  # compression type byte + crc32c
 DTYPES = {
     1: np.float32,
@@ -125,7 +135,7 @@ class TFCheckpoint:
 
     @staticmethod
     def _entry(value: bytes) -> dict[str, Any]:
-        entry: dict[str, Any] = {"dtype": 1, "shape": [], "shard": 0, "offset": 0, "size": 0}
+        entry: dict[str, Any] = {"dtype": 1, "shape": [], "shard": 0, "offset": 0, "size": 0, "crc32c": None}
         for number, field in _protobuf_fields(value):
             if number == 1:
                 entry["dtype"] = field
@@ -135,8 +145,8 @@ class TFCheckpoint:
                     next((size for key, size in _protobuf_fields(dim) if key == 1), 0)  # type: ignore[arg-type]
                     for dim in dims
                 ]
-            elif number in (3, 4, 5):
-                entry[{3: "shard", 4: "offset", 5: "size"}[number]] = field
+            elif number in (3, 4, 5, 6):
+                entry[{3: "shard", 4: "offset", 5: "size", 6: "crc32c"}[number]] = field
             elif number == 7:
                 raise UserError("partitioned (sliced) variables are not supported")
         return entry
@@ -150,6 +160,11 @@ class TFCheckpoint:
     def tensor(self, name: str) -> np.ndarray:
         entry = self.entries[name]
         data = self._shard(entry["shard"])[entry["offset"] : entry["offset"] + entry["size"]]
+        if len(data) != entry["size"] or (entry["crc32c"] is not None and masked_crc32c(data) != entry["crc32c"]):
+            raise UserError(
+                f"variable {name} is damaged in {self.prefix}.data-{entry['shard']:05d}-of-...: its bytes do not "
+                "match the checksum in the index (an interrupted download?); fetch the checkpoint again"
+            )
         if entry["dtype"] == BFLOAT16:
             widened = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
             return widened.view(np.float32).reshape(entry["shape"])
@@ -193,6 +208,104 @@ def resolve_checkpoint_prefix(path: Path) -> Path:
     )
 
 
+# ----------------------------------------------------------------------------------------------- writing
+def masked_crc32c(data: bytes) -> int:
+    """CRC-32C as LevelDB tables and TensorFlow bundles store it: rotated and offset, so that the checksum of
+    bytes that themselves hold a checksum stays strong."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _message(fields: list[tuple[int, int | bytes]], fixed32: tuple[int, ...] = ()) -> bytes:
+    """A protobuf message from (field number, value) pairs: bytes are length-delimited, numbers in `fixed32`
+    four little-endian bytes, other numbers varints. Zero numbers are left out, as proto3 writes them."""
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, bytes):
+            out += _varint_bytes(number << 3 | 2) + _varint_bytes(len(value)) + value
+        elif number in fixed32:
+            out += _varint_bytes(number << 3 | 5) + struct.pack("<I", value)
+        elif value:
+            out += _varint_bytes(number << 3) + _varint_bytes(value)
+    return bytes(out)
+
+
+def _block(entries: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
+    """One table block: keys share their prefix with the previous key except at restart points, whose offsets
+    end the block so that a reader can binary-search it."""
+    out, restarts, previous = bytearray(), [], b""
+    for number, (key, value) in enumerate(entries):
+        shared = 0
+        if number % restart_interval == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        out += _varint_bytes(shared) + _varint_bytes(len(key) - shared) + _varint_bytes(len(value))
+        out += key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return bytes(out) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
+
+
+def _table(entries: list[tuple[bytes, bytes]], block_size: int = 4096) -> bytes:
+    """A LevelDB-format sorted table (uncompressed) of `entries`, sorted by key: data blocks of about
+    `block_size` bytes, an empty metaindex block, an index block naming each data block by its last key, and
+    the footer with the table magic."""
+    out, index = bytearray(), []
+
+    def write_block(contents: bytes) -> bytes:
+        handle = _varint_bytes(len(out)) + _varint_bytes(len(contents))
+        trailer = b"\x00"  # no compression
+        out.extend(contents + trailer + struct.pack("<I", masked_crc32c(contents + trailer)))
+        return handle
+
+    pending: list[tuple[bytes, bytes]] = []
+    for key, value in entries:
+        pending.append((key, value))
+        if sum(len(k) + len(v) for k, v in pending) >= block_size:
+            index.append((pending[-1][0], write_block(_block(pending, 16))))
+            pending = []
+    if pending:
+        index.append((pending[-1][0], write_block(_block(pending, 16))))
+    metaindex = write_block(_block([], 1))
+    index_handle = write_block(_block(index, 1))
+    footer = (metaindex + index_handle).ljust(FOOTER_SIZE - 8, b"\x00") + struct.pack("<Q", TABLE_MAGIC)
+    return bytes(out + footer)
+
+
+def write_tf_checkpoint(prefix: Path, tensors: dict[str, np.ndarray]) -> None:
+    """`<prefix>.index` and `<prefix>.data-00000-of-00001` holding `tensors` (float32 or int64), as TensorFlow's
+    tf.train.Saver writes them: the data file is the tensors' little-endian bytes one after another; the index
+    maps each name to its dtype, shape, place and checksum, after a header entry (the empty key)."""
+    codes = {np.dtype(dtype): code for code, dtype in DTYPES.items()}
+    entries, data = [], bytearray()
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        shape = _message([(2, _message([(1, size)])) for size in array.shape])
+        entry = _message(
+            [(1, codes[array.dtype]), (2, shape), (4, len(data)), (5, len(raw)), (6, masked_crc32c(raw))],
+            fixed32=(6,),
+        )
+        entries.append((name.encode("utf-8"), entry))
+        data += raw
+    header = _message([(1, 1), (3, _message([(1, 1)]))])  # one shard, little-endian, bundle format version 1
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
+    Path(f"{prefix}.index").write_bytes(_table([(b"", header), *entries]))
+
+
 # ----------------------------------------------------------------------------------------------- conversion
 def our_name(tf_name: str) -> str | None:
     """Our pre-training model's parameter for a reference variable (None for optimizer state and counters)."""
@@ -213,6 +326,28 @@ def our_name(tf_name: str) -> str | None:
     name = re.sub(r"/(kernel|gamma)$", "/weight", name)
     name = re.sub(r"/beta$", "/bias", name)
     return name.replace("/", ".")
+
+
+def reference_name(name: str) -> str:
+    """The reference's variable for one of our pre-training model's parameters: `our_name` inverted."""
+    name = name.replace(".", "/")
+    name = re.sub(r"layer/(\d+)/", r"layer_\1/", name)
+    for ours, reference in (
+        ("discriminator/electra/", "electra/"),
+        ("generator/electra/", "generator/"),
+        ("discriminator/discriminator_predictions/dense_prediction/", "discriminator_predictions/dense_1/"),
+        ("discriminator/discriminator_predictions/", "discriminator_predictions/"),
+        ("generator/generator_lm_head/bias", "generator_predictions/output_bias"),
+        ("generator/generator_predictions/", "generator_predictions/"),
+    ):
+        if name.startswith(ours):
+            name = reference + name[len(ours) :]
+            break
+    if name.endswith("_embeddings/weight"):
+        return name[: -len("/weight")]
+    if "/LayerNorm/" in name:
+        return re.sub(r"/weight$", "/gamma", re.sub(r"/bias$", "/beta", name))
+    return re.sub(r"/weight$", "/kernel", name)
 
 
 def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
@@ -305,3 +440,98 @@ def convert_tf_checkpoint(
     write_text_atomic(model_dir / "vocab.txt", vocab_path.read_text(encoding="utf-8"))
     export_models(model, model_dir, model_dir / "vocab.txt")
     return model_dir
+
+
+def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
+    """The variables of the reference's training graph for a saved model: each weight once (the
+    generator shares the discriminator's embeddings and ties its output layer to them, as in the reference),
+    kernels transposed to TensorFlow's [in, out], the Adam moments of our optimizer (zeros for a model without
+    optimizer state) and global_step."""
+    from electra.trainer import default_param_groups
+
+    model = saved.model
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    if saved.optimizer_state is not None:  # indexed in the order of the param groups it was built from
+        ordered = [param for group in default_param_groups(model, 0.0) for param in group["params"]]
+        moments = {id(ordered[index]): state for index, state in saved.optimizer_state["state"].items()}
+    variables: dict[str, np.ndarray] = {"global_step": np.array(saved.step, dtype=np.int64)}
+    seen: set[int] = set()
+    # The discriminator's names first: a weight it shares with the generator is stored under its name.
+    named = sorted(model.named_parameters(remove_duplicate=False), key=lambda item: item[0].startswith("generator"))
+    for name, param in named:
+        if param.data_ptr() in seen:
+            continue
+        seen.add(param.data_ptr())
+        tf_name = reference_name(name)
+        if our_name(tf_name) != name:  # a parameter the reference's model does not have
+            raise UserError(f"{name} has no variable in the reference's ELECTRA model: use --format hf")
+        state = moments.get(id(param), {})
+        for suffix, tensor in (
+            ("", param),
+            ("/adam_m", state.get("exp_avg", torch.zeros_like(param))),
+            ("/adam_v", state.get("exp_avg_sq", torch.zeros_like(param))),
+        ):
+            array = tensor.detach().float().cpu().numpy()
+            variables[tf_name + suffix] = array.T if tf_name.endswith("/kernel") else array
+    return variables
+
+
+def reference_hparams(saved: SavedPretraining) -> dict[str, Any]:
+    """The `--hparams` that make the reference's scripts build this model's shape: explicit transformer sizes
+    (its get_bert_config applies model_hparam_overrides last) and the generator's fractions."""
+    disc, gen = saved.model.discriminator_config, saved.model.generator_config
+    return {
+        "model_size": SIZE_BY_HIDDEN.get(disc.hidden_size, "small"),
+        "embedding_size": disc.embedding_size,
+        "vocab_size": disc.vocab_size,
+        "do_lower_case": saved.do_lower_case,
+        "model_hparam_overrides": {
+            "hidden_size": disc.hidden_size,
+            "num_hidden_layers": disc.num_hidden_layers,
+            "num_attention_heads": disc.num_attention_heads,
+            "intermediate_size": disc.intermediate_size,
+        },
+        "generator_hidden_size": gen.hidden_size / disc.hidden_size,
+        "generator_layers": gen.num_hidden_layers / disc.num_hidden_layers,
+    }
+
+
+def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
+    """A pre-trained ELECTRA folder (ours, converted, or a Hugging Face pair) as a checkpoint of the reference's
+    code. `output/` holds model.ckpt-<step>.index and .data-00000-of-00001, `checkpoint` (what its Estimator and
+    `tf.train.latest_checkpoint` look for), vocab.txt, and the shape as `--hparams` files for run_pretraining.py
+    (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: without the generator's settings, which
+    it refuses as unknown). Returns the checkpoint's prefix."""
+    from electra.config import pretraining_objective
+    from electra.fileio import atomic_directory, check_replaceable
+    from electra.pretrain import open_pretrained
+
+    source, target = Path(model_dir), Path(output)
+    record_file = source / "pretrain_config.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    objective = pretraining_objective(record)
+    if objective != "ELECTRA":
+        raise UserError(
+            f"{source} was pre-trained with the {objective} objective; only ELECTRA models (a discriminator and "
+            "its generator) export to the reference's checkpoints: use --format hf"
+        )
+    saved = open_pretrained(source)
+    if saved.random_parts:
+        raise UserError(
+            f"{source} has no weights for {', '.join(saved.random_parts)}: the reference's checkpoints hold the "
+            "generator too (a lone discriminator fine-tunes in the reference from its Hugging Face folder)"
+        )
+    variables = reference_variables(saved)
+    hparams = reference_hparams(saved)
+    finetune_hparams = {key: value for key, value in hparams.items() if not key.startswith("generator_")}
+    check_replaceable(target, "checkpoint", [source])
+    prefix_name = f"model.ckpt-{saved.step}"
+    with atomic_directory(target) as tmp:
+        write_tf_checkpoint(tmp / prefix_name, variables)
+        (tmp / "checkpoint").write_text(
+            f'model_checkpoint_path: "{prefix_name}"\nall_model_checkpoint_paths: "{prefix_name}"\n'
+        )
+        (tmp / "vocab.txt").write_text(saved.vocab_file.read_text(encoding="utf-8"), encoding="utf-8")
+        (tmp / "pretrain_hparams.json").write_text(json.dumps(hparams, indent=2) + "\n")
+        (tmp / "finetune_hparams.json").write_text(json.dumps(finetune_hparams, indent=2) + "\n")
+    return target / prefix_name
