@@ -192,20 +192,54 @@ def test_export_writes_the_reference_training_graph_variables(tmp_path: Path) ->
     assert "generator_hidden_size" not in finetune_hparams and finetune_hparams["embedding_size"] == 32
 
 
-def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("objective", "hparams"),
+    [("MLM", {"electra_objective": False}), ("Electric", {"electra_objective": False, "electric_objective": True})],
+)
+def test_masked_lm_and_electric_models_go_to_the_reference_and_back(
+    tmp_path: Path, objective: str, hparams: dict
+) -> None:
+    """The reference builds a masked LM under electra/ (no generator/) and Electric's noise model as two towers
+    (generator_ltr/, generator_rtl/) with a cloze head; both round-trip exactly, and convert-tf recognises them."""
     from electra.pretrain import run_pretraining
-    from electra.tf_checkpoint import export_tf_checkpoint, write_tf_checkpoint
+    from electra.tf_checkpoint import export_tf_checkpoint
+    from tests.fixtures.make_tf_checkpoint import model_variables
 
     data_dir = _data_dir_with_fixture_vocab(tmp_path)
-    shape = {"model_size": "small", "embedding_size": 32, "generator_hidden_size": 1.0, "max_seq_length": 32}
-    shape["model_hparam_overrides"] = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}
-    run_pretraining(data_dir, "mlm", {**shape, "electra_objective": False, "train_batch_size": 4, "num_train_steps": 1})
-    with pytest.raises(UserError, match="MLM objective; only ELECTRA models"):
-        export_tf_checkpoint(data_dir / "models" / "mlm", tmp_path / "out")
+    shape = {"model_size": "small", "embedding_size": 32, "max_seq_length": 32, "learning_rate": 1e-3}
+    shape["model_hparam_overrides"] = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128}
+    shape["model_hparam_overrides"]["num_attention_heads"] = 2  # not hidden / 64: kept by pretrain_hparams.json
+    run_pretraining(data_dir, "model", {**shape, **hparams, "train_batch_size": 4, "num_train_steps": 2})
+    export_tf_checkpoint(data_dir / "models" / "model", tmp_path / "tf")
+    exported = TFCheckpoint(tmp_path / "tf")
+    weights = model_variables(generator_hidden=16, objective=objective)  # the generator: 1/4 of 64
+    slots = {f"{name}/{slot}" for name in weights for slot in ("adam_m", "adam_v")}
+    assert set(exported.names()) == set(weights) | slots | {"global_step"}
+    assert all(exported.shape(name) == shape for name, shape in weights.items())
+    assert json.loads((tmp_path / "tf" / "pretrain_hparams.json").read_text()).items() >= hparams.items()
+
+    back = convert_tf_checkpoint(tmp_path / "tf", tmp_path / "back")
+    record = json.loads((back / "pretrain_config.json").read_text())
+    assert record.items() >= hparams.items() and record["model_hparam_overrides"]["num_attention_heads"] == 2
+    trained = load_file(str(data_dir / "models" / "model" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    converted = load_file(str(back / "model.safetensors"))
+    assert trained.keys() == converted.keys()
+    assert all(torch.equal(trained[key], converted[key]) for key in trained)
+
+
+def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
+    from electra.tf_checkpoint import export_tf_checkpoint, write_tf_checkpoint
+
+    released = convert_tf_checkpoint(FIXTURE, tmp_path / "released")
+    shutil.rmtree(released / "generator")
+    (released / "model.safetensors").unlink()
+    (released / "pretrain_config.json").unlink()  # a lone Hugging Face discriminator
+    with pytest.raises(UserError, match="has no weights for generator"):
+        export_tf_checkpoint(released, tmp_path / "out")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="already holds other files"):
-        export_tf_checkpoint(convert_tf_checkpoint(FIXTURE, tmp_path / "released"), tmp_path / "mine")
+        export_tf_checkpoint(convert_tf_checkpoint(FIXTURE, tmp_path / "whole"), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
     # A damaged data file (an interrupted download) is named, not read as weights.

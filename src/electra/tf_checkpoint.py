@@ -6,11 +6,12 @@ raw little-endian bytes. Reading them takes a table reader, a few protobuf field
 need not install 600 MB of TensorFlow to read three files.
 
 `convert_tf_checkpoint` maps the reference's variable names (`electra/...`, `generator/...`,
-`discriminator_predictions/...`, `generator_predictions/...`) onto our pre-training model and
+`discriminator_predictions/...`, `generator_predictions/...`; for a masked LM only `electra/` and its head, for
+Electric two generator towers and `cloze_predictions/`) onto our pre-training model and
 writes a model folder like `electra pretrain` does: the whole model (for continued pre-training),
 and the discriminator and generator as Hugging Face folders (for fine-tuning and `transformers`).
 The shape is read from the tensors; the number of attention heads is hidden size / 64, as every
-released ELECTRA.
+released ELECTRA, unless a pretrain_hparams.json beside the checkpoint (ours) says otherwise.
 
 `export_tf_checkpoint` goes the other way (`electra export --format tf`): a pre-trained model folder as a
 checkpoint the reference's own code loads, written without TensorFlow too. Every variable carries the
@@ -307,52 +308,82 @@ def write_tf_checkpoint(prefix: Path, tensors: dict[str, np.ndarray]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- conversion
-def our_name(tf_name: str) -> str | None:
-    """Our pre-training model's parameter for a reference variable (None for optimizer state and counters)."""
+# Our parameter prefixes and the reference's variable scopes, by objective, the more specific first. The
+# reference builds a masked LM under electra/ and Electric's noise model as two towers with one cloze head.
+_DISCRIMINATOR_SCOPES = (
+    ("discriminator.discriminator_predictions.dense_prediction.", "discriminator_predictions/dense_1/"),
+    ("discriminator.discriminator_predictions.", "discriminator_predictions/"),
+    ("discriminator.electra.", "electra/"),
+)
+_MLM_HEAD_SCOPES = (
+    ("generator.generator_lm_head.bias", "generator_predictions/output_bias"),
+    ("generator.generator_predictions.", "generator_predictions/"),
+)
+SCOPES = {
+    "ELECTRA": (*_DISCRIMINATOR_SCOPES, *_MLM_HEAD_SCOPES, ("generator.electra.", "generator/")),
+    "MLM": (*_MLM_HEAD_SCOPES, ("generator.electra.", "electra/")),
+    "Electric": (
+        *_DISCRIMINATOR_SCOPES,
+        ("cloze_output_bias", "cloze_predictions/output_bias"),
+        ("cloze_predictions.", "cloze_predictions/"),
+        ("generator_ltr.", "generator_ltr/"),
+        ("generator_rtl.", "generator_rtl/"),
+    ),
+}
+
+
+def our_name(tf_name: str, objective: str = "ELECTRA") -> str | None:
+    """Our pre-training model's parameter for a reference variable (None for optimizer state and counters; a
+    variable outside the objective's scopes keeps its name, which no parameter has)."""
     if SKIPPED.search(tf_name):
         return None
-    name = tf_name
-    name = re.sub(r"^electra/", "discriminator/electra/", name)
-    name = re.sub(r"^generator/", "generator/electra/", name)
-    name = re.sub(
-        r"^discriminator_predictions/dense_1/", "discriminator/discriminator_predictions/dense_prediction/", name
+    ours, rest = next(
+        ((ours, tf_name[len(scope) :]) for ours, scope in SCOPES[objective] if tf_name.startswith(scope)),
+        ("", tf_name),
     )
-    name = re.sub(r"^discriminator_predictions/", "discriminator/discriminator_predictions/", name)
-    name = name.replace("generator_predictions/output_bias", "generator/generator_lm_head/bias")
-    name = re.sub(r"^generator_predictions/", "generator/generator_predictions/", name)
-    name = re.sub(r"layer_(\d+)/", r"layer/\1/", name)
-    if name.endswith("_embeddings"):
-        name += "/weight"
-    name = re.sub(r"/(kernel|gamma)$", "/weight", name)
-    name = re.sub(r"/beta$", "/bias", name)
-    return name.replace("/", ".")
+    rest = re.sub(r"layer_(\d+)/", r"layer/\1/", rest)
+    if rest.endswith("_embeddings"):
+        rest += "/weight"
+    rest = re.sub(r"(^|/)(kernel|gamma)$", r"\1weight", re.sub(r"(^|/)beta$", r"\1bias", rest))
+    return ours + rest.replace("/", ".")
 
 
-def reference_name(name: str) -> str:
+def reference_name(name: str, objective: str = "ELECTRA") -> str:
     """The reference's variable for one of our pre-training model's parameters: `our_name` inverted."""
-    name = name.replace(".", "/")
-    name = re.sub(r"layer/(\d+)/", r"layer_\1/", name)
-    for ours, reference in (
-        ("discriminator/electra/", "electra/"),
-        ("generator/electra/", "generator/"),
-        ("discriminator/discriminator_predictions/dense_prediction/", "discriminator_predictions/dense_1/"),
-        ("discriminator/discriminator_predictions/", "discriminator_predictions/"),
-        ("generator/generator_lm_head/bias", "generator_predictions/output_bias"),
-        ("generator/generator_predictions/", "generator_predictions/"),
-    ):
-        if name.startswith(ours):
-            name = reference + name[len(ours) :]
-            break
-    if name.endswith("_embeddings/weight"):
-        return name[: -len("/weight")]
-    if "/LayerNorm/" in name:
-        return re.sub(r"/weight$", "/gamma", re.sub(r"/bias$", "/beta", name))
-    return re.sub(r"/weight$", "/kernel", name)
+    scope, rest = next(
+        ((scope, name[len(ours) :]) for ours, scope in SCOPES[objective] if name.startswith(ours)), ("", name)
+    )
+    rest = re.sub(r"layer\.(\d+)\.", r"layer_\1.", rest).replace(".", "/")
+    if rest.endswith("_embeddings/weight"):
+        rest = rest[: -len("/weight")]
+    elif re.search(r"(^|/)LayerNorm/", rest):
+        rest = re.sub(r"weight$", "gamma", re.sub(r"bias$", "beta", rest))
+    else:
+        rest = re.sub(r"(^|/)weight$", r"\1kernel", rest)
+    return scope + rest
+
+
+def checkpoint_objective(names: list[str]) -> str:
+    """What the reference trained: Electric has a two-tower noise model, ELECTRA a discriminator and a small
+    generator, a masked LM neither."""
+    if any(name.startswith("generator_ltr/") for name in names):
+        return "Electric"
+    return "ELECTRA" if any(name.startswith("discriminator_predictions/") for name in names) else "MLM"
+
+
+OBJECTIVE_HPARAMS = {
+    "ELECTRA": {},
+    "MLM": {"electra_objective": False},
+    "Electric": {"electra_objective": False, "electric_objective": True},
+}
+GENERATOR_SCOPE = {"ELECTRA": "generator", "Electric": "generator_ltr"}
 
 
 def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
-    """Hparams for `electra pretrain` (model_size, overrides, embedding size, generator fraction) from shapes."""
+    """Hparams for `electra pretrain` from the tensors: the objective, model_size, overrides, embedding size and
+    the generator's fractions."""
     names = checkpoint.names()
+    objective = checkpoint_objective(names)
 
     def layers(scope: str) -> int:
         found = {int(m.group(1)) for n in names if (m := re.match(rf"{scope}/encoder/layer_(\d+)/", n))}
@@ -364,6 +395,7 @@ def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
     hidden = checkpoint.shape("electra/encoder/layer_0/attention/self/query/kernel")[1]
     intermediate = checkpoint.shape("electra/encoder/layer_0/intermediate/dense/kernel")[1]
     shape: dict[str, Any] = {
+        **OBJECTIVE_HPARAMS[objective],
         "model_size": SIZE_BY_HIDDEN.get(hidden, "small"),
         "embedding_size": embedding_size,
         "vocab_size": vocab_size,
@@ -374,17 +406,19 @@ def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
             "intermediate_size": intermediate,
         },
     }
-    if "generator/encoder/layer_0/attention/self/query/kernel" in names:
-        generator_hidden = checkpoint.shape("generator/encoder/layer_0/attention/self/query/kernel")[1]
+    generator = GENERATOR_SCOPE.get(objective, "")
+    if f"{generator}/encoder/layer_0/attention/self/query/kernel" in names:
+        generator_hidden = checkpoint.shape(f"{generator}/encoder/layer_0/attention/self/query/kernel")[1]
         shape["generator_hidden_size"] = generator_hidden / hidden
-        shape["generator_layers"] = layers("generator") / layers("electra")
+        shape["generator_layers"] = layers(generator) / layers("electra")
     return shape
 
 
 def convert_tf_checkpoint(
     checkpoint_path: str | Path, output: str | Path, vocab_file: str | Path | None = None
 ) -> Path:
-    """A released (or reference-trained) ELECTRA checkpoint as one of our model folders; returns it.
+    """A released (or reference-trained) ELECTRA, masked-LM or Electric checkpoint as one of our model folders;
+    returns it.
 
     The vocabulary defaults to the vocab.txt beside the checkpoint, as in Google's released archives.
     """
@@ -402,15 +436,23 @@ def convert_tf_checkpoint(
         raise UserError(f"no vocabulary at {vocab_path}: pass the model's vocab.txt with --vocab-file")
     vocab = read_vocab(vocab_path)
     shape = checkpoint_shapes(checkpoint)
+    written = checkpoint.prefix.parent / "pretrain_hparams.json"  # beside a checkpoint of `export --format tf`
+    if written.is_file():  # what the tensors cannot tell: the number of heads, the casing
+        hparams = json.loads(written.read_text())
+        overrides, found = hparams.get("model_hparam_overrides", {}), shape["model_hparam_overrides"]
+        if overrides.get("hidden_size") == found["hidden_size"] and "num_attention_heads" in overrides:
+            found["num_attention_heads"] = overrides["num_attention_heads"]
+        shape["do_lower_case"] = hparams.get("do_lower_case", True)
     vocab_size = shape.pop("vocab_size")
     if vocab_size != len(vocab):
         raise UserError(f"{vocab_path} has {len(vocab):,} tokens but the checkpoint's embeddings {vocab_size:,}")
     config = build_pretraining_config(shape)
     model = PretrainingModel(config, vocab_size, pad_token_id=vocab.index("[PAD]"))
+    objective = checkpoint_objective(checkpoint.names())
     own = model.state_dict()
     loaded, unknown = set(), []
     for tf_name in checkpoint.names():
-        name = our_name(tf_name)
+        name = our_name(tf_name, objective)
         if name is None:
             continue
         if name not in own:
@@ -423,12 +465,12 @@ def convert_tf_checkpoint(
             raise UserError(f"{tf_name} has shape {array.shape}, but {name} needs {tuple(own[name].shape)}")
         own[name].copy_(torch.from_numpy(np.array(array)))  # a writable copy
         loaded.add(name)
-    shared = {name for name in own if name.startswith("generator.electra.embeddings.")}  # tied to the discriminator's
-    tied = {"generator.generator_lm_head.weight"}
-    missing = sorted(set(own) - loaded - shared - tied)
+    # The generators' embeddings and output layers are the discriminator's word embeddings, loaded once.
+    filled = {own[name].data_ptr() for name in loaded}
+    missing = sorted(name for name, value in own.items() if value.data_ptr() not in filled)
     if unknown or missing:
         raise UserError(
-            f"{checkpoint.prefix} does not match an ELECTRA model: unknown variables {unknown[:5]}, "
+            f"{checkpoint.prefix} does not match an {objective} model: unknown variables {unknown[:5]}, "
             f"missing {missing[:5]}"
         )
     model_dir = Path(output)
@@ -442,29 +484,35 @@ def convert_tf_checkpoint(
     return model_dir
 
 
+def saved_objective(saved: SavedPretraining) -> str:
+    from electra.config import pretraining_objective
+
+    return pretraining_objective(saved.model.config.to_dict())
+
+
 def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
-    """The variables of the reference's training graph for a saved model: each weight once (the
-    generator shares the discriminator's embeddings and ties its output layer to them, as in the reference),
-    kernels transposed to TensorFlow's [in, out], the Adam moments of our optimizer (zeros for a model without
-    optimizer state) and global_step."""
+    """The variables of the reference's training graph for a saved model: each weight once (generators share the
+    discriminator's embeddings and tie their output layer to them, as in the reference), kernels transposed to
+    TensorFlow's [in, out], the Adam moments of our optimizer (zeros for a model without optimizer state) and
+    global_step."""
     from electra.trainer import default_param_groups
 
-    model = saved.model
+    model, objective = saved.model, saved_objective(saved)
     moments: dict[int, dict[str, torch.Tensor]] = {}
     if saved.optimizer_state is not None:  # indexed in the order of the param groups it was built from
         ordered = [param for group in default_param_groups(model, 0.0) for param in group["params"]]
         moments = {id(ordered[index]): state for index, state in saved.optimizer_state["state"].items()}
     variables: dict[str, np.ndarray] = {"global_step": np.array(saved.step, dtype=np.int64)}
     seen: set[int] = set()
-    # The discriminator's names first: a weight it shares with the generator is stored under its name.
+    # The discriminator's names first: a weight it shares with a generator is stored under its name.
     named = sorted(model.named_parameters(remove_duplicate=False), key=lambda item: item[0].startswith("generator"))
     for name, param in named:
         if param.data_ptr() in seen:
             continue
         seen.add(param.data_ptr())
-        tf_name = reference_name(name)
-        if our_name(tf_name) != name:  # a parameter the reference's model does not have
-            raise UserError(f"{name} has no variable in the reference's ELECTRA model: use --format hf")
+        tf_name = reference_name(name, objective)
+        if our_name(tf_name, objective) != name:  # a parameter the reference's model does not have
+            raise UserError(f"{name} has no variable in the reference's {objective} model: use --format hf")
         state = moments.get(id(param), {})
         for suffix, tensor in (
             ("", param),
@@ -476,11 +524,17 @@ def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
     return variables
 
 
+# What the reference's configure_finetuning knows of a pre-trained model's settings (it refuses unknown names).
+FINETUNING_SHAPE_HPARAMS = ("model_size", "embedding_size", "vocab_size", "do_lower_case", "model_hparam_overrides")
+
+
 def reference_hparams(saved: SavedPretraining) -> dict[str, Any]:
-    """The `--hparams` that make the reference's scripts build this model's shape: explicit transformer sizes
-    (its get_bert_config applies model_hparam_overrides last) and the generator's fractions."""
+    """The `--hparams` that make the reference's run_pretraining.py build this model: the objective, explicit
+    transformer sizes (its get_bert_config applies model_hparam_overrides last) and the generator's fractions."""
+    objective = saved_objective(saved)
     disc, gen = saved.model.discriminator_config, saved.model.generator_config
-    return {
+    hparams = {
+        **OBJECTIVE_HPARAMS[objective],
         "model_size": SIZE_BY_HIDDEN.get(disc.hidden_size, "small"),
         "embedding_size": disc.embedding_size,
         "vocab_size": disc.vocab_size,
@@ -491,30 +545,23 @@ def reference_hparams(saved: SavedPretraining) -> dict[str, Any]:
             "num_attention_heads": disc.num_attention_heads,
             "intermediate_size": disc.intermediate_size,
         },
-        "generator_hidden_size": gen.hidden_size / disc.hidden_size,
-        "generator_layers": gen.num_hidden_layers / disc.num_hidden_layers,
     }
+    if objective in GENERATOR_SCOPE:
+        hparams["generator_hidden_size"] = gen.hidden_size / disc.hidden_size
+        hparams["generator_layers"] = gen.num_hidden_layers / disc.num_hidden_layers
+    return hparams
 
 
 def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
-    """A pre-trained ELECTRA folder (ours, converted, or a Hugging Face pair) as a checkpoint of the reference's
+    """A pre-trained model folder (ours, converted, or a Hugging Face pair) as a checkpoint of the reference's
     code. `output/` holds model.ckpt-<step>.index and .data-00000-of-00001, `checkpoint` (what its Estimator and
-    `tf.train.latest_checkpoint` look for), vocab.txt, and the shape as `--hparams` files for run_pretraining.py
-    (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: without the generator's settings, which
-    it refuses as unknown). Returns the checkpoint's prefix."""
-    from electra.config import pretraining_objective
+    `tf.train.latest_checkpoint` look for), vocab.txt, and the model's settings as `--hparams` files for
+    run_pretraining.py (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: only the names it
+    knows). Returns the checkpoint's prefix."""
     from electra.fileio import atomic_directory, check_replaceable
     from electra.pretrain import open_pretrained
 
     source, target = Path(model_dir), Path(output)
-    record_file = source / "pretrain_config.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    objective = pretraining_objective(record)
-    if objective != "ELECTRA":
-        raise UserError(
-            f"{source} was pre-trained with the {objective} objective; only ELECTRA models (a discriminator and "
-            "its generator) export to the reference's checkpoints: use --format hf"
-        )
     saved = open_pretrained(source)
     if saved.random_parts:
         raise UserError(
@@ -523,7 +570,7 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
         )
     variables = reference_variables(saved)
     hparams = reference_hparams(saved)
-    finetune_hparams = {key: value for key, value in hparams.items() if not key.startswith("generator_")}
+    finetune_hparams = {key: hparams[key] for key in FINETUNING_SHAPE_HPARAMS}
     check_replaceable(target, "checkpoint", [source])
     prefix_name = f"model.ckpt-{saved.step}"
     with atomic_directory(target) as tmp:
