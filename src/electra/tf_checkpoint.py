@@ -286,24 +286,27 @@ def _table(entries: list[tuple[bytes, bytes]], block_size: int = 4096) -> bytes:
     return bytes(out + footer)
 
 
-def write_tf_checkpoint(prefix: Path, tensors: dict[str, np.ndarray]) -> None:
+def write_tf_checkpoint(prefix: Path, tensors: dict[str, np.ndarray | torch.Tensor]) -> None:
     """`<prefix>.index` and `<prefix>.data-00000-of-00001` holding `tensors` (float32 or int64), as TensorFlow's
     tf.train.Saver writes them: the data file is the tensors' little-endian bytes one after another; the index
-    maps each name to its dtype, shape, place and checksum, after a header entry (the empty key)."""
+    maps each name to its dtype, shape, place and checksum, after a header entry (the empty key). Tensors are
+    converted one at a time, so a large model needs no second copy in memory."""
     codes = {np.dtype(dtype): code for code, dtype in DTYPES.items()}
-    entries, data = [], bytearray()
-    for name in sorted(tensors):
-        array = np.asarray(tensors[name])
-        raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        shape = _message([(2, _message([(1, size)])) for size in array.shape])
-        entry = _message(
-            [(1, codes[array.dtype]), (2, shape), (4, len(data)), (5, len(raw)), (6, masked_crc32c(raw))],
-            fixed32=(6,),
-        )
-        entries.append((name.encode("utf-8"), entry))
-        data += raw
+    entries, offset = [], 0
+    with open(f"{prefix}.data-00000-of-00001", "wb") as data:
+        for name in sorted(tensors):
+            value = tensors[name]
+            array = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+            shape = _message([(2, _message([(1, size)])) for size in array.shape])
+            entry = _message(
+                [(1, codes[array.dtype]), (2, shape), (4, offset), (5, len(raw)), (6, masked_crc32c(raw))],
+                fixed32=(6,),
+            )
+            entries.append((name.encode("utf-8"), entry))
+            data.write(raw)
+            offset += len(raw)
     header = _message([(1, 1), (3, _message([(1, 1)]))])  # one shard, little-endian, bundle format version 1
-    Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
     Path(f"{prefix}.index").write_bytes(_table([(b"", header), *entries]))
 
 
@@ -490,7 +493,7 @@ def saved_objective(saved: SavedPretraining) -> str:
     return pretraining_objective(saved.model.config.to_dict())
 
 
-def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
+def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray | torch.Tensor]:
     """The variables of the reference's training graph for a saved model: each weight once (generators share the
     discriminator's embeddings and tie their output layer to them, as in the reference), kernels transposed to
     TensorFlow's [in, out], the Adam moments of our optimizer (zeros for a model without optimizer state) and
@@ -502,7 +505,7 @@ def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
     if saved.optimizer_state is not None:  # indexed in the order of the param groups it was built from
         ordered = [param for group in default_param_groups(model, 0.0) for param in group["params"]]
         moments = {id(ordered[index]): state for index, state in saved.optimizer_state["state"].items()}
-    variables: dict[str, np.ndarray] = {"global_step": np.array(saved.step, dtype=np.int64)}
+    variables: dict[str, np.ndarray | torch.Tensor] = {"global_step": np.array(saved.step, dtype=np.int64)}
     seen: set[int] = set()
     # The discriminator's names first: a weight it shares with a generator is stored under its name.
     named = sorted(model.named_parameters(remove_duplicate=False), key=lambda item: item[0].startswith("generator"))
@@ -519,8 +522,7 @@ def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray]:
             ("/adam_m", state.get("exp_avg", torch.zeros_like(param))),
             ("/adam_v", state.get("exp_avg_sq", torch.zeros_like(param))),
         ):
-            array = tensor.detach().float().cpu().numpy()
-            variables[tf_name + suffix] = array.T if tf_name.endswith("/kernel") else array
+            variables[tf_name + suffix] = tensor.T if tf_name.endswith("/kernel") else tensor
     return variables
 
 
