@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -553,3 +554,26 @@ def test_a_trial_is_not_reused_once_its_training_data_changed(tmp_path: Path, vo
     write_user_task(tmp_path, {"train": sentiment_rows(48, 2), "dev": sentiment_rows(16, 1)})
     with pytest.raises(UserError, match=r"other settings \(the training data differ\)"):
         run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
+
+
+def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:
+    """ "do_train": false decodes with the saved model's labels, in its output order: a training file that has
+    since gained a class (three labels for a two-way head) or renamed one (shifting every id) changes nothing, and
+    a dev label the model never learned is named."""
+    root = tmp_path / "root"
+    shutil.copytree(finetuned_classifier.parents[4], root)
+    model = root / finetuned_classifier.relative_to(finetuned_classifier.parents[4])
+    data = root / "finetuning_data" / "tickets"
+    train = data / "train.csv"
+    hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "do_train": False, "init_checkpoint": str(model)}
+    train.write_text(train.read_text() + "a new class,aaa\n")  # three labels now, for a two-way head
+    assert run_finetuning(root, "evaluator", hparams)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    train.write_text(train.read_text().replace(",neg\n", ",zneg\n"))  # pos, zneg: would swap the two ids
+    assert run_finetuning(root, "evaluator", hparams)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    train.unlink()  # evaluating needs no training file
+    assert run_finetuning(root, "evaluator", hparams)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    (data / "dev.csv").write_text((data / "dev.csv").read_text() + "a new class,aaa\n")
+    with pytest.raises(
+        UserError, match=r"dev\.csv:66: label 'aaa' .* not among the labels of the model in .*\(neg, pos\)"
+    ):
+        run_finetuning(root, "evaluator", hparams)

@@ -21,7 +21,7 @@ import shutil
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -761,13 +761,14 @@ class TaskData:
 
 
 def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
-    """Each task's training examples and label set; dev/test labels are checked against the training ones."""
+    """Each task's training examples and label set; dev/test labels are checked against the training ones.
+    Without training, the label set is the evaluated model's (see with_saved_labels): no training file is read."""
     loaded = []
     for task in run.tasks:
-        train = task.examples("train") if need_train or task.labels is None or task.kind == "regression" else []
-        labels = [] if task.kind == "regression" else task.label_list(train)
+        train = task.examples("train") if need_train else []
+        labels = task.label_list(train) if need_train and task.kind != "regression" else []
         evaluation = {split: task.examples(split) for split in (task.eval_splits() if run.config.do_eval else [])}
-        for split, examples in evaluation.items():
+        for split, examples in evaluation.items() if need_train else ():
             task.check_labels(examples, labels, split)
         value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
         head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels, qa_head_config(run, task))
@@ -881,6 +882,15 @@ def _task_columns(task: Task) -> dict[str, Any]:
 def task_model_dir(exported: Path, data: list[TaskData], item: TaskData) -> Path:
     """A task's exported model: the folder itself for one task, a sub-folder per task when multi-task."""
     return exported if len(data) == 1 else exported / item.head.name
+
+
+def with_saved_labels(item: TaskData, folder: Path) -> TaskData:
+    """Evaluating a saved model: the labels it was trained with, in its output order, are the ones to decode and
+    score with, whatever the training file holds now (a class added or renamed there would shift every id)."""
+    saved, _ = read_task_spec(folder)
+    for split, examples in item.evaluation.items():
+        item.task.check_labels(examples, saved.labels, split, f"the labels of the model in {folder}")
+    return replace(item, head=replace(item.head, labels=list(saved.labels)))
 
 
 def _load_exported(model: FinetuningModel, exported: Path, data: list[TaskData]) -> None:
@@ -1035,6 +1045,7 @@ def run_finetuning(
                     f'{exported} holds no fine-tuned model: train first ("do_train": true), or name a fine-tuned '
                     "model with init_checkpoint"
                 )
+            data = [with_saved_labels(item, task_model_dir(exported, data, item)) for item in data]
             # The shape the model was saved with, whatever the hparams of this evaluation say.
             model = FinetuningModel(
                 ModelConfig.from_dict(json.loads(config_file.read_text())), [item.head for item in data]

@@ -99,7 +99,13 @@ class Task:
     def training_tags(self, tags: list[str]) -> list[str]:
         return bioes_tags(tags) if self.span_labels else list(tags)
 
-    def check_labels(self, examples: list[Example], labels: list[str], split: str) -> None:
+    def check_labels(
+        self,
+        examples: list[Example],
+        labels: list[str],
+        split: str,
+        origin: str = "the labels learned from the training file",
+    ) -> None:
         known = set(labels)
         for example in examples:
             if example.label is None or self.kind == "regression":
@@ -109,8 +115,8 @@ class Task:
             if unknown:
                 raise UserError(
                     f"{example.source}: label {unknown[0]!r} of the {split} split of task {self.name!r} is not "
-                    f"among the labels learned from the training file ({', '.join(labels[:20])}): fix the "
-                    'row, or list every label in the task spec\'s "labels"'
+                    f"among {origin} ({', '.join(labels[:20])}): fix the row, or list every label in the task "
+                    'spec\'s "labels"'
                 )
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -362,7 +368,7 @@ class QATask(Task):
             return read_squad(self.split_file(split, (".json",)), training, self.v2)
         return read_mrqa(self.split_file(split, (".jsonl",)), training)
 
-    def check_labels(self, examples: list[Any], labels: list[str], split: str) -> None:
+    def check_labels(self, examples: list[Any], labels: list[str], split: str, origin: str = "") -> None:
         return None  # answers are spans of the context, not labels
 
     def test_splits(self) -> list[str]:
