@@ -241,6 +241,14 @@ def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="already holds other files"):
         export_tf_checkpoint(convert_tf_checkpoint(FIXTURE, tmp_path / "whole"), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # A released model, converted: the slots the reference's Estimator needs, fresh (the FAQ's "adam_m not found").
+    fresh = TFCheckpoint(export_tf_checkpoint(tmp_path / "whole", tmp_path / "fresh"))
+    assert int(fresh.tensor("global_step")) == 0
+    assert not fresh.tensor("electra/embeddings/word_embeddings/adam_m").any()
+    np.testing.assert_array_equal(
+        fresh.tensor("electra/embeddings/word_embeddings"),
+        TFCheckpoint(FIXTURE).tensor("electra/embeddings/word_embeddings"),
+    )
 
     # A damaged data file (an interrupted download) is named, not read as weights.
     write_tf_checkpoint(tmp_path / "ckpt", {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
