@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -577,3 +578,33 @@ def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_cl
         UserError, match=r"dev\.csv:66: label 'aaa' .* not among the labels of the model in .*\(neg, pos\)"
     ):
         run_finetuning(root, "evaluator", hparams)
+
+
+def test_two_processes_with_gloo_fine_tune_as_one(tmp_path: Path, vocab_file: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m electra.cli finetune` (gloo on CPUs): the same losses as one process at the
+    same global batch, and the summary printed once."""
+    import subprocess
+    import sys
+
+    write_user_task(tmp_path, {"train": sentiment_rows(96, 0), "dev": sentiment_rows(16, 1)})
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    overrides = {**TINY_MODEL["model_hparam_overrides"], **no_dropout}
+    hparams = {**TINY_MODEL, "model_hparam_overrides": overrides, "num_train_epochs": 1, "log_every_steps": 1}
+    hparams.update(task_names=["tickets"], tasks={"tickets": {}}, vocab_file=str(vocab_file))
+    base = ["-m", "electra.cli", "finetune", "--data-dir", str(tmp_path), "--hparams", json.dumps(hparams)]
+    subprocess.run([sys.executable, *base, "--model-name", "one"], check=True, capture_output=True)
+    two = subprocess.run(
+        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", *base, "--model-name", "two"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert two.stdout.count("tickets/dev: accuracy") == 1
+
+    def losses(name: str) -> list[float]:
+        log = tmp_path / "models" / name / "finetuning_models" / "tickets_model_1" / "logs" / "metrics.jsonl"
+        return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+
+    assert len(losses("one")) == 6  # 96 examples in batches of 16
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-5)
