@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _vocab_path(output: str) -> Path:
     path = Path(output)
-    return path / "vocab.txt" if path.is_dir() else path
+    return path / "vocab.txt" if path.is_dir() or output.endswith(("/", os.sep)) else path
 
 
 def _train_and_write_vocab(
@@ -420,6 +421,11 @@ def _train_and_write_vocab(
     from electra.corpus import InvalidUtf8Report, list_corpus_files
     from electra.tokenization import train_vocab, write_vocab
 
+    if output.resolve().is_relative_to(Path(corpus_dir).resolve()):
+        raise UserError(
+            f"--output {output} is inside --corpus-dir {corpus_dir}: the vocabulary would be read as text next time; "
+            "write it outside the corpus (the reference's layout: <data-dir>/vocab.txt)"
+        )
     report = InvalidUtf8Report()
     tokens = train_vocab(
         list_corpus_files(corpus_dir),
@@ -642,7 +648,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("electra: interrupted; finished files are complete, unfinished ones were discarded", file=sys.stderr)
         return 130
+    except OSError as error:  # the file system refused: read-only, full, a file where a folder belongs, ...
+        print(f"electra: error: {file_system_message(error)}", file=sys.stderr)
+        return 2
     return 0
+
+
+FILE_SYSTEM_HINTS = {
+    errno.ENOSPC: "free some space (or write elsewhere), then run the same command again: it resumes or redoes",
+    errno.EDQUOT: "free some space (or write elsewhere), then run the same command again: it resumes or redoes",
+    errno.EROFS: "write the output to a writable folder",
+    errno.EACCES: "write the output where you may write, or fix the permissions",
+    errno.EPERM: "write the output where you may write, or fix the permissions",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it away or choose another path",
+    errno.EEXIST: "a file stands where a folder is needed: move it away or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: give a file name",
+    errno.ENOENT: "check the path",
+}
+
+
+def file_system_message(error: OSError) -> str:
+    """What the operating system refused, on which path, and what to do about it, in one line."""
+    paths = " -> ".join(str(path) for path in (error.filename, error.filename2) if path)
+    what = error.strerror or str(error)
+    hint = FILE_SYSTEM_HINTS.get(error.errno, "check the path and the disk")
+    return f"{what}{f': {paths}' if paths else ''}; {hint}"
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         "counts": counts,
         "files": {split: f"{split}{suffix}" for split in SPLITS if chosen[split]},
     }
-    check_replaceable(target, SPLIT_RECORD, [path])
+    check_replaceable(target, SPLIT_RECORD, [path], [f"{split}.*" for split in SPLITS] + [SPLIT_RECORD])
     with atomic_directory(target) as tmp:
         for split in SPLITS:
             if chosen[split]:

@@ -53,6 +53,9 @@ ONNX_WEIGHTS = ("fp32", "int8")
 INT8_TOLERANCE = 0.1
 
 
+TOKENIZER_FILES = ["tokenizer_config.json", "special_tokens_map.json"]
+
+
 def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) -> None:
     """The files `transformers` needs beside vocab.txt to build the matching WordPiece tokenizer."""
     special = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
@@ -69,7 +72,7 @@ def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) ->
 
 
 def _copy_model_folder(source: Path, target: Path, do_lower_case: bool) -> None:
-    check_replaceable(target, "config.json", [source])
+    check_replaceable(target, "config.json", [source], [path.name for path in source.iterdir()] + TOKENIZER_FILES)
     with atomic_directory(target) as tmp:
         for path in source.iterdir():
             if path.is_file():
@@ -141,7 +144,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
     example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
-    check_replaceable(target, "model.onnx", [source])
+    check_replaceable(target, "model.onnx", [source], ["model.onnx", "config.json", "vocab.txt", TASK_FILE])
     with atomic_directory(target) as tmp, quiet_exporter():
         try:
             program = torch.onnx.export(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
+    remove_abandoned_temporaries(final)
     try:
         yield tmp
         with open(tmp, "rb") as written:
@@ -27,6 +30,40 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def choose_output_file(given: str | os.PathLike | None, default: Path, *inputs: Path) -> Path:
+    """The file a command writes its results to: `given` (its --output), else `default`. Never a folder, and never
+    one of the command's inputs, which writing would replace."""
+    target = Path(given) if given else default
+    if target.is_dir():
+        raise UserError(f"--output {target} is a folder: give a file name, e.g. {target / default.name}")
+    for source in inputs:
+        if target.exists() and source.exists() and target.resolve() == source.resolve():
+            raise UserError(
+                f"--output {target} is the input {source}: writing there would replace it; name another file"
+            )
+    return target
+
+
+def remove_abandoned_temporaries(final: Path) -> None:
+    """Delete the temporaries of `final` that killed processes left behind (each can be a whole model copy);
+    those of a live process, e.g. another run's, stay."""
+    for path in final.parent.glob(f".{glob.escape(final.name)}{TMP_MARKER}*"):
+        pid = path.name.rsplit(TMP_MARKER, 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -40,17 +77,17 @@ def is_temporary(path: Path) -> bool:
 
 
 @contextmanager
-def folder_lock(folder: Path, command: str) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` while `command` writes in it, so that a second run on the same model
-    (a forgotten terminal, an orphaned worker) stops at once instead of both writing checkpoints. The operating
-    system drops the lock when the process ends, however it ends."""
+def folder_lock(folder: Path, command: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (its file `name`) while `command` writes in it, so that a second run on
+    the same output (a forgotten terminal, an orphaned worker) stops at once instead of both writing there. The
+    operating system drops the lock when the process ends, however it ends."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+", encoding="utf-8") as handle:
+    with open(folder / name, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,9 +104,12 @@ def folder_lock(folder: Path, command: str) -> Iterator[None]:
         yield
 
 
-def check_replaceable(folder: Path, marker: str, inputs: list[Path]) -> None:
+def check_replaceable(folder: Path, marker: str, inputs: list[Path], ours: list[str]) -> None:
     """Refuse to replace `folder` (as `atomic_directory` does) unless it is new, empty, or an earlier output of the
-    same command (it holds `marker`) that holds none of the command's `inputs`: never delete a user's own files."""
+    same command: it holds `marker`, nothing but names matching the patterns `ours` (what the command writes), and
+    none of the command's `inputs`. Never delete a user's own files."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, where the output folder would go: remove it or choose another --output")
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     for source in inputs:
@@ -81,6 +121,16 @@ def check_replaceable(folder: Path, marker: str, inputs: list[Path]) -> None:
             f"{folder} already holds other files ({names}, ...), which writing there would delete: choose a new "
             "or empty folder"
         )
+    foreign = sorted(
+        path.name
+        for path in folder.iterdir()
+        if not is_temporary(path) and not any(fnmatch.fnmatchcase(path.name, pattern) for pattern in ours)
+    )
+    if foreign:
+        raise UserError(
+            f"{folder} is an earlier output but also holds {', '.join(foreign[:3])}, which replacing it would "
+            "delete: move them away, or write to another folder"
+        )
 
 
 @contextmanager
@@ -90,12 +140,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    remove_abandoned_temporaries(final)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        for written in tmp.iterdir():
-            with open(written, "rb") as handle:
-                os.fsync(handle.fileno())
+        for written in tmp.rglob("*"):
+            if written.is_file():
+                with open(written, "rb") as handle:
+                    os.fsync(handle.fileno())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:

@@ -14,6 +14,7 @@ batch but not what the model computes for each of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -41,7 +42,15 @@ from electra.config import (
     with_inherited_shape,
 )
 from electra.errors import UserError
-from electra.fileio import atomic_directory, atomic_output, open_text, read_weights, write_text_atomic
+from electra.fileio import (
+    atomic_directory,
+    atomic_output,
+    choose_output_file,
+    folder_lock,
+    open_text,
+    read_weights,
+    write_text_atomic,
+)
 from electra.metrics import iob2_tags, regression_scores
 from electra.modeling import (
     ElectraClassificationHead,
@@ -69,6 +78,7 @@ from electra.trainer import (
     Processes,
     Trainer,
     TrainSettings,
+    checkpoint_dirs,
     resolve_precision,
     setup_processes,
 )
@@ -457,7 +467,7 @@ def layerwise_param_groups(model: FinetuningModel, weight_decay: float, layer_de
 
 
 # ----------------------------------------------------------------------------------------------- weights
-ENCODER_PREFIXES = ("electra.", "discriminator.electra.", "")
+ENCODER_PREFIXES = ("electra.", "discriminator.electra.", "generator.electra.", "")
 
 
 def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
@@ -678,13 +688,24 @@ class FinetuningRun:
 
 def _pretrained_encoder(model_dir: Path) -> Path | None:
     """The weights `electra pretrain` exported for fine-tuning: the discriminator, or for a model pre-trained
-    as a plain masked LM ("electra_objective": false) the generator, which is then the whole model."""
-    if (model_dir / "discriminator" / "model.safetensors").is_file():
-        return model_dir / "discriminator" / "model.safetensors"
+    as a plain masked LM ("electra_objective": false) the generator, which is then the whole model. A checkpoint
+    newer than that export (pre-training was stopped before exporting, or goes on) is newer weights: it wins."""
+    exported = None
     generator, record_file = model_dir / "generator" / "model.safetensors", model_dir / "pretrain_config.json"
-    if not (generator.is_file() and record_file.is_file()):
-        return None
-    return generator if pretraining_objective(json.loads(record_file.read_text())) == "MLM" else None
+    if (model_dir / "discriminator" / "model.safetensors").is_file():
+        exported = model_dir / "discriminator" / "model.safetensors"
+    elif generator.is_file() and record_file.is_file():
+        exported = generator if pretraining_objective(json.loads(record_file.read_text())) == "MLM" else None
+    checkpoints = checkpoint_dirs(model_dir)
+    newest = checkpoints[-1] / "model.safetensors" if checkpoints else None
+    if newest is not None and (exported is None or newest.stat().st_mtime > exported.stat().st_mtime):
+        print(
+            f"note: fine-tuning from {checkpoints[-1]}, the newest pre-training checkpoint: pre-training of "
+            f"{model_dir.name} stopped before exporting it (or is still going on)",
+            file=sys.stderr,
+        )
+        return newest
+    return exported
 
 
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
@@ -825,9 +846,9 @@ def train_trial(
     model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
     model = FinetuningModel(model_config, [item.head for item in data])
     exported = trial_dir / "model"
-    if (task_model_dir(exported, data, data[0]) / "config.json").is_file():
+    if all((task_model_dir(exported, data, item) / "config.json").is_file() for item in data):
         _load_exported(model, exported, data)
-        return model
+        return model  # finished; an export cut short is redone from the final checkpoint, which is removed last
     if run.init_checkpoint is not None:
         load_encoder_weights(model, run.init_checkpoint)
     features = [
@@ -1027,6 +1048,14 @@ def run_finetuning(
     if not (config.do_train or config.do_eval):
         raise UserError("both do_train and do_eval are false: nothing to do")
     processes = processes or setup_processes()
+    # One run per task set and model at a time: two would write the same trials (other task sets may run beside).
+    lock = folder_lock(run.model_dir / "finetuning_models", "electra finetune", f".{run.tasks_name}.lock")
+    with lock if processes.is_main else contextlib.nullcontext():
+        return _run_trials(run, processes)
+
+
+def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
+    config = run.config
     data = load_task_data(run, need_train=config.do_train)
     featurizer = Featurizer(
         run.vocab, config.max_seq_length, config.do_lower_case, config.max_query_length, config.doc_stride
@@ -1230,12 +1259,12 @@ def run_prediction(
     from electra.export import open_predictor  # ONNX folders too; export.py builds on this module
 
     source = Path(input_file)
+    target = choose_output_file(output_file, source.with_name(f"{source.stem}.predictions.jsonl"), source)
     predictor = open_predictor(model_dir, precision)
     examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {})
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
     predictions = predictor.predict(examples, batch_size, show_progress)
-    target = Path(output_file) if output_file else source.with_name(f"{source.stem}.predictions.jsonl")
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, prediction in zip(examples, predictions, strict=True):
             position = {"line": int(example.source.rsplit(":", 1)[1])} if getattr(example, "source", "") else {}

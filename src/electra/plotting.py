@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from electra.errors import UserError
+from electra.fileio import atomic_output
 
 PANELS = (
     ("total loss", ("loss",)),
@@ -56,6 +57,18 @@ def plot_training_curves(model_dir: str | Path, output: str | Path | None = None
     figure.suptitle(Path(model_dir).name)
     figure.tight_layout()
     path = Path(output) if output else log_file.with_name("curves.png")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    path = path if path.suffix or path.is_dir() else path.with_suffix(".png")
+    kind = path.suffix[1:].lower()
+    formats = figure.canvas.get_supported_filetypes()
+    try:
+        if path.is_dir():
+            raise UserError(f"--output {path} is a folder: give the picture's file name, e.g. {path / 'curves.png'}")
+        if kind not in formats:
+            raise UserError(
+                f"--output {path}: cannot draw .{kind} files; end the name with one of .{', .'.join(formats)}"
+            )
+        with atomic_output(path) as tmp:  # an interrupted plot never leaves half a picture under the name
+            figure.savefig(tmp, dpi=110, format=kind)
+    finally:
+        plt.close(figure)
     return path

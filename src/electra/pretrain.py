@@ -504,7 +504,10 @@ def describe(outcome: dict[str, Any]) -> str:
     if "train" in outcome:
         result = outcome["train"]
         metrics = ", ".join(f"{key} {value:.4g}" for key, value in sorted(result.last_metrics.items()))
-        lines.append(f"trained to step {result.step:,} ({result.skipped_steps} skipped): {metrics}")
+        if metrics:
+            lines.append(f"trained to step {result.step:,} ({result.skipped_steps} skipped): {metrics}")
+        else:  # the same command again after it finished
+            lines.append(f"already trained to step {result.step:,} (num_train_steps): nothing left to train")
         lines += [f"exported {path}" for path in outcome.get("exported", [])]
     if "eval" in outcome:
         lines.append("evaluation on held-out data:")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from electra.corpus import UNIT_BYTES, CorpusUnit, InvalidUtf8Report, list_corpus_files, plan_units, read_unit
 from electra.errors import UserError
-from electra.fileio import atomic_output, is_temporary, write_text_atomic
+from electra.fileio import atomic_output, folder_lock, is_temporary, write_text_atomic
 from electra.tokenization import CLS, PAD, SEP, SPECIAL_TOKENS, UNK, build_tokenizer, read_vocab, vocab_checksum
 
 FORMAT_NAME = "electra-pretrain-data"
@@ -298,14 +298,8 @@ def _our_files(output_dir: Path) -> list[Path]:
     ]
 
 
-def _prepare_output(output_dir: Path, corpus_dir: Path, identity: dict, overwrite: bool) -> bool:
+def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
     """Make `output_dir` ready for a build; False if it already holds this exact build."""
-    if output_dir.resolve().is_relative_to(corpus_dir.resolve()):
-        raise UserError(
-            f"--output-dir {output_dir} is inside --corpus-dir {corpus_dir}: the shards would be "
-            "read as text next time; choose an output folder outside the corpus"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
     metadata_path = output_dir / METADATA_FILE
     if metadata_path.exists() and not overwrite:
         try:
@@ -368,13 +362,45 @@ def build_pretraining_data(
         "vocab_sha256": vocab_checksum(vocab),
         "corpus": [{"file": path.relative_to(corpus_root).as_posix(), "bytes": path.stat().st_size} for path in files],
     }
+    if out.resolve().is_relative_to(corpus_root.resolve()):
+        raise UserError(
+            f"--output-dir {out} is inside --corpus-dir {corpus_root}: the shards would be "
+            "read as text next time; choose an output folder outside the corpus"
+        )
+    with folder_lock(out, "electra build-data"):  # two builds into one folder would mix their shards
+        return _build(
+            corpus_root,
+            files,
+            vocab,
+            out,
+            identity,
+            settings,
+            num_processes,
+            overwrite,
+            examples_per_shard,
+            show_progress,
+        )
+
+
+def _build(
+    corpus_root: Path,
+    files: list[Path],
+    vocab: list[str],
+    out: Path,
+    identity: dict,
+    settings: BuildSettings,
+    num_processes: int,
+    overwrite: bool,
+    examples_per_shard: int,
+    show_progress: bool | None,
+) -> BuildSummary:
     summary = BuildSummary(output_dir=out)
-    if not _prepare_output(out, corpus_root, identity, overwrite):
+    if not _prepare_output(out, identity, overwrite):
         summary.skipped = True
         return summary
 
     started = time.perf_counter()
-    units = plan_units(files, unit_bytes, at_blank_lines=settings.blanks_separate_docs)
+    units = plan_units(files, identity["unit_bytes"], at_blank_lines=settings.blanks_separate_docs)
     writer = _ShardWriter(out, examples_per_shard)
     report = InvalidUtf8Report()
     progress = tqdm(

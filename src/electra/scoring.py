@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from electra.config import ModelConfig, pretraining_objective
 from electra.errors import UserError
-from electra.fileio import open_text, read_text, write_text_atomic
+from electra.fileio import choose_output_file, open_text, read_text, write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
 from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, read_vocab
@@ -266,7 +266,7 @@ def run_scoring(
 ) -> tuple[Path, str, int]:
     """Scores every text of `input_file` into JSONL (default: beside the input, `.scores.jsonl`)."""
     source = Path(input_file)
-    target = Path(output_file) if output_file else source.with_suffix(".scores.jsonl")
+    target = choose_output_file(output_file, source.with_suffix(".scores.jsonl"), source)
     texts = read_texts(source, text_field)
     if not texts:
         raise UserError(f"{source} holds no text to score")
@@ -386,10 +386,11 @@ def run_rerank(
     if not math.isfinite(weight):
         raise UserError(f"--weight {weight} is not a finite number")
     source = Path(nbest_file)
+    inputs = [source, Path(references_file)] if references_file else [source]
+    target = choose_output_file(output_file, source.with_suffix(".reranked.jsonl"), *inputs)
     lists = read_nbest(source)
     if references_file:
         read_references(Path(references_file), lists)
-    target = Path(output_file) if output_file else source.with_suffix(".reranked.jsonl")
     scorer = TextScorer(model_dir, method, max_seq_length, precision)
     unique = sorted({text for item in lists for text in item.texts})
     lm_scores = {text: score.total for text, score in zip(unique, scorer.score(unique, batch_size, True), strict=True)}

@@ -53,6 +53,9 @@ DTYPES = {
     19: np.float16,
 }
 BFLOAT16 = 14
+# What a conversion and an export write (an earlier one may be replaced; a folder holding more may not).
+CONVERTED_FILES = ["model.safetensors", "pretrain_config.json", "vocab.txt", "discriminator", "generator"]
+EXPORTED_FILES = ["model.ckpt-*", "checkpoint", "vocab.txt", "pretrain_hparams.json", "finetune_hparams.json"]
 # Variables of the training run, not of the model.
 SKIPPED = re.compile(r"(^|/)(adam_[mv]|global_step|temperature)$|/adam_[mv]$|^(beta[12]_power)$")
 
@@ -428,7 +431,7 @@ def convert_tf_checkpoint(
     from safetensors.torch import save_model
 
     from electra.config import build_pretraining_config
-    from electra.fileio import atomic_output, write_text_atomic
+    from electra.fileio import atomic_directory
     from electra.objectives import PretrainingModel
     from electra.pretrain import export_models
     from electra.tokenization import read_vocab
@@ -477,14 +480,30 @@ def convert_tf_checkpoint(
             f"missing {missing[:5]}"
         )
     model_dir = Path(output)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(model_dir / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
+    _check_conversion_target(model_dir, [checkpoint.prefix.parent, vocab_path])
     record = {**config.to_dict(), "vocab_size": vocab_size, "converted_from": str(checkpoint.prefix)}
-    write_text_atomic(model_dir / "pretrain_config.json", json.dumps(record, indent=2) + "\n")
-    write_text_atomic(model_dir / "vocab.txt", vocab_path.read_text(encoding="utf-8"))
-    export_models(model, model_dir, model_dir / "vocab.txt")
+    with atomic_directory(model_dir) as tmp:  # whole or not at all: an interrupted conversion leaves nothing
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "pretrain_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "vocab.txt").write_text(vocab_path.read_text(encoding="utf-8"), encoding="utf-8")
+        export_models(model, tmp, tmp / "vocab.txt")
     return model_dir
+
+
+def _check_conversion_target(model_dir: Path, inputs: list[Path]) -> None:
+    """A conversion replaces `model_dir` whole: only an earlier conversion, never trained since, may be there."""
+    from electra.fileio import check_replaceable
+    from electra.trainer import checkpoint_dirs
+
+    record_file = model_dir / "pretrain_config.json"
+    if record_file.is_file() and (
+        "converted_from" not in json.loads(record_file.read_text()) or checkpoint_dirs(model_dir)
+    ):
+        raise UserError(
+            f"{model_dir} holds a pre-trained model (its checkpoints, exports and record): converting into it would "
+            "mix two models; choose a new --output folder"
+        )
+    check_replaceable(model_dir, "pretrain_config.json", inputs, CONVERTED_FILES)
 
 
 def saved_objective(saved: SavedPretraining) -> str:
@@ -573,7 +592,7 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     variables = reference_variables(saved)
     hparams = reference_hparams(saved)
     finetune_hparams = {key: hparams[key] for key in FINETUNING_SHAPE_HPARAMS}
-    check_replaceable(target, "checkpoint", [source])
+    check_replaceable(target, "checkpoint", [source], EXPORTED_FILES)
     prefix_name = f"model.ckpt-{saved.step}"
     with atomic_directory(target) as tmp:
         write_tf_checkpoint(tmp / prefix_name, variables)

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from electra.errors import UserError
-from electra.fileio import atomic_directory, is_temporary
+from electra.fileio import atomic_directory, is_temporary, write_text_atomic
 
 CHECKPOINT_PREFIX = "step-"
 NO_DECAY_MARKERS = ("LayerNorm", "layer_norm", "bias")  # as the reference's exclude_from_weight_decay
@@ -238,8 +238,15 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
     with atomic_directory(final) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
+        try:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
+        except RuntimeError as error:  # how torch reports a failed write, e.g. a full disk
+            free = shutil.disk_usage(root).free / 2**20
+            raise UserError(
+                f"could not write checkpoint {final} ({error}; {free:,.0f} MiB free there); the earlier checkpoints "
+                "are intact: free some space, then run the same command again to resume"
+            ) from None
         (tmp / "step.json").write_text(json.dumps({"step": step}) + "\n")
     if keep and keep > 0:
         for old in checkpoint_dirs(run_dir)[:-keep]:
@@ -287,9 +294,9 @@ class MetricsLog:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                if (record := _complete_record(line)) is not None and record.get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -308,6 +315,15 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _complete_record(line: str) -> dict | None:
+    """A logged line, or None for a blank one or the cut-off last line of a run stopped by a full disk or a
+    power loss."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def _metric_name(sum_name: str) -> str:

@@ -1,0 +1,183 @@
+"""Interrupted, concurrent and misdirected runs (an audit's findings): work is resumed or refused, never lost or
+mixed, and the file system's refusals read as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra.cli import main
+from electra.errors import UserError
+from electra.fileio import atomic_directory, folder_lock
+from electra.tokenization import SPECIAL_TOKENS, write_vocab
+from tests.test_finetune import TINY_MODEL, WORDS, sentiment_rows, write_user_task
+
+
+@pytest.fixture
+def vocab_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    write_vocab([*SPECIAL_TOKENS, *WORDS], path)
+    return path
+
+
+def two_tasks(root: Path, vocab_file: Path) -> dict:
+    for name in ("first", "second"):
+        write_user_task(root, {"train": sentiment_rows(64, 0), "dev": sentiment_rows(16, 1)}, name)
+    tasks = {"first": {}, "second": {}}
+    return {**TINY_MODEL, "task_names": ["first", "second"], "tasks": tasks, "vocab_file": str(vocab_file)}
+
+
+def test_multitask_run_stopped_while_exporting_finishes_on_the_next_run(
+    tmp_path: Path, vocab_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import electra.finetune as finetune
+
+    hparams = {**two_tasks(tmp_path, vocab_file), "num_train_epochs": 1}
+    export = finetune.export_task_model
+    exported: list[str] = []
+
+    def stopped_after_one(model, head, *args, **kwargs):  # Ctrl-C between the two tasks' exports
+        if exported:
+            raise KeyboardInterrupt
+        exported.append(head.name)
+        return export(model, head, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "export_task_model", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run_finetuning(tmp_path, "m", hparams)
+    monkeypatch.setattr(finetune, "export_task_model", export)
+    trial = tmp_path / "models" / "m" / "finetuning_models" / "first,second_model_1"
+    assert (trial / "model" / "first" / "config.json").is_file() and not (trial / "model" / "second").exists()
+    outcome = finetune.run_finetuning(tmp_path, "m", hparams)  # resumes at the final checkpoint, exports both
+    assert set(outcome["trials"][0]["scores"]) == {"first/dev", "second/dev"}
+    assert (trial / "model" / "second" / "config.json").is_file() and not (trial / "checkpoints").exists()
+
+
+def test_a_second_run_on_the_same_output_stops_at_once(tmp_path: Path, vocab_file: Path) -> None:
+    from electra.finetune import run_finetuning
+    from electra.pretrain_data import build_pretraining_data
+    from tests.conftest import ENGLISH_DOCUMENTS, write_corpus
+
+    hparams = {**two_tasks(tmp_path, vocab_file), "task_names": ["first"], "num_train_epochs": 1}
+    with folder_lock(tmp_path / "models" / "m" / "finetuning_models", "electra finetune", ".first.lock"):
+        with pytest.raises(UserError, match="in use by another electra finetune"):
+            run_finetuning(tmp_path, "m", hparams)
+        assert run_finetuning(tmp_path, "m", {**hparams, "task_names": ["second"]})["trials"]  # other tasks: fine
+    corpus = write_corpus(tmp_path / "corpus", ENGLISH_DOCUMENTS)
+    lock = folder_lock(tmp_path / "data", "electra build-data")
+    with lock, pytest.raises(UserError, match="in use by another electra build-data"):
+        build_pretraining_data(corpus, vocab_file, tmp_path / "data", show_progress=False)
+
+
+def test_outputs_never_replace_inputs_or_a_users_files(tmp_path: Path, finetuned_classifier: Path) -> None:
+    from electra.datasplit import SplitSettings, split_table
+    from electra.finetune import run_prediction
+    from electra.tf_checkpoint import convert_tf_checkpoint
+    from tests.test_tf_checkpoint import FIXTURE
+
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("a good film\n")
+    with pytest.raises(UserError, match="is the input"):
+        run_prediction(finetuned_classifier, texts, texts, show_progress=False)
+    assert texts.read_text() == "a good film\n"
+    with pytest.raises(UserError, match="is a folder"):
+        run_prediction(finetuned_classifier, texts, tmp_path, show_progress=False)
+
+    table = tmp_path / "reviews.csv"
+    table.write_text("label,text\n" + "".join(f"{'ab'[i % 2]},review {i}\n" for i in range(40)))
+    settings = SplitSettings("label", "text", dev_share=0.2, test_share=0.0, seed=0)
+    split_table(table, tmp_path / "task", settings)
+    (tmp_path / "task" / "my_notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"also holds my_notes\.txt"):
+        split_table(table, tmp_path / "task", settings)
+    assert (tmp_path / "task" / "my_notes.txt").read_text() == "mine"
+
+    with pytest.raises(UserError, match="is a file, where the output folder would go"):
+        convert_tf_checkpoint(FIXTURE, texts)
+    converted = convert_tf_checkpoint(FIXTURE, tmp_path / "released")
+    convert_tf_checkpoint(FIXTURE, converted)  # an earlier conversion is replaced
+    (converted / "checkpoints" / "step-00000002").mkdir(parents=True)  # ... until it is trained
+    with pytest.raises(UserError, match="holds a pre-trained model"):
+        convert_tf_checkpoint(FIXTURE, converted)
+
+
+def test_fine_tuning_takes_a_checkpoint_newer_than_the_export(tmp_path: Path, capsys) -> None:
+    """Continued pre-training stopped (or still running) past the last export: its newest checkpoint wins."""
+    from electra.finetune import _pretrained_encoder
+
+    model_dir = tmp_path / "models" / "m"
+    export = model_dir / "discriminator" / "model.safetensors"
+    checkpoint = model_dir / "checkpoints" / "step-00000120" / "model.safetensors"
+    for path in (export, checkpoint):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"weights")
+    os.utime(export, (1_000_000, 1_000_000))
+    assert _pretrained_encoder(model_dir) == checkpoint
+    assert "newest pre-training checkpoint" in capsys.readouterr().err
+    os.utime(checkpoint, (500_000, 500_000))  # a finished run exports after its final checkpoint
+    assert _pretrained_encoder(model_dir) == export
+
+
+def test_file_system_refusals_and_bad_plot_names_are_one_line(tmp_path: Path, capsys) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text here\n" * 20)
+    (tmp_path / "afile").write_text("x")
+    assert main(["vocab", "--corpus-dir", str(corpus), "--output", str(tmp_path / "afile" / "v.txt")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("electra: error: ") and "afile" in error and "Traceback" not in error
+    assert error.count("\n") == 1
+    assert main(["vocab", "--corpus-dir", str(corpus), "--output", str(corpus / "vocab.txt")]) == 2
+    assert "inside --corpus-dir" in capsys.readouterr().err
+
+    log = tmp_path / "model" / "logs" / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2)))
+    assert main(["plot", str(tmp_path / "model"), "--output", str(tmp_path / "mycurves")]) == 0
+    assert (tmp_path / "mycurves.png").read_bytes().startswith(b"\x89PNG")
+    assert "mycurves.png" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "model"), "--output", str(tmp_path / "c.xyz")]) == 2
+    assert "end the name with one of" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_resuming_survives_a_cut_off_log_line_and_a_failed_checkpoint_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from electra.trainer import MetricsLog, save_checkpoint
+
+    log = tmp_path / "logs" / "metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')  # disk full mid-line
+    MetricsLog(log.parent, resume_step=2, enabled=True).close()
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    earlier = save_checkpoint(tmp_path, 1, model, optimizer, {}, keep=3)
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"could not write checkpoint .* earlier checkpoints are intact"):
+        save_checkpoint(tmp_path, 2, model, optimizer, {}, keep=3)
+    assert (earlier / "trainer_state.pt").is_file() and not (tmp_path / "checkpoints" / "step-00000002").exists()
+
+
+def test_temporaries_of_killed_runs_are_cleared(tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    dead = tmp_path / ".export.tmp-999999999"  # no such process
+    alive = tmp_path / f".export.tmp-{os.getppid()}"  # a running process: perhaps another run's
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"copy")
+    with atomic_directory(target) as tmp:
+        (tmp / "file").write_text("done")
+    assert not dead.exists() and alive.exists() and (target / "file").read_text() == "done"
+    shutil.rmtree(alive)
