@@ -93,3 +93,30 @@ def test_causal_masks_see_one_side_and_padding_rows_stay_finite():
     assert ltr[2].tolist() == [True, True, True, False]
     assert rtl[1].tolist() == [False, True, True, False]
     assert rtl[3].tolist() == [False, False, False, True]  # the padding query sees itself, never NaN
+
+
+def test_initialisation_follows_the_reference() -> None:
+    """Truncated normal(0.02) inside the encoder and the prediction heads' first layers; TensorFlow's default Glorot
+    uniform where the reference's dense layers name no initializer (the embedding projection, the discriminator's
+    output layer)."""
+    config = ModelConfig(
+        vocab_size=3000,
+        embedding_size=128,
+        hidden_size=512,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        intermediate_size=1024,
+    )
+    torch.manual_seed(0)
+    model = ElectraForPreTraining(config)
+    init_weights(model, 0.02)
+    query = model.electra.encoder.layer[0].attention.self.query.weight
+    assert query.std().item() == pytest.approx(0.0176, rel=0.03)  # a normal(0.02) cut at two deviations
+    assert query.abs().max().item() <= 0.04
+    for layer in (model.electra.embeddings_project, model.discriminator_predictions.dense_prediction):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max().item() <= bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+        assert not layer.bias.any()
+    assert model.discriminator_predictions.dense.weight.std().item() == pytest.approx(0.0176, rel=0.03)

@@ -875,6 +875,9 @@ def train_trial(
         seed=seed,
     )
     batches = FinetuningBatches(features, config.train_batch_size, seed, config.length_bucketing, featurizer.pad_id)
+    # The reference's objective is the sum of the examples' losses over the batch, not their mean: the same
+    # direction, but gradient clipping at max_grad_norm then acts on batch-size times larger gradients.
+    model.loss_weights = {"task_loss": float(config.train_batch_size)}
     groups = layerwise_param_groups(model, config.weight_decay_rate, config.layerwise_lr_decay)
     trainer = Trainer(model, batches, settings, trial_dir, processes, groups, f"{run.tasks_name} trial {trial}")
     trainer.train()

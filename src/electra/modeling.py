@@ -458,10 +458,31 @@ class ElectraQuestionAnsweringHead(nn.Module):
         return out
 
 
+# Layers the reference builds with tf.layers.dense and no initializer, i.e. TensorFlow's default Glorot uniform:
+# the embedding projection, the discriminator's output, and the fine-tuning heads' output layers.
+GLOROT_LAYERS = {
+    "embeddings_project",
+    "dense_prediction",
+    "out_proj",
+    "classifier",
+    "start_outputs",
+    "end_hidden",
+    "end_outputs",
+    "qa_outputs",
+    "answerable_hidden",
+    "answerable_outputs",
+}
+
+
 def init_weights(module: nn.Module, initializer_range: float) -> None:
-    """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
-    for child in module.modules():
-        if isinstance(child, (nn.Linear, nn.Embedding)):
+    """The reference's initialisation: truncated normal(0, initializer_range) weights (Glorot uniform for
+    GLOROT_LAYERS), zero biases, unit LayerNorm."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear) and name.rsplit(".", 1)[-1] in GLOROT_LAYERS:
+            nn.init.xavier_uniform_(child.weight)
+            if child.bias is not None:
+                nn.init.zeros_(child.bias)
+        elif isinstance(child, (nn.Linear, nn.Embedding)):
             nn.init.trunc_normal_(
                 child.weight, std=initializer_range, a=-2 * initializer_range, b=2 * initializer_range
             )
