@@ -127,6 +127,20 @@ def test_dynamic_padding_equals_static_padding(vocab_file: Path) -> None:
         torch.testing.assert_close(dynamic, static, atol=1e-5, rtol=1e-5)
 
 
+def test_sentence_pairs_and_an_empty_second_text(vocab_file: Path) -> None:
+    """[CLS] a [SEP] b [SEP] with segment ids 0/1; an empty second text is one segment, as in the reference."""
+    from electra.tasks import Example
+
+    vocab = vocab_file.read_text().split()
+    featurizer = Featurizer(vocab, max_seq_length=40)
+    head = TaskHead("c", "classification", ["0", "1"])
+    pair, empty = featurizer.features([Example(0, "good film", "bad"), Example(1, "good film", "")], head, 0)
+    cls, sep, good, film, bad = (vocab.index(token) for token in ("[CLS]", "[SEP]", "good", "film", "bad"))
+    assert pair.input_ids.tolist() == [cls, good, film, sep, bad, sep]
+    assert pair.token_type_ids.tolist() == [0, 0, 0, 0, 1, 1]
+    assert empty.input_ids.tolist() == [cls, good, film, sep] and not empty.token_type_ids.any()
+
+
 def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) -> None:
     from electra.finetune import Features
 

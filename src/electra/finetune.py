@@ -221,8 +221,8 @@ class Featurizer:
                 for window in self.qa.features(examples)  # type: ignore[arg-type]
             ]
         firsts = self._pieces([example.text_a for example in examples])
-        paired = [example.text_b is not None for example in examples]
-        second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b is not None]))
+        paired = [bool(example.text_b) for example in examples]  # an empty second text: one segment, as the reference
+        second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b]))
         seconds = [next(second_pieces) if pair else [] for pair in paired]
         label_ids = {label: i for i, label in enumerate(head.labels)}
         low, high = head.value_range
