@@ -100,12 +100,7 @@ def test_initialisation_follows_the_reference() -> None:
     uniform where the reference's dense layers name no initializer (the embedding projection, the discriminator's
     output layer)."""
     config = ModelConfig(
-        vocab_size=3000,
-        embedding_size=128,
-        hidden_size=512,
-        num_hidden_layers=1,
-        num_attention_heads=8,
-        intermediate_size=1024,
+        **{**SMALL_SHAPE.to_dict(), "embedding_size": 128, "hidden_size": 512, "intermediate_size": 1024}
     )
     torch.manual_seed(0)
     model = ElectraForPreTraining(config)
