@@ -99,6 +99,11 @@ def test_decoding_settings_limit_spans_and_gate_no_answer(tmp_path: Path) -> Non
     assert (found["answer"], found["start"], found["end"]) == ("John Smith", 15, 25)
     assert found["no_answer_odds"] == pytest.approx(2.0 - 9.0)
     assert answer(QADecoding(max_answer_length=1))["answer"] == "John"
+    # the plain head's logits are not masked: a question piece that scores highest is no candidate (the reference
+    # masks before choosing the n best), even with one candidate start and end
+    output[1] = [50.0, 50.0]
+    assert answer(QADecoding(n_best_size=1))["answer"] == "John Smith"
+    output[1] = [0.0, 0.0]
     # the odds (-7) above the threshold: no answer, and the best span still given for the official script
     unanswered = answer(QADecoding(allow_no_answer=True, no_answer_threshold=-8.0))
     assert unanswered["answer"] == "" and unanswered["best_span"] == "John Smith"
@@ -416,3 +421,23 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
             assert empty.status_code == 422 and "questions:0: the context is empty" in empty.json()["detail"]
             blank = client.post("/predict", json={"questions": [{"context": "smith b", "question": " "}]})
             assert blank.status_code == 422 and "questions:0: the question is empty" in blank.json()["detail"]
+
+
+def test_joint_head_without_classifier_scores_no_answer_as_the_reference() -> None:
+    """The reference's no-answer score for the joint head without an answerability classifier is [CLS]'s raw start
+    logit (its end logits are zeros then), not a log-probability."""
+    import torch
+
+    from electra.config import ModelConfig
+    from electra.modeling import ElectraQuestionAnsweringHead, QAHeadConfig
+    from electra.qa import null_score
+
+    torch.manual_seed(3)
+    options = QAHeadConfig(joint_prediction=True, answerable_classifier=False, beam_size=2)
+    head = ElectraQuestionAnsweringHead(ModelConfig(hidden_size=8), options).eval()
+    hidden = torch.randn(1, 6, 8)
+    with torch.no_grad():
+        out = head(hidden, torch.ones(1, 6, dtype=torch.long), torch.tensor([[0, 0, 1, 1, 1, 1]]))[0].numpy()
+        raw = float(head.start_outputs(hidden)[0, 0, 0])
+    assert null_score(out, options) == pytest.approx(raw, abs=1e-6)
+    assert out[0, ElectraQuestionAnsweringHead.START] < raw  # the log-probability it used before

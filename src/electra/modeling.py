@@ -344,7 +344,9 @@ class ElectraQuestionAnsweringHead(nn.Module):
 
     `forward` gives one row per position, what prediction and ONNX graphs return: [start, end] logits for the
     plain head; otherwise START, END_OR_BEAM_START (joint: the position of the i-th beam start, in row i),
-    ANSWERABLE (every row) and, joint only, BEAM_ENDS + i: the end log-probabilities given the i-th beam start.
+    ANSWERABLE (every row: the answerability logit; joint without that classifier: [CLS]'s raw start logit, the
+    reference's no-answer score) and, joint only, BEAM_ENDS + i: the end log-probabilities given the i-th beam
+    start.
     """
 
     START, END_OR_BEAM_START, ANSWERABLE, BEAM_ENDS = 0, 1, 2, 3
@@ -450,6 +452,8 @@ class ElectraQuestionAnsweringHead(nn.Module):
             columns = [start_logits, end_logits]
         if self.options.answerable_classifier:
             columns.append(self._answerable_logit(hidden, start_logits)[:, None].expand_as(start_logits))
+        elif end_logits is None:  # joint, no classifier: the reference's no-answer score, [CLS]'s raw start logit
+            columns.append(start_logits[:, :1].expand_as(start_logits))
         else:
             columns.append(torch.zeros_like(start_logits))
         out = torch.stack([column.float() for column in columns], -1)

@@ -100,11 +100,11 @@ def _examples_of_paragraph(
         if word >= 0 and (index == 0 or char_to_word[index - 1] != word)
     ]
     if not words:
-        report.failures.extend(f"{qa.get('id', qa.get('qid'))}: empty context" for qa in questions)
+        report.failures.extend(f"{qa.get('qid', qa.get('id'))}: empty context" for qa in questions)
         return []
     examples = []
     for qa in questions:
-        qas_id = str(qa.get("id", qa.get("qid")))
+        qas_id = str(qa.get("qid", qa.get("id")))  # MRQA's official script keys by qid; SQuAD has only id
         golds = [answer if isinstance(answer, str) else answer["text"] for answer in qa.get("answers", [])]
         example = QAExample(qas_id, qa["question"], words, gold_answers=golds, context=context, word_offsets=offsets)
         if training:
@@ -324,10 +324,13 @@ def get_final_text(predicted: str, original: str, normalizer: Any, pre_tokenizer
     return original[original_map[to_compact[start]] : original_map[to_compact[end]] + 1]
 
 
-def span_candidates(output: np.ndarray, head: QAHeadConfig, n_best_size: int) -> Iterator[tuple[float, int, int]]:
+def span_candidates(
+    output: np.ndarray, head: QAHeadConfig, n_best_size: int, context: list[int] | None = None
+) -> Iterator[tuple[float, int, int]]:
     """(score, start, end) of the spans the reference's decoding weighs in one window, from the head's rows
-    (see `ElectraQuestionAnsweringHead`): the `n_best_size` best starts x best ends by logit, or with the joint
-    head each beam start with its `beam_size` most likely ends, scored by log-probability."""
+    (see `ElectraQuestionAnsweringHead`): the `n_best_size` best starts x best ends by logit among the `context`
+    positions (the reference masks the others before choosing; Hugging Face's plain head does not mask them), or
+    with the joint head each beam start with its `beam_size` most likely ends, scored by log-probability."""
     if head.joint_prediction:
         beam = output.shape[1] - ElectraQuestionAnsweringHead.BEAM_ENDS
         for i in range(min(beam, len(output))):
@@ -338,19 +341,19 @@ def span_candidates(output: np.ndarray, head: QAHeadConfig, n_best_size: int) ->
             for end in np.argsort(-ends, kind="stable")[:beam]:
                 yield float(output[start, ElectraQuestionAnsweringHead.START] + ends[end]), start, int(end)
         return
-    starts, ends = output[:, 0], output[:, 1]
-    top_ends = np.argsort(-ends, kind="stable")[:n_best_size]
-    for start in np.argsort(-starts, kind="stable")[:n_best_size]:
+    positions = np.asarray(context if context is not None else range(len(output)), dtype=np.int64)
+    starts, ends = output[positions, 0], output[positions, 1]
+    top_ends = positions[np.argsort(-ends, kind="stable")[:n_best_size]]
+    for start in positions[np.argsort(-starts, kind="stable")[:n_best_size]]:
         for end in top_ends:
-            yield float(starts[start] + ends[end]), int(start), int(end)
+            yield float(output[start, 0] + output[end, 1]), int(start), int(end)
 
 
 def null_score(output: np.ndarray, head: QAHeadConfig) -> float:
-    """How strongly one window says "no answer": the answerability logit, else the score of the [CLS] span."""
-    if head.answerable_classifier:
+    """How strongly one window says "no answer": the answerability logit, else the score of the [CLS] span (the
+    joint head's: its raw start logit, which the head puts in the answerability column, as the reference)."""
+    if head.answerable_classifier or head.joint_prediction:
         return float(output[0, ElectraQuestionAnsweringHead.ANSWERABLE])
-    if head.joint_prediction:
-        return float(output[0, ElectraQuestionAnsweringHead.START])
     return float(output[0, 0] + output[0, 1])
 
 
@@ -405,7 +408,7 @@ def best_answer(
     lowest_null = float("inf")
     for feature, output in windows:
         lowest_null = min(lowest_null, null_score(output, head))
-        for score, start, end in span_candidates(output, head, decoding.n_best_size):
+        for score, start, end in span_candidates(output, head, decoding.n_best_size, sorted(feature.token_to_word)):
             if best is not None and score <= best[0]:
                 continue
             if start not in feature.token_to_word or not feature.token_is_max_context.get(start, False):
