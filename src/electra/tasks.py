@@ -92,8 +92,12 @@ class Task:
         if self.labels is not None:
             return list(self.labels)
         train = train if train is not None else self.examples("train")
-        if self.kind == "tagging":
-            return sorted({tag for example in train for tag in self.training_tags(example.label)})
+        if self.kind == "tagging":  # as the reference's tagging tasks: the tags of every labelled split
+            others = [split for split in [*self.eval_splits(), *self.test_splits()] if self.has_split(split)]
+            sentences = train + [example for split in others for example in self.examples(split)]
+            return sorted(
+                {tag for example in sentences if example.label is not None for tag in self.training_tags(example.label)}
+            )
         return sorted({str(example.label) for example in train})
 
     def training_tags(self, tags: list[str]) -> list[str]:
