@@ -276,11 +276,13 @@ def _table(entries: list[tuple[bytes, bytes]], block_size: int = 4096) -> bytes:
         return handle
 
     pending: list[tuple[bytes, bytes]] = []
+    pending_bytes = 0
     for key, value in entries:
         pending.append((key, value))
-        if sum(len(k) + len(v) for k, v in pending) >= block_size:
-            index.append((pending[-1][0], write_block(_block(pending, 16))))
-            pending = []
+        pending_bytes += len(key) + len(value)
+        if pending_bytes >= block_size:
+            index.append((key, write_block(_block(pending, 16))))
+            pending, pending_bytes = [], 0
     if pending:
         index.append((pending[-1][0], write_block(_block(pending, 16))))
     metaindex = write_block(_block([], 1))
@@ -517,13 +519,14 @@ def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray | torch
     discriminator's embeddings and tie their output layer to them, as in the reference), kernels transposed to
     TensorFlow's [in, out], the Adam moments of our optimizer (zeros for a model without optimizer state) and
     global_step."""
-    from electra.trainer import default_param_groups
+    from electra.trainer import AdamWeightDecay, default_param_groups
 
     model, objective = saved.model, saved_objective(saved)
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    if saved.optimizer_state is not None:  # indexed in the order of the param groups it was built from
-        ordered = [param for group in default_param_groups(model, 0.0) for param in group["params"]]
-        moments = {id(ordered[index]): state for index, state in saved.optimizer_state["state"].items()}
+    moments: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+    if saved.optimizer_state is not None:  # loaded as the trainer resumes it, so each moment finds its weight
+        optimizer = AdamWeightDecay(default_param_groups(model, 0.0), lr=0.0)
+        optimizer.load_state_dict(saved.optimizer_state)
+        moments = optimizer.state
     variables: dict[str, np.ndarray | torch.Tensor] = {"global_step": np.array(saved.step, dtype=np.int64)}
     seen: set[int] = set()
     # The discriminator's names first: a weight it shares with a generator is stored under its name.
@@ -535,7 +538,7 @@ def reference_variables(saved: SavedPretraining) -> dict[str, np.ndarray | torch
         tf_name = reference_name(name, objective)
         if our_name(tf_name, objective) != name:  # a parameter the reference's model does not have
             raise UserError(f"{name} has no variable in the reference's {objective} model: use --format hf")
-        state = moments.get(id(param), {})
+        state = moments.get(param, {})
         for suffix, tensor in (
             ("", param),
             ("/adam_m", state.get("exp_avg", torch.zeros_like(param))),
@@ -583,6 +586,7 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     from electra.pretrain import open_pretrained
 
     source, target = Path(model_dir), Path(output)
+    check_replaceable(target, "checkpoint", [source], EXPORTED_FILES)  # before the model is read, not after
     saved = open_pretrained(source)
     if saved.random_parts:
         raise UserError(
@@ -592,7 +596,6 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     variables = reference_variables(saved)
     hparams = reference_hparams(saved)
     finetune_hparams = {key: hparams[key] for key in FINETUNING_SHAPE_HPARAMS}
-    check_replaceable(target, "checkpoint", [source], EXPORTED_FILES)
     prefix_name = f"model.ckpt-{saved.step}"
     with atomic_directory(target) as tmp:
         write_tf_checkpoint(tmp / prefix_name, variables)
