@@ -60,7 +60,7 @@ from electra.modeling import (
     QAHeadConfig,
     init_weights,
 )
-from electra.pretrain import hf_config, resolve_init_checkpoint
+from electra.pretrain import hf_config, model_vocab_places, resolve_init_checkpoint
 from electra.qa import QADecoding, QAFeaturizer, best_answer, read_mrqa, read_squad, records_to_examples
 from electra.tasks import (
     GLUE_TEXT_COLUMNS,
@@ -733,7 +733,7 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
-        candidates = [model_dir / "vocab.txt", model_dir / "discriminator" / "vocab.txt", data_dir / "vocab.txt"]
+        candidates = model_vocab_places(model_dir, data_dir)
         if init is not None and init.is_dir() and init != model_dir:
             candidates.insert(0, init / "vocab.txt")
         vocab_file = next((path for path in candidates if path.is_file()), candidates[-1])

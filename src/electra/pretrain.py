@@ -284,6 +284,11 @@ class SavedPretraining:
     random_parts: list[str]  # parts the folder has no weights for (the generator beside a lone discriminator)
 
 
+def model_vocab_places(model_dir: Path, data_dir: Path) -> list[Path]:
+    """Where a model's vocabulary may be, in order: its own folder, its exported discriminator, the data dir."""
+    return [model_dir / "vocab.txt", model_dir / "discriminator" / "vocab.txt", data_dir / "vocab.txt"]
+
+
 def open_pretrained(folder: Path) -> SavedPretraining:
     record_file = folder / "pretrain_config.json"
     if record_file.is_file():  # the settings it was trained with, debug shape included
@@ -292,7 +297,7 @@ def open_pretrained(folder: Path) -> SavedPretraining:
     else:
         hparams = with_inherited_shape({}, folder, generator=True)
     config = build_pretraining_config(hparams)
-    places = (folder / "vocab.txt", folder / "discriminator" / "vocab.txt", folder.parent.parent / "vocab.txt")
+    places = model_vocab_places(folder, folder.parent.parent)  # <data-dir>/models/<name>
     vocab_file = next((path for path in places if path.is_file()), None)
     if vocab_file is None:
         raise UserError(f"no vocabulary for {folder}: looked for {', '.join(str(path) for path in places)}")

@@ -368,96 +368,70 @@ def build_pretraining_data(
             "read as text next time; choose an output folder outside the corpus"
         )
     with folder_lock(out, "electra build-data"):  # two builds into one folder would mix their shards
-        return _build(
-            corpus_root,
-            files,
-            vocab,
-            out,
-            identity,
-            settings,
-            num_processes,
-            overwrite,
-            examples_per_shard,
-            show_progress,
-        )
+        summary = BuildSummary(output_dir=out)
+        if not _prepare_output(out, identity, overwrite):
+            summary.skipped = True
+            return summary
 
-
-def _build(
-    corpus_root: Path,
-    files: list[Path],
-    vocab: list[str],
-    out: Path,
-    identity: dict,
-    settings: BuildSettings,
-    num_processes: int,
-    overwrite: bool,
-    examples_per_shard: int,
-    show_progress: bool | None,
-) -> BuildSummary:
-    summary = BuildSummary(output_dir=out)
-    if not _prepare_output(out, identity, overwrite):
-        summary.skipped = True
-        return summary
-
-    started = time.perf_counter()
-    units = plan_units(files, identity["unit_bytes"], at_blank_lines=settings.blanks_separate_docs)
-    writer = _ShardWriter(out, examples_per_shard)
-    report = InvalidUtf8Report()
-    progress = tqdm(
-        total=sum(unit.size for unit in units),
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1000,
-        desc="build-data",
-        disable=None if show_progress is None else not show_progress,
-        file=sys.stderr,
-    )
-    with progress:
-        for unit, result in zip(units, _unit_results(units, vocab, settings, num_processes), strict=True):
-            writer.add(result.rows)
-            summary.documents += result.documents
-            summary.lines += result.lines
-            summary.examples += len(result.rows)
-            summary.tokens += result.tokens
-            summary.unknown_tokens += result.unknown_tokens
-            summary.bytes += result.bytes
-            if result.invalid_utf8:
-                report.by_file.setdefault(unit.path, [0, result.first_invalid_line])[0] += result.invalid_utf8
-            progress.update(result.bytes)
-            progress.set_postfix(examples=f"{summary.examples:,}", refresh=False)
-    if not summary.examples:
-        raise UserError(
-            f"no text found in corpus folder {corpus_root}: its {len(files)} file(s) hold only "
-            "blank lines or characters the tokenizer drops"
-        )
-    summary.shards = writer.close()
-    ids = {token: index for index, token in enumerate(vocab)}
-    metadata = {
-        **identity,
-        "dtype": ids_dtype(len(vocab)).name,
-        "special_token_ids": {token: ids[token] for token in SPECIAL_TOKENS},
-        "counts": {
-            "documents": summary.documents,
-            "lines": summary.lines,
-            "examples": summary.examples,
-            "tokens": summary.tokens,
-            "unknown_tokens": summary.unknown_tokens,
-            "bytes": summary.bytes,
-            "invalid_utf8": report.total,
-        },
-        "shards": summary.shards,
-    }
-    write_text_atomic(out / METADATA_FILE, json.dumps(metadata, indent=1, ensure_ascii=False) + "\n")
-    summary.seconds = time.perf_counter() - started
-    report.warn()
-    if summary.unknown_tokens > UNKNOWN_WARNING_SHARE * summary.tokens:
-        print(
-            f"warning: {summary.unknown_tokens / summary.tokens:.1%} of the tokens are {UNK}: check that "
-            "--do-lower-case/--no-lower-case matches how the vocabulary was built, and that the vocabulary "
-            "was trained on text like this corpus",
+        started = time.perf_counter()
+        units = plan_units(files, unit_bytes, at_blank_lines=settings.blanks_separate_docs)
+        writer = _ShardWriter(out, examples_per_shard)
+        report = InvalidUtf8Report()
+        progress = tqdm(
+            total=sum(unit.size for unit in units),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            desc="build-data",
+            disable=None if show_progress is None else not show_progress,
             file=sys.stderr,
         )
-    return summary
+        with progress:
+            for unit, result in zip(units, _unit_results(units, vocab, settings, num_processes), strict=True):
+                writer.add(result.rows)
+                summary.documents += result.documents
+                summary.lines += result.lines
+                summary.examples += len(result.rows)
+                summary.tokens += result.tokens
+                summary.unknown_tokens += result.unknown_tokens
+                summary.bytes += result.bytes
+                if result.invalid_utf8:
+                    report.by_file.setdefault(unit.path, [0, result.first_invalid_line])[0] += result.invalid_utf8
+                progress.update(result.bytes)
+                progress.set_postfix(examples=f"{summary.examples:,}", refresh=False)
+        if not summary.examples:
+            raise UserError(
+                f"no text found in corpus folder {corpus_root}: its {len(files)} file(s) hold only "
+                "blank lines or characters the tokenizer drops"
+            )
+        summary.shards = writer.close()
+        ids = {token: index for index, token in enumerate(vocab)}
+        metadata = {
+            **identity,
+            "dtype": ids_dtype(len(vocab)).name,
+            "special_token_ids": {token: ids[token] for token in SPECIAL_TOKENS},
+            "counts": {
+                "documents": summary.documents,
+                "lines": summary.lines,
+                "examples": summary.examples,
+                "tokens": summary.tokens,
+                "unknown_tokens": summary.unknown_tokens,
+                "bytes": summary.bytes,
+                "invalid_utf8": report.total,
+            },
+            "shards": summary.shards,
+        }
+        write_text_atomic(out / METADATA_FILE, json.dumps(metadata, indent=1, ensure_ascii=False) + "\n")
+        summary.seconds = time.perf_counter() - started
+        report.warn()
+        if summary.unknown_tokens > UNKNOWN_WARNING_SHARE * summary.tokens:
+            print(
+                f"warning: {summary.unknown_tokens / summary.tokens:.1%} of the tokens are {UNK}: check that "
+                "--do-lower-case/--no-lower-case matches how the vocabulary was built, and that the vocabulary "
+                "was trained on text like this corpus",
+                file=sys.stderr,
+            )
+        return summary
 
 
 class PretrainingData:
