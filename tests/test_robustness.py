@@ -106,7 +106,7 @@ def test_outputs_never_replace_inputs_or_a_users_files(tmp_path: Path, finetuned
         convert_tf_checkpoint(FIXTURE, converted)
 
 
-def test_fine_tuning_takes_a_checkpoint_newer_than_the_export(tmp_path: Path, capsys) -> None:
+def test_fine_tuning_takes_a_checkpoint_newer_than_the_export(tmp_path: Path, capsys, monkeypatch) -> None:
     """Continued pre-training stopped (or still running) past the last export: its newest checkpoint wins."""
     from electra.finetune import _pretrained_encoder
 
@@ -119,6 +119,9 @@ def test_fine_tuning_takes_a_checkpoint_newer_than_the_export(tmp_path: Path, ca
     os.utime(export, (1_000_000, 1_000_000))
     assert _pretrained_encoder(model_dir) == checkpoint
     assert "newest pre-training checkpoint" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # the other processes of a torchrun say it once, through the first
+    assert _pretrained_encoder(model_dir) == checkpoint
+    assert capsys.readouterr().err == ""
     os.utime(checkpoint, (500_000, 500_000))  # a finished run exports after its final checkpoint
     assert _pretrained_encoder(model_dir) == export
 

@@ -484,26 +484,23 @@ def _run_split(args: argparse.Namespace) -> None:
     print(describe_split(split_table(args.input, args.output_dir, settings), args.output_dir))
 
 
-def _first_process() -> bool:
-    """Whether to print a run's summary: always, except in the other processes of a torchrun."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _run_pretrain(args: argparse.Namespace) -> None:
     from electra.config import parse_hparams
     from electra.pretrain import describe, run_pretraining
+    from electra.trainer import is_first_process
 
     outcome = run_pretraining(args.data_dir, args.model_name, parse_hparams(args.hparams))
-    if ("train" in outcome or "eval" in outcome) and _first_process():
+    if ("train" in outcome or "eval" in outcome) and is_first_process():
         print(describe(outcome))
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
     from electra.config import parse_hparams
     from electra.finetune import describe_finetuning, run_finetuning
+    from electra.trainer import is_first_process
 
     outcome = run_finetuning(args.data_dir, args.model_name, parse_hparams(args.hparams))
-    if _first_process():
+    if is_first_process():
         print(describe_finetuning(outcome))
 
 

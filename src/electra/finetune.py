@@ -79,6 +79,7 @@ from electra.trainer import (
     Trainer,
     TrainSettings,
     checkpoint_dirs,
+    is_first_process,
     resolve_precision,
     setup_processes,
 )
@@ -699,11 +700,12 @@ def _pretrained_encoder(model_dir: Path) -> Path | None:
     checkpoints = checkpoint_dirs(model_dir)
     newest = checkpoints[-1] / "model.safetensors" if checkpoints else None
     if newest is not None and (exported is None or newest.stat().st_mtime > exported.stat().st_mtime):
-        print(
-            f"note: fine-tuning from {checkpoints[-1]}, the newest pre-training checkpoint: pre-training of "
-            f"{model_dir.name} stopped before exporting it (or is still going on)",
-            file=sys.stderr,
-        )
+        if is_first_process():
+            print(
+                f"note: fine-tuning from {checkpoints[-1]}, the newest pre-training checkpoint: pre-training of "
+                f"{model_dir.name} stopped before exporting it (or is still going on)",
+                file=sys.stderr,
+            )
         return newest
     return exported
 
