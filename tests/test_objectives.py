@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from electra.config import build_pretraining_config
+from electra.errors import UserError
 from electra.objectives import MASK_TOKEN_SHARE, PretrainingModel, mask_batch, sample_tokens
 
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
@@ -183,6 +184,32 @@ def test_generator_shares_the_discriminator_embeddings_and_is_smaller():
     assert model.generator.generator_lm_head.weight is model.discriminator.electra.embeddings.word_embeddings.weight
     untied = tiny_model(untied_generator_embeddings=True)
     assert untied.generator.electra.embeddings is not untied.discriminator.electra.embeddings
+
+
+@pytest.mark.parametrize("setting", [{"uniform_generator": True}, {"two_tower_generator": False}])
+def test_electric_refuses_a_noise_model_whose_probabilities_it_does_not_have(setting):
+    with pytest.raises(UserError, match="does not go with Electric"):
+        build_pretraining_config({"electra_objective": False, "electric_objective": True, **setting})
+
+
+def test_electric_noise_model_does_not_depend_on_the_padding_width():
+    """Rows are padded to their micro-batch's longest, which length grouping changes from step to step: the noise
+    logits of every real position, [CLS] and a full row's [SEP] included, must not move with the width."""
+    from dataclasses import replace
+
+    model = tiny_model(electra_objective=False, electric_objective=True).eval()
+    ids, attention, types = example_batch(rows=6, seq=24)
+    ids[0, 1:-1], ids[0, -1], attention[0] = 50, SEP, 1  # the first row fills the width
+    batch = masked(ids, attention, types, max_predictions=model.config.max_predictions_per_seq)
+    wider = replace(
+        batch,
+        input_ids=torch.nn.functional.pad(batch.input_ids, (0, 9), value=PAD),
+        attention_mask=torch.nn.functional.pad(batch.attention_mask, (0, 9)),
+        token_type_ids=torch.nn.functional.pad(batch.token_type_ids, (0, 9)),
+    )
+    real = batch.attention_mask.bool()
+    narrow_logits, wide_logits = model.cloze_logits(batch), model.cloze_logits(wider)[:, : real.shape[1]]
+    assert torch.allclose(narrow_logits[real], wide_logits[real], atol=1e-5)
 
 
 def test_electric_cloze_model_never_sees_the_token_it_predicts():

@@ -194,7 +194,11 @@ def test_export_writes_the_reference_training_graph_variables(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("objective", "hparams"),
-    [("MLM", {"electra_objective": False}), ("Electric", {"electra_objective": False, "electric_objective": True})],
+    [
+        ("MLM", {"electra_objective": False}),
+        ("Electric", {"electra_objective": False, "electric_objective": True}),
+        ("Electric", {"electra_objective": False, "electric_objective": True, "untied_generator_embeddings": True}),
+    ],
 )
 def test_masked_lm_and_electric_models_go_to_the_reference_and_back(
     tmp_path: Path, objective: str, hparams: dict
@@ -212,7 +216,8 @@ def test_masked_lm_and_electric_models_go_to_the_reference_and_back(
     run_pretraining(data_dir, "model", {**shape, **hparams, "train_batch_size": 4, "num_train_steps": 2})
     export_tf_checkpoint(data_dir / "models" / "model", tmp_path / "tf")
     exported = TFCheckpoint(tmp_path / "tf")
-    weights = model_variables(generator_hidden=16, objective=objective)  # the generator: 1/4 of 64
+    untied = hparams.get("untied_generator_embeddings", False)  # then each tower has its own embeddings
+    weights = model_variables(generator_hidden=16, objective=objective, untied_embeddings=untied)  # 1/4 of 64
     slots = {f"{name}/{slot}" for name in weights for slot in ("adam_m", "adam_v")}
     assert set(exported.names()) == set(weights) | slots | {"global_step"}
     assert all(exported.shape(name) == shape for name, shape in weights.items())

@@ -427,6 +427,12 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
             "electra_objective and electric_objective are both true: Electric needs "
             '"electra_objective": false, "electric_objective": true'
         )
+    if config.electric_objective and (config.uniform_generator or not config.two_tower_generator):
+        setting = '"uniform_generator": true' if config.uniform_generator else '"two_tower_generator": false'
+        raise UserError(
+            f"{setting} does not go with Electric: its noise distribution must be the two-tower cloze model's, "
+            "whose probabilities the loss corrects for; remove that hparam"
+        )
     if not 0 < config.mask_prob < 1:
         raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
     if config.length_groups < 0:

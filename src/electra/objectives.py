@@ -136,9 +136,10 @@ class PretrainingModel(nn.Module):
             if config.uniform_generator:
                 pass
             elif config.two_tower_generator:
-                embeddings = shared if shared is not None else ElectraEmbeddings(gen)
-                self.generator_ltr = ElectraModel(gen, embeddings)
-                self.generator_rtl = ElectraModel(gen, embeddings)
+                # untied, each tower has its own embeddings, as the reference's two scopes do
+                ltr, rtl = (shared, shared) if shared is not None else (ElectraEmbeddings(gen), ElectraEmbeddings(gen))
+                self.generator_ltr = ElectraModel(gen, ltr)
+                self.generator_rtl = ElectraModel(gen, rtl)
                 self.cloze_predictions = ElectraGeneratorPredictions(gen, input_size=2 * gen.hidden_size)
                 self.cloze_output_bias = nn.Parameter(torch.zeros(vocab_size))
             elif not config.untied_generator:
@@ -154,10 +155,13 @@ class PretrainingModel(nn.Module):
 
     def cloze_logits(self, batch: MaskedBatch) -> torch.Tensor:
         """Electric's noise distribution at every position [batch, seq, vocab], from the unmasked input:
-        the left-to-right tower's state one step back and the right-to-left tower's one step ahead."""
-        ltr = self.generator_ltr(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="ltr")
-        rtl = self.generator_rtl(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="rtl")
-        context = torch.cat([ltr.roll(1, dims=1), rtl.roll(-1, dims=1)], dim=-1)
+        the left-to-right tower's state one step back and the right-to-left tower's one step ahead. Where
+        there is no such token (before [CLS], after the last real one) the state is zeros, not the other end's
+        or a padding position's, so a row's values do not depend on how far its batch is padded."""
+        real = batch.attention_mask[:, :, None].to(self.cloze_output_bias.dtype)
+        ltr = self.generator_ltr(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="ltr") * real
+        rtl = self.generator_rtl(batch.input_ids, batch.attention_mask, batch.token_type_ids, direction="rtl") * real
+        context = torch.cat([F.pad(ltr[:, :-1], (0, 0, 1, 0)), F.pad(rtl[:, 1:], (0, 0, 0, 1))], dim=-1)
         table = self.generator_ltr.embeddings.word_embeddings.weight
         return F.linear(self.cloze_predictions(context), table, self.cloze_output_bias)
 

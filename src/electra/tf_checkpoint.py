@@ -419,6 +419,8 @@ def checkpoint_shapes(checkpoint: TFCheckpoint) -> dict[str, Any]:
         generator_hidden = checkpoint.shape(f"{generator}/encoder/layer_0/attention/self/query/kernel")[1]
         shape["generator_hidden_size"] = generator_hidden / hidden
         shape["generator_layers"] = layers(generator) / layers("electra")
+    if f"{generator}/embeddings/word_embeddings" in names:
+        shape["untied_generator_embeddings"] = True
     return shape
 
 
@@ -573,6 +575,8 @@ def reference_hparams(saved: SavedPretraining) -> dict[str, Any]:
     if objective in GENERATOR_SCOPE:
         hparams["generator_hidden_size"] = gen.hidden_size / disc.hidden_size
         hparams["generator_layers"] = gen.num_hidden_layers / disc.num_hidden_layers
+        if saved.model.config.untied_generator_embeddings:
+            hparams["untied_generator_embeddings"] = True
     return hparams
 
 
