@@ -15,6 +15,7 @@ from electra.scoring import (
     NBestList,
     TextScorer,
     locate_scoring_model,
+    plan_windows,
     read_nbest,
     rerank,
     word_error_rate,
@@ -61,7 +62,7 @@ def test_masked_lm_scores_equal_one_masked_pass_per_token(models: dict[str, Path
     scored = scorer.score(TEXTS, batch_size=3)  # batches cut across texts of different lengths
     generator = scorer.model
     for text, result in zip(TEXTS, scored, strict=True):
-        ids = scorer.encode([text])[0][0]
+        ids = scorer.encode([text])[1][0].row
         expected = []
         for position in range(1, len(ids) - 1):
             masked = torch.tensor(ids)[None].clone()
@@ -79,18 +80,38 @@ def test_electric_scores_are_minus_the_energies_of_one_pass(models: dict[str, Pa
     assert scorer.method == "electric"
     together = scorer.score(TEXTS, batch_size=4)
     for text, result in zip(TEXTS, together, strict=True):
-        ids = torch.tensor(scorer.encode([text])[0][0])[None]
+        ids = torch.tensor(scorer.encode([text])[1][0].row)[None]
         with torch.no_grad():
             energies = scorer.model(ids)[0, 1:-1]
         assert result.token_scores == pytest.approx((-energies).tolist(), abs=1e-5)
         assert result.to_dict()["num_tokens"] == len(text.split())
 
 
-def test_long_texts_are_cut_and_flagged(models: dict[str, Path]) -> None:
-    scorer = TextScorer(models["electric"], max_seq_length=6, precision="fp32")
-    long, short = scorer.score(["the cat sat on a mat", "a dog"])
-    assert long.tokens == ["the", "cat", "sat", "on"] and long.truncated
-    assert not short.truncated and "truncated" not in short.to_dict()
+@pytest.mark.parametrize("method", ["electric", "mlm"])
+def test_long_texts_are_scored_in_overlapping_windows(models: dict[str, Path], method: str) -> None:
+    """A text longer than the window is not cut: each token is scored once, in the window where it has the most
+    context on its poorer side, so its score equals that of the same words scored alone as that window."""
+    text = "the cat sat on a mat to a dog ran to the red cat"
+    scorer = TextScorer(models[method], max_seq_length=8, precision="fp32")  # windows of 6 pieces
+    long, short = scorer.score([text, "a dog"], batch_size=5)
+    assert long.tokens == text.split() and long.windows == 4 and long.to_dict()["windows"] == 4
+    assert short.windows == 1 and "windows" not in short.to_dict()
+    words = text.split()
+    for start, keep_from, keep_to in plan_windows(len(words), 6):
+        alone = scorer.score([" ".join(words[start : start + 6])])[0]
+        kept = slice(keep_from - start, keep_to - start)
+        assert long.token_scores[keep_from:keep_to] == pytest.approx(alone.token_scores[kept], abs=1e-5)
+
+
+def test_windows_cover_each_piece_once_with_context_on_both_sides() -> None:
+    assert plan_windows(6, 6) == [(0, 0, 6)]
+    assert plan_windows(20, 6) == [(0, 0, 5), (3, 5, 8), (6, 8, 11), (9, 11, 14), (12, 14, 16), (14, 16, 20)]
+    for length, budget in [(7, 6), (300, 126), (1000, 510), (10, 1)]:
+        windows = plan_windows(length, budget)
+        assert [piece for _, first, last in windows for piece in range(first, last)] == list(range(length))
+        assert all(start <= first and last <= start + budget for start, first, last in windows)
+        inner = [min(first - start, start + budget - last) for start, first, last in windows[1:-1]]
+        assert all(context >= budget // 4 - 1 for context in inner)
 
 
 def test_which_part_of_a_model_folder_scores(models: dict[str, Path], tmp_path: Path) -> None:
@@ -130,6 +151,9 @@ def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path]
     capsys.readouterr()
     assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
     assert f"{source}:1: no text field 'text'" in capsys.readouterr().err
+    source.write_text('{"text": "the cat", "score": -3.5}\n')  # a first-pass score: the results would replace it
+    assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
+    assert f"{source}:1: the field(s) score would be overwritten" in capsys.readouterr().err
 
 
 def test_rerank_orders_by_first_pass_plus_weighted_lm_score() -> None:

@@ -101,11 +101,12 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
 
 @dataclass
 class TextScore:
-    """Per-token log-likelihoods of one text (without [CLS] and [SEP]); `total` is its pseudo-log-likelihood."""
+    """Per-token log-likelihoods of one text (without [CLS] and [SEP]); `total` is its pseudo-log-likelihood.
+    A text longer than the model's window was scored in `windows` overlapping pieces."""
 
     tokens: list[str]
     token_scores: np.ndarray
-    truncated: bool = False
+    windows: int = 1
 
     @property
     def total(self) -> float:
@@ -119,8 +120,36 @@ class TextScore:
             "mean_score": self.total / count if count else 0.0,
             "tokens": self.tokens,
             "token_scores": [round(float(value), 4) for value in self.token_scores],
-            **({"truncated": True} if self.truncated else {}),
+            **({"windows": self.windows} if self.windows > 1 else {}),
         }
+
+
+RESULT_FIELDS = ("score", "num_tokens", "mean_score", "tokens", "token_scores", "windows")
+
+
+@dataclass
+class Window:
+    """One model input cut from a text: [CLS] pieces [SEP]. Of its pieces it scores `count`, from row position
+    `first` on, which are the text's pieces `offset` to `offset + count`."""
+
+    text: int
+    row: np.ndarray
+    first: int
+    count: int
+    offset: int
+
+
+def plan_windows(length: int, budget: int) -> list[tuple[int, int, int]]:
+    """(start, keep_from, keep_to) of the windows of at most `budget` pieces that score a text of `length`:
+    consecutive windows overlap by half, and each piece is scored in the window whose centre is nearest, where
+    it has the most context on its poorer side (as the reference's QA picks a token's "max context" span)."""
+    if length <= budget:
+        return [(0, 0, length)]
+    starts = [*range(0, length - budget, max(1, budget // 2)), length - budget]
+    centres = np.asarray(starts) + (budget - 1) / 2
+    owners = np.searchsorted((centres[:-1] + centres[1:]) / 2, np.arange(length), side="left")
+    edges = np.searchsorted(owners, np.arange(len(starts) + 1), side="left")
+    return [(start, int(edges[index]), int(edges[index + 1])) for index, start in enumerate(starts)]
 
 
 class TextScorer:
@@ -157,14 +186,17 @@ class TextScorer:
         self.model.to(self.device).eval()
         self.autocast_dtype = resolve_precision(precision, self.device)
 
-    def encode(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
-        """[CLS] pieces [SEP] for each text, cut to max_seq_length, and whether it was cut."""
+    def encode(self, texts: list[str]) -> tuple[list[np.ndarray], list[Window]]:
+        """Each text's pieces, and the windows (of max_seq_length with [CLS] and [SEP]) that score them."""
         budget = self.max_seq_length - 2
-        encoded = []
-        for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False):
-            pieces = encoding.ids
-            encoded.append((np.asarray([self.cls_id, *pieces[:budget], self.sep_id]), len(pieces) > budget))
-        return encoded
+        pieces, windows = [], []
+        for index, encoding in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+            ids = np.asarray(encoding.ids, dtype=np.int64)
+            pieces.append(ids)
+            for start, keep_from, keep_to in plan_windows(len(ids), budget):
+                row = np.concatenate([[self.cls_id], ids[start : start + budget], [self.sep_id]])
+                windows.append(Window(index, row, 1 + keep_from - start, keep_to - keep_from, keep_from))
+        return pieces, windows
 
     def _batch(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(row) for row in rows)
@@ -179,24 +211,25 @@ class TextScorer:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
             return self.model(*args).float()
 
-    def _electric_scores(self, rows: list[np.ndarray], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        order = np.argsort([len(row) for row in rows], kind="stable")
+    def _electric_scores(self, windows: list[Window], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        order = np.argsort([len(window.row) for window in windows], kind="stable")
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            ids, mask = self._batch([rows[i] for i in chosen])
+            ids, mask = self._batch([windows[i].row for i in chosen])
             energies = self._forward(ids, mask, torch.zeros_like(ids)).cpu().numpy()
             for row, index in enumerate(chosen):
-                yield int(index), -energies[row, 1 : len(rows[index]) - 1]
+                window = windows[index]
+                yield int(index), -energies[row, window.first : window.first + window.count]
 
-    def _masked_lm_scores(self, rows: list[np.ndarray], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """One copy per token with that token masked; copies of similar-length texts share a batch."""
+    def _masked_lm_scores(self, windows: list[Window], batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """One copy per scored piece with that piece masked; copies of similar-length windows share a batch."""
         copies = [
             (int(index), position)
-            for index in np.argsort([len(row) for row in rows], kind="stable")
-            for position in range(1, len(rows[index]) - 1)
+            for index in np.argsort([len(window.row) for window in windows], kind="stable")
+            for position in range(windows[index].first, windows[index].first + windows[index].count)
         ]
-        scores = {int(index): np.zeros(len(row) - 2, dtype=np.float32) for index, row in enumerate(rows)}
-        remaining = {index: len(values) for index, values in scores.items()}
+        scores = {index: np.zeros(window.count, dtype=np.float32) for index, window in enumerate(windows)}
+        remaining = {index: window.count for index, window in enumerate(windows)}
         for index, count in remaining.items():
             if count == 0:
                 yield index, scores[index]
@@ -204,35 +237,47 @@ class TextScorer:
             chosen = copies[start : start + batch_size]
             masked = []
             for index, position in chosen:
-                row = rows[index].copy()
+                row = windows[index].row.copy()
                 row[position] = self.mask_id
                 masked.append(row)
             ids, mask = self._batch(masked)
             positions = torch.tensor([[position] for _, position in chosen], device=self.device)
-            originals = torch.tensor([[rows[index][position]] for index, position in chosen], device=self.device)
+            originals = torch.tensor([[windows[index].row[position]] for index, position in chosen], device=self.device)
             logits = self._forward(ids, mask, torch.zeros_like(ids), positions)
             log_probs = logits.log_softmax(-1).gather(-1, originals[:, :, None])[:, 0, 0].cpu().numpy()
             for (index, position), value in zip(chosen, log_probs, strict=True):
-                scores[index][position - 1] = value
+                scores[index][position - windows[index].first] = value
                 remaining[index] -= 1
                 if remaining[index] == 0:
                     yield index, scores[index]
 
-    def score(self, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> list[TextScore]:
-        """Each text's per-token log-likelihoods, in the order of `texts`. `batch_size` counts texts for
-        Electric and masked copies (one per token) for a masked LM."""
-        encoded = self.encode(texts)
-        rows = [ids for ids, _ in encoded]
+    def score(self, texts: list[str], batch_size: int = 64, verbose: bool = False) -> list[TextScore]:
+        """Each text's per-token log-likelihoods, in the order of `texts`. `batch_size` counts windows for
+        Electric and masked copies (one per token) for a masked LM. A text longer than max_seq_length is scored
+        in overlapping windows; `verbose` shows a progress bar and says how many texts that was."""
+        pieces, windows = self.encode(texts)
+        per_text = np.bincount([window.text for window in windows], minlength=len(texts))
+        values = [np.zeros(len(ids), dtype=np.float32) for ids in pieces]
+        remaining = per_text.copy()
         scored = self._electric_scores if self.method == "electric" else self._masked_lm_scores
         results: list[TextScore | None] = [None] * len(texts)
-        progress = tqdm(
-            total=len(texts), desc="score", unit="text", disable=None if show_progress else True, file=sys.stderr
-        )
-        for index, values in scored(rows, batch_size):
-            tokens = [self.vocab[token] for token in rows[index][1:-1]]
-            results[index] = TextScore(tokens, values, encoded[index][1])
-            progress.update()
+        progress = tqdm(total=len(texts), desc="score", unit="text", disable=None if verbose else True, file=sys.stderr)
+        for index, window_values in scored(windows, batch_size):
+            window = windows[index]
+            values[window.text][window.offset : window.offset + window.count] = window_values
+            remaining[window.text] -= 1
+            if remaining[window.text] == 0:
+                tokens = [self.vocab[token] for token in pieces[window.text]]
+                results[window.text] = TextScore(tokens, values[window.text], int(per_text[window.text]))
+                progress.update()
         progress.close()
+        long_texts = int((per_text > 1).sum())
+        if verbose and long_texts:
+            print(
+                f"note: {long_texts:,} text(s) longer than {self.max_seq_length} tokens were scored in overlapping "
+                "windows of that length (--max-seq-length sets it)",
+                file=sys.stderr,
+            )
         return results  # type: ignore[return-value]
 
 
@@ -247,6 +292,12 @@ def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any
         for number, row in read_jsonl_rows(path):
             if not isinstance(row.get(text_field), str):
                 raise UserError(f"{path}:{number}: no text field {text_field!r} (name it with --text-field)")
+            taken = [name for name in RESULT_FIELDS if name in row]
+            if taken:
+                raise UserError(
+                    f"{path}:{number}: the field(s) {', '.join(taken)} would be overwritten by the results, which "
+                    "use those names: rename them (to re-rank by a first-pass score, use `electra rerank`)"
+                )
             texts.append((row, row[text_field]))
         return texts
     with open_text(path) as handle:
@@ -271,10 +322,7 @@ def run_scoring(
     if not texts:
         raise UserError(f"{source} holds no text to score")
     scorer = TextScorer(model_dir, method, max_seq_length, precision)
-    scores = scorer.score([text for _, text in texts], batch_size, show_progress=True)
-    truncated = sum(score.truncated for score in scores)
-    if truncated:
-        print(f"note: {truncated:,} text(s) longer than {scorer.max_seq_length} tokens were cut", file=sys.stderr)
+    scores = scorer.score([text for _, text in texts], batch_size, verbose=True)
     lines = [
         json.dumps({**fields, **score.to_dict()}, ensure_ascii=False)
         for (fields, _), score in zip(texts, scores, strict=True)
@@ -393,7 +441,9 @@ def run_rerank(
         read_references(Path(references_file), lists)
     scorer = TextScorer(model_dir, method, max_seq_length, precision)
     unique = sorted({text for item in lists for text in item.texts})
-    lm_scores = {text: score.total for text, score in zip(unique, scorer.score(unique, batch_size, True), strict=True)}
+    lm_scores = {
+        text: score.total for text, score in zip(unique, scorer.score(unique, batch_size, verbose=True), strict=True)
+    }
     reranked = rerank(lists, lm_scores, weight)
     write_text_atomic(target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in reranked))
     summary: dict[str, Any] = {
