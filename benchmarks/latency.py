@@ -88,11 +88,9 @@ def build_model(root: Path, seed: int = 0) -> Path:
     from electra.config import ModelConfig
     from electra.finetune import Featurizer, FinetuningModel, TaskHead, export_task_model
     from electra.tasks import Example
-    from electra.tokenization import UNK, write_vocab
+    from electra.tokenization import UNK
 
     vocab = synthetic_vocab()
-    vocab_file = root / "vocab.txt"
-    write_vocab(vocab, vocab_file)
     head = TaskHead("bench", "classification", list(LABELS))
     pieces = Featurizer(vocab, MAX_SEQ_LENGTH).features([Example(0, text_a=TEXT)], head, 0)[0].input_ids
     if vocab.index(UNK) in pieces:
@@ -100,7 +98,7 @@ def build_model(root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = FinetuningModel(ModelConfig(vocab_size=VOCAB_SIZE, **SMALL), [head])
     folder = root / "model"
-    export_task_model(model, head, folder, vocab_file, {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": True})
+    export_task_model(model, head, folder, vocab, {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": True})
     return folder
 
 
@@ -173,7 +171,7 @@ def ours_onnx(folder: Path, args: argparse.Namespace) -> dict:
 
     spec = json.loads((folder / "electra_task.json").read_text())
     head = TaskHead(spec["name"], spec["kind"], spec["labels"])
-    featurizer = Featurizer(read_vocab(folder / "vocab.txt"), spec["max_seq_length"], spec["do_lower_case"])
+    featurizer = Featurizer.for_model(read_vocab(folder / "vocab.txt"), spec)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = args.threads

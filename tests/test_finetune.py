@@ -27,7 +27,7 @@ from electra.finetune import (
     truncated_pair_lengths,
 )
 from electra.tasks import get_task
-from electra.tokenization import SPECIAL_TOKENS, write_vocab
+from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
 
 WORDS = [
     "good",
@@ -490,20 +490,35 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
         num_hidden_layers=3,
         num_attention_heads=3,
         intermediate_size=96,
+        max_position_embeddings=64,
+        layer_norm_eps=1e-5,
     )
     released = tmp_path / "electra-tiny-discriminator"
     ElectraForPreTraining(hf_config).save_pretrained(released)
     shutil.copyfile(vocab_file, released / "vocab.txt")
+    (released / "tokenizer_config.json").write_text('{"do_lower_case": false}')  # a cased release
     original = load_file(str(released / "model.safetensors"))
     if weights == "pytorch_model.bin":
         torch.save(original, released / weights)
         (released / "model.safetensors").unlink()
     write_user_task(tmp_path, {"train": sentiment_rows(32, 0), "dev": sentiment_rows(16, 1)})
     hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "train_batch_size": 8, "num_train_epochs": 1}
+    with pytest.raises(UserError, match="max_seq_length 128 is longer than the model's 64 positions"):
+        run_finetuning(tmp_path, "m", {**hparams, "init_checkpoint": str(released)})
+    hparams["max_seq_length"] = 64
     outcome = run_finetuning(tmp_path, "m", {**hparams, "init_checkpoint": str(released), "learning_rate": 0.0})
     exported = outcome["trials"][0]["dir"] / "model"
     config = json.loads((exported / "config.json").read_text())
     assert [config[key] for key in ("embedding_size", "hidden_size", "num_hidden_layers")] == [24, 48, 3]
+    assert (config["max_position_embeddings"], config["layer_norm_eps"]) == (64, 1e-5)  # the release's, kept
+    assert json.loads((exported / "electra_task.json").read_text())["do_lower_case"] is False
+    if weights == "model.safetensors":  # newer transformers saves tokenizer.json and no vocab.txt
+        (released / "vocab.txt").unlink()
+        with pytest.raises(UserError, match=r"holds no vocab\.txt or tokenizer\.json"):
+            run_finetuning(tmp_path, "other", {**hparams, "init_checkpoint": str(released)})
+        build_tokenizer(read_vocab(vocab_file)).save(str(released / "tokenizer.json"))
+        outcome = run_finetuning(tmp_path, "other", {**hparams, "init_checkpoint": str(released)})
+        assert read_vocab(outcome["trials"][0]["dir"] / "model" / "vocab.txt") == read_vocab(vocab_file)
     tuned = load_file(str(exported / "model.safetensors"))
     encoder_keys = [key for key in original if key.startswith("electra.")]
     assert encoder_keys and all(torch.equal(original[key], tuned[key]) for key in encoder_keys)  # lr 0: unchanged

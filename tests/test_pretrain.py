@@ -403,3 +403,43 @@ def test_a_second_run_on_a_model_in_training_stops_at_once(pretrain_data_dir: Pa
             run_pretraining(pretrain_data_dir, "busy", {**FAST, "num_train_steps": 1})
         assert not (model_dir / "checkpoints").exists()
     assert run_pretraining(pretrain_data_dir, "busy", {**FAST, "num_train_steps": 1})["train"].step == 1
+
+
+def test_casing_goes_from_the_data_to_the_model_fine_tuning_scoring_and_export(tmp_path: Path) -> None:
+    """Data built cased with accents kept makes a cased model: pre-training takes both settings from the data (and
+    refuses a contradicting hparam), and fine-tuning, scoring and the Hugging Face export read text the same way."""
+    from electra.corpus import list_corpus_files
+    from electra.export import export_hf
+    from electra.finetune import prepare_finetuning
+    from electra.pretrain_data import BuildSettings, build_pretraining_data
+    from electra.scoring import locate_scoring_model
+    from electra.tokenization import train_vocab, write_vocab
+    from tests.conftest import ENGLISH_DOCUMENTS, write_corpus
+    from tests.test_finetune import sentiment_rows, write_user_task
+
+    corpus = write_corpus(tmp_path / "corpus", ENGLISH_DOCUMENTS * 20)
+    cased = {"do_lower_case": False, "strip_accents": False}
+    vocab = train_vocab(list_corpus_files(corpus), vocab_size=300, show_progress=False, **cased)
+    write_vocab(vocab, tmp_path / "vocab.txt")
+    settings = BuildSettings(max_seq_length=32, **cased)
+    build_pretraining_data(corpus, tmp_path / "vocab.txt", tmp_path / "pretrain_data", settings, show_progress=False)
+    with pytest.raises(UserError, match=r"do_lower_case true differs from the data .* built with do_lower_case false"):
+        run_pretraining(tmp_path, "m", {**FAST, "num_train_steps": 2, "do_lower_case": True})
+    run_pretraining(tmp_path, "m", {**FAST, "num_train_steps": 2})
+    model_dir = tmp_path / "models" / "m"
+    record = json.loads((model_dir / "pretrain_config.json").read_text())
+    assert {key: record[key] for key in cased} == cased
+
+    write_user_task(tmp_path, {"train": sentiment_rows(8, 0), "dev": sentiment_rows(4, 1)})
+    run = prepare_finetuning(tmp_path, "m", {"task_names": ["tickets"], "tasks": {"tickets": {}}})
+    assert (run.config.do_lower_case, run.config.strip_accents) == (False, False)
+    given = prepare_finetuning(
+        tmp_path, "m", {"task_names": ["tickets"], "tasks": {"tickets": {}}, **dict.fromkeys(cased, True)}
+    )
+    assert given.config.do_lower_case and given.config.strip_accents  # what the user sets still wins
+    assert locate_scoring_model(model_dir).normalization == cased
+    exported = export_hf(model_dir, tmp_path / "hf")[0]
+    tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert (tokenizer_config["do_lower_case"], tokenizer_config["strip_accents"]) == (False, False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    assert "The" in vocab and tokenizer.tokenize("The fox")[0] == "The"

@@ -152,7 +152,8 @@ class PretrainingConfig:
     model_hparam_overrides: dict[str, Any] = field(default_factory=dict)
     embedding_size: int | None = None
     vocab_size: int | None = None  # the reference's default is 30522; here it is read from vocab.txt
-    do_lower_case: bool = True
+    do_lower_case: bool = True  # both read from the pre-training data's settings (electra build-data)
+    strip_accents: bool = True
     # generator settings
     uniform_generator: bool = False
     two_tower_generator: bool = False
@@ -229,7 +230,8 @@ class FinetuningConfig:
     model_hparam_overrides: dict[str, Any] = field(default_factory=dict)
     embedding_size: int | None = None
     vocab_size: int | None = None  # read from vocab.txt
-    do_lower_case: bool = True
+    do_lower_case: bool = True  # both inherited from the pre-trained model unless given
+    strip_accents: bool = True
     # training
     learning_rate: float = 1e-4
     weight_decay_rate: float = 0.01
@@ -323,13 +325,14 @@ def encoder_config(config: PretrainingConfig | FinetuningConfig, vocab_size: int
     if config.debug:
         shape.update(DEBUG_SHAPE)
     shape["embedding_size"] = config.embedding_size or shape["hidden_size"]
+    positions = shape.pop("max_position_embeddings", max(512, config.max_seq_length))  # the reference: 512
+    if positions < config.max_seq_length:
+        raise UserError(
+            f"max_seq_length {config.max_seq_length} is longer than the model's {positions} positions "
+            f"(max_position_embeddings): use max_seq_length {positions} or less"
+        )
     return ModelConfig.from_dict(
-        {
-            **shape,
-            "vocab_size": vocab_size,
-            "pad_token_id": pad_token_id,
-            "max_position_embeddings": max(512, config.max_seq_length),
-        }
+        {**shape, "vocab_size": vocab_size, "pad_token_id": pad_token_id, "max_position_embeddings": positions}
     )
 
 
@@ -349,6 +352,11 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
         shape = {key: recorded[key] for key in names if key in recorded}
         if recorded.get("debug"):  # "debug": true trained the debug shape, whatever the size said
             shape["model_hparam_overrides"] = {**shape.get("model_hparam_overrides", {}), **DEBUG_SHAPE}
+        if recorded.get("max_seq_length", 0) > 512:  # pre-trained longer than 512: that many positions
+            shape["model_hparam_overrides"] = {
+                "max_position_embeddings": recorded["max_seq_length"],
+                **shape.get("model_hparam_overrides", {}),
+            }
         return shape
     hf_folder = folder / "discriminator" if (folder / "discriminator" / "config.json").is_file() else folder
     if not (hf_folder / "config.json").is_file():
@@ -357,10 +365,11 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     layout = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     if any(name not in config for name in layout):
         return {}
+    details = ("max_position_embeddings", "type_vocab_size", "layer_norm_eps")  # kept when the folder says
     shape = {
         "model_size": SIZE_BY_HIDDEN.get(config["hidden_size"], "small"),
         "embedding_size": config.get("embedding_size", config["hidden_size"]),
-        "model_hparam_overrides": {name: config[name] for name in layout},
+        "model_hparam_overrides": {name: config[name] for name in layout + details if name in config},
     }
     generator_file = folder / "generator" / "config.json"
     if generator and hf_folder != folder and generator_file.is_file():  # a Hugging Face pair, e.g. Google's releases

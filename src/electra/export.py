@@ -43,7 +43,7 @@ from electra.finetune import (
     write_task_spec,
 )
 from electra.tasks import Example
-from electra.tokenization import CLS, MASK, PAD, SEP, UNK, read_vocab
+from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings, read_vocab
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_TOLERANCE = 1e-4
@@ -56,28 +56,31 @@ INT8_TOLERANCE = 0.1
 TOKENIZER_FILES = ["tokenizer_config.json", "special_tokens_map.json"]
 
 
-def tokenizer_files(folder: Path, do_lower_case: bool, max_length: int = 512) -> None:
+def tokenizer_files(folder: Path, normalization: dict[str, bool], max_length: int = 512) -> None:
     """The files `transformers` needs beside vocab.txt to build the matching WordPiece tokenizer."""
     special = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+    lower = normalization["do_lower_case"]
     config = {
         "tokenizer_class": "ElectraTokenizer",
-        "do_lower_case": do_lower_case,
-        "strip_accents": None,
+        "do_lower_case": lower,
+        "strip_accents": lower and normalization["strip_accents"],  # ours strips only when lower-casing
         "tokenize_chinese_chars": True,
         "model_max_length": max_length,
+        "split_special_tokens": True,  # "[SEP]" typed in a text is text, as in the reference's tokenizer
         **special,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-def _copy_model_folder(source: Path, target: Path, do_lower_case: bool) -> None:
+def _copy_model_folder(source: Path, target: Path, normalization: dict[str, bool]) -> None:
     check_replaceable(target, "config.json", [source], [path.name for path in source.iterdir()] + TOKENIZER_FILES)
     with atomic_directory(target) as tmp:
         for path in source.iterdir():
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)
-        tokenizer_files(tmp, do_lower_case)
+        positions = json.loads((source / "config.json").read_text()).get("max_position_embeddings", 512)
+        tokenizer_files(tmp, normalization, positions)
 
 
 def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
@@ -92,7 +95,7 @@ def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
                 '"joint_prediction": false, "answerable_classifier": false for an ElectraForQuestionAnswering '
                 "model (its config.json already loads the encoder alone as an ElectraModel)"
             )
-        _copy_model_folder(source, target, spec.get("do_lower_case", True))
+        _copy_model_folder(source, target, normalization_settings(spec))
         return [target]
     parts = [name for name in ("discriminator", "generator") if (source / name / "config.json").is_file()]
     if not parts:
@@ -102,12 +105,11 @@ def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
             f"{source} is neither a fine-tuned model folder (electra_task.json) nor a pre-trained model folder "
             f"(discriminator/, generator/){hint}"
         )
-    do_lower_case = True
-    if (source / "pretrain_config.json").is_file():
-        do_lower_case = json.loads((source / "pretrain_config.json").read_text()).get("do_lower_case", True)
+    record = source / "pretrain_config.json"
+    normalization = normalization_settings(json.loads(record.read_text()) if record.is_file() else {})
     target.mkdir(parents=True, exist_ok=True)
     for name in parts:
-        _copy_model_folder(source / name, target / name, do_lower_case)
+        _copy_model_folder(source / name, target / name, normalization)
     return [target / name for name in parts]
 
 

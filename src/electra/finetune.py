@@ -72,7 +72,7 @@ from electra.tasks import (
     read_jsonl_rows,
     read_table_rows,
 )
-from electra.tokenization import CLS, PAD, SEP, build_tokenizer, read_vocab
+from electra.tokenization import CLS, PAD, SEP, build_tokenizer, normalization_settings, read_vocab, write_vocab
 from electra.trainer import (
     NO_DECAY_MARKERS,
     Processes,
@@ -184,9 +184,10 @@ class Featurizer:
         do_lower_case: bool = True,
         max_query_length: int = 64,
         doc_stride: int = 128,
+        strip_accents: bool = True,
     ):
         self.vocab = vocab
-        self.tokenizer = build_tokenizer(vocab, do_lower_case=do_lower_case)
+        self.tokenizer = build_tokenizer(vocab, do_lower_case, strip_accents)
         self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, tokenizer=self.tokenizer)
         index = self.qa.index
         self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
@@ -198,9 +199,9 @@ class Featurizer:
         return cls(
             vocab,
             spec.get("max_seq_length", 128),
-            spec.get("do_lower_case", True),
-            spec.get("max_query_length", 64),
-            spec.get("doc_stride", 128),
+            max_query_length=spec.get("max_query_length", 64),
+            doc_stride=spec.get("doc_stride", 128),
+            **normalization_settings(spec),
         )
 
     def _pieces(self, texts: list[str]) -> list[list[int]]:
@@ -518,7 +519,7 @@ def hf_head_prefix(head: TaskHead) -> str:
     return "" if head.kind in ("tagging", "qa") else "classifier."
 
 
-def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab_file: Path, extra: dict) -> None:
+def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab: list[str], extra: dict) -> None:
     """One task's model as a Hugging Face folder: ElectraForSequenceClassification or ...TokenClassification."""
     prefix = f"heads.{head.name}."
     target = hf_head_prefix(head)
@@ -551,7 +552,7 @@ def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, voca
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         write_task_spec(tmp, {**head.to_dict(), **extra})
-        shutil.copyfile(vocab_file, tmp / "vocab.txt")
+        write_vocab(vocab, tmp / "vocab.txt")  # as vocab.txt, whatever file it was read from
 
 
 def write_task_spec(folder: Path, spec: dict[str, Any]) -> None:
@@ -710,6 +711,20 @@ def _pretrained_encoder(model_dir: Path) -> Path | None:
     return exported
 
 
+def _inherited_normalization(folder: Path) -> dict[str, bool]:
+    """How the weights in `folder` read text (do_lower_case, strip_accents), from the record of the run that trained
+    them (pre-training, or fine-tuning for a fine-tuned model), else from a Hugging Face tokenizer_config.json."""
+    records = [
+        folder / "pretrain_config.json",
+        folder / TASK_FILE,
+        *sorted(folder.glob(f"*/{TASK_FILE}")),
+        folder / "tokenizer_config.json",
+        folder / "discriminator" / "tokenizer_config.json",
+    ]
+    found = next((path for path in records if path.is_file()), None)
+    return normalization_settings(json.loads(found.read_text())) if found else {}
+
+
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
     """Resolve hparams, paths, vocabulary and tasks as the reference's configure_finetuning does.
 
@@ -730,14 +745,20 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         if (candidate / TASK_FILE).is_file() or any(candidate.glob(f"*/{TASK_FILE}")):
             finetuned = init = candidate
     if init is not None:
-        hparams = with_inherited_shape(hparams, init)
+        hparams = {**_inherited_normalization(init), **with_inherited_shape(hparams, init)}
     config = build_finetuning_config(hparams)
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
         candidates = model_vocab_places(model_dir, data_dir)
         if init is not None and init.is_dir() and init != model_dir:
-            candidates.insert(0, init / "vocab.txt")
+            own = [init / "vocab.txt", init / "tokenizer.json"]
+            if (init / "config.json").is_file() and not any(path.is_file() for path in own):
+                raise UserError(
+                    f"{init} holds no vocab.txt or tokenizer.json: its token ids mean nothing without them. "
+                    'Give its vocabulary with "vocab_file"'
+                )
+            candidates[:0] = own
         vocab_file = next((path for path in candidates if path.is_file()), candidates[-1])
     vocab = read_vocab(vocab_file)
     if config.vocab_size is not None and config.vocab_size != len(vocab):
@@ -887,13 +908,14 @@ def train_trial(
         extra = {
             "max_seq_length": config.max_seq_length,
             "do_lower_case": config.do_lower_case,
+            "strip_accents": config.strip_accents,
             "max_query_length": config.max_query_length,
             "doc_stride": config.doc_stride,
         }
         for item in data:
             decoding = QADecoding.from_config(config, getattr(item.task, "v2", False))
             task_extra = {**extra, **_task_columns(item.task), **decoding.record()}
-            export_task_model(model, item.head, task_model_dir(exported, data, item), run.vocab_file, task_extra)
+            export_task_model(model, item.head, task_model_dir(exported, data, item), run.vocab, task_extra)
         shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # the exported model is the result
     processes.barrier()
     return model
@@ -1063,7 +1085,12 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
     config = run.config
     data = load_task_data(run, need_train=config.do_train)
     featurizer = Featurizer(
-        run.vocab, config.max_seq_length, config.do_lower_case, config.max_query_length, config.doc_stride
+        run.vocab,
+        config.max_seq_length,
+        config.do_lower_case,
+        config.max_query_length,
+        config.doc_stride,
+        config.strip_accents,
     )
     scores: list[dict[str, dict[str, float]]] = []
     outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}

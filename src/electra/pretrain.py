@@ -31,7 +31,7 @@ from electra.errors import UserError
 from electra.fileio import atomic_directory, folder_lock, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
-from electra.tokenization import CLS, MASK, PAD, SEP, read_vocab, vocab_checksum
+from electra.tokenization import CLS, MASK, PAD, SEP, normalization_settings, read_vocab, vocab_checksum
 from electra.trainer import Processes, Trainer, TrainSettings, checkpoint_dirs, load_weights, setup_processes
 
 # Batches are padded to their longest example rounded up to this: few distinct shapes for torch.compile,
@@ -148,6 +148,18 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
                 f"{config.max_seq_length}` or drop max_seq_length from --hparams"
             )
         config.max_seq_length = data.max_seq_length  # the data decides when the user did not
+    flags = {
+        "do_lower_case": ("--no-lower-case", "--do-lower-case"),
+        "strip_accents": ("--no-strip-accents", "--do-strip-accents"),
+    }
+    for name, built in normalization_settings(data.metadata["settings"]).items():
+        if getattr(config, name) != built and name in hparams:
+            raise UserError(
+                f"{name} {str(getattr(config, name)).lower()} differs from the data in {data_path}, built with "
+                f"{name} {str(built).lower()}: rebuild it with `electra build-data "
+                f"{flags[name][getattr(config, name)]}` or drop {name} from --hparams"
+            )
+        setattr(config, name, built)  # the text the model sees is the text the data was built from
     split_file = model_dir / "pretrain_config.json"
     held_out = None
     if split_file.exists():  # keep the split of the first run, so evaluation stays held out

@@ -33,7 +33,7 @@ from electra.errors import UserError
 from electra.fileio import choose_output_file, open_text, read_text, write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
-from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, read_vocab
+from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, normalization_settings, read_vocab
 from electra.trainer import resolve_precision
 
 METHODS = ("electric", "mlm")
@@ -45,7 +45,7 @@ class ScoringModel:
 
     method: str
     folder: Path  # a Hugging Face-layout folder: config.json, model.safetensors, vocab.txt
-    do_lower_case: bool
+    normalization: dict[str, bool]  # do_lower_case and strip_accents
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
         if not (part / "config.json").is_file():
             hint = " (Electric's two-tower cloze model is not a masked LM: use --method electric)" if electric else ""
             raise UserError(f"{folder} has no exported {part.name}/ to score with{hint}")
-        return ScoringModel(chosen, part, record.get("do_lower_case", True))
+        return ScoringModel(chosen, part, normalization_settings(record))
     config = _read_json(folder / "config.json")
     if not config:
         raise UserError(
@@ -82,12 +82,12 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
         )
     architecture = (config.get("architectures") or [""])[0]
     parent = _read_json(folder.parent / "pretrain_config.json")
-    tokenizer_config = _read_json(folder / "tokenizer_config.json")
-    do_lower_case = tokenizer_config.get("do_lower_case", parent.get("do_lower_case", True))
+    tokenizer_config = folder / "tokenizer_config.json"
+    normalization = normalization_settings(_read_json(tokenizer_config) if tokenizer_config.is_file() else parent)
     if architecture == "ElectraForMaskedLM" and method in ("auto", "mlm"):
-        return ScoringModel("mlm", folder, do_lower_case)
+        return ScoringModel("mlm", folder, normalization)
     if architecture == "ElectraForPreTraining" and (method == "electric" or parent.get("electric_objective")):
-        return ScoringModel("electric", folder, do_lower_case)
+        return ScoringModel("electric", folder, normalization)
     if architecture == "ElectraForPreTraining":
         raise UserError(
             f"{folder} is a discriminator, and nothing says it was pre-trained as Electric (an ELECTRA "
@@ -180,7 +180,7 @@ class TextScorer:
         self.vocab = read_vocab(folder / "vocab.txt")
         ids = {token: index for index, token in enumerate(self.vocab)}
         self.cls_id, self.sep_id, self.mask_id, self.pad_id = (ids[token] for token in (CLS, SEP, MASK, PAD))
-        self.tokenizer = build_tokenizer(self.vocab, self.source.do_lower_case)
+        self.tokenizer = build_tokenizer(self.vocab, **self.source.normalization)
         self.max_seq_length = min(max_seq_length, config.max_position_embeddings)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()

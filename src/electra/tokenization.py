@@ -11,10 +11,12 @@ corpus is split like any other text, as the reference does.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -30,14 +32,18 @@ ALPHABET_COVERAGE = 0.9999
 
 
 def read_vocab(path: str | os.PathLike) -> list[str]:
-    """Tokens of a `vocab.txt` in id order; a UserError if the file is absent or lacks special tokens."""
+    """Tokens of a `vocab.txt` in id order (or of the WordPiece model in a Hugging Face `tokenizer.json`, all that
+    newer `transformers` saves); a UserError if the file is absent or lacks special tokens."""
     vocab_path = Path(path)
     if not vocab_path.is_file():
         raise UserError(
             f"vocabulary file {vocab_path} does not exist: build one with `electra vocab` "
             "or pass the vocab.txt of a released model"
         )
-    tokens = [line.strip() for line in read_text(vocab_path).splitlines()]  # not UTF-8: a UserError naming the line
+    if vocab_path.suffix == ".json":
+        tokens = _tokenizer_json_vocab(vocab_path)
+    else:  # not UTF-8: a UserError naming the line
+        tokens = [line.strip() for line in read_text(vocab_path).splitlines()]
     missing = [token for token in SPECIAL_TOKENS if token not in tokens]
     if missing:
         raise UserError(
@@ -45,6 +51,17 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
             f"a BERT-style vocab.txt needs all of {' '.join(SPECIAL_TOKENS)}, one token a line"
         )
     return tokens
+
+
+def _tokenizer_json_vocab(path: Path) -> list[str]:
+    try:
+        model = json.loads(read_text(path)).get("model", {})
+    except (json.JSONDecodeError, AttributeError):
+        model = {}
+    ids = model.get("vocab") if model.get("type") == "WordPiece" else None
+    if not isinstance(ids, dict) or sorted(ids.values()) != list(range(len(ids))):
+        raise UserError(f"{path} holds no WordPiece vocabulary (ELECTRA's): give its vocab.txt with vocab_file")
+    return sorted(ids, key=ids.__getitem__)
 
 
 def vocab_checksum(tokens: list[str]) -> str:
@@ -63,6 +80,14 @@ def _normalizer(do_lower_case: bool, strip_accents: bool) -> normalizers.Normali
         strip_accents=do_lower_case and strip_accents,
         lowercase=do_lower_case,
     )
+
+
+def normalization_settings(record: dict[str, Any]) -> dict[str, bool]:
+    """`do_lower_case` and `strip_accents` as a record says: pretrain_data.json's settings, pretrain_config.json,
+    electra_task.json, or a Hugging Face tokenizer_config.json (whose `strip_accents` null means "when
+    lower-casing"). Both default to true, as in the reference."""
+    strip = record.get("strip_accents")
+    return {"do_lower_case": bool(record.get("do_lower_case", True)), "strip_accents": strip is None or bool(strip)}
 
 
 def build_tokenizer(tokens: list[str], do_lower_case: bool = True, strip_accents: bool = True) -> Tokenizer:
