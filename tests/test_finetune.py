@@ -342,7 +342,7 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
         run_prediction(finetuned_classifier, source, columns={**columns, "label_column": "label"}, show_progress=False)
 
 
-def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path) -> None:
+def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path, capsys) -> None:
     write_tagging(tmp_path, "chunk", 200, 0, "train")
     write_tagging(tmp_path, "chunk", 40, 1, "dev")
     folder = tmp_path / "finetuning_data" / "scores"
@@ -369,6 +369,12 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
     source.write_text("the movie was\n")
     path = run_prediction(model_dir / "chunk", source, tmp_path / "out.jsonl", show_progress=False).path
     assert json.loads(path.read_text())["tags"] == ["B-NP", "I-NP", "B-VP"]
+    assert "untagged_words" not in json.loads(path.read_text())
+    source.write_text("the movie was " * 30 + "\n")  # 90 words, one piece each: 62 fit in max_seq_length 64
+    path = run_prediction(model_dir / "chunk", source, tmp_path / "long.jsonl", show_progress=False).path
+    row = json.loads(path.read_text())
+    assert len(row["tags"]) == 90 and row["untagged_words"] == 28 and row["tags"][62:] == ["O"] * 28
+    assert "1 sentence(s) were longer than the model's max_seq_length 64" in capsys.readouterr().err
     from transformers import ElectraForTokenClassification
 
     hf = ElectraForTokenClassification.from_pretrained(model_dir / "chunk")

@@ -665,7 +665,12 @@ def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]
             "probabilities": {label: float(p) for label, p in zip(head.labels, probabilities, strict=True)},
         }
     tags = ["O" if start < 0 else head.labels[int(output[start].argmax())] for start in item.word_starts]
-    return {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES as trained -> IOB2 as corpora use
+    decoded: dict[str, Any] = {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES -> IOB2, as corpora
+    tagged = np.flatnonzero(item.word_starts >= 0)
+    untagged = len(tags) - (int(tagged[-1]) + 1 if len(tagged) else 0)
+    if untagged:  # the words past max_seq_length: "O" without the model having seen them
+        decoded["untagged_words"] = untagged
+    return decoded
 
 
 # ----------------------------------------------------------------------------------------------- a run
@@ -1297,6 +1302,14 @@ def run_prediction(
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
     predictions = predictor.predict(examples, batch_size, show_progress)
+    cut = sum("untagged_words" in prediction for prediction in predictions)
+    if cut:
+        print(
+            f"note: {cut:,} sentence(s) were longer than the model's max_seq_length "
+            f"{predictor.spec.get('max_seq_length', 128)}: their last words were not tagged (\"O\", counted as "
+            '"untagged_words" in their rows); split such sentences to tag them',
+            file=sys.stderr,
+        )
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, prediction in zip(examples, predictions, strict=True):
             position = {"line": int(example.source.rsplit(":", 1)[1])} if getattr(example, "source", "") else {}
