@@ -29,6 +29,7 @@ TRICKY_TEXT = [
     "[SEP] [CLS] [MASK] literal special tokens stay text",
     "numbers 3.14159 and 1,000,000 and emails a.b@c.com and URLs https://x.org/a?b=c",
     "Ελληνικά Кириллица العربية עברית",
+    "Η ΟΔΟΣ ΤΟΥ ΟΔΥΣΣΕΑ, ΟΠΩΣ ΛΕΝΕ ΟΙ ΦΙΛΟΙ ΣΑΣ: ΚΟΣΜΟΣ. Σ ΑΣΑ",  # a word-final capital sigma lower-cases to ς
     "x" * (MAX_INPUT_CHARS_PER_WORD + 5),
 ]
 
@@ -159,6 +160,13 @@ def test_read_vocab_rejects_missing_file_and_missing_special_tokens(tmp_path: Pa
     partial.write_text("[PAD]\n[UNK]\n[CLS]\nhello\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"lacks the special token\(s\) \[SEP\] \[MASK\]"):
         read_vocab(partial)
+    tokenizer_json = tmp_path / "tokenizer.json"  # what newer transformers saves instead of vocab.txt
+    tokens = [*SPECIAL_TOKENS, "hello", "##s"]
+    build_tokenizer(tokens).save(str(tokenizer_json))
+    assert read_vocab(tokenizer_json) == tokens
+    tokenizer_json.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}}}')
+    with pytest.raises(UserError, match="holds no WordPiece vocabulary"):
+        read_vocab(tokenizer_json)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"[PAD]\n\xff\xfe\n")
     with pytest.raises(UserError, match="not UTF-8"):

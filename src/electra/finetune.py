@@ -1306,7 +1306,7 @@ def run_prediction(
     if cut:
         print(
             f"note: {cut:,} sentence(s) were longer than the model's max_seq_length "
-            f"{predictor.spec.get('max_seq_length', 128)}: their last words were not tagged (\"O\", counted as "
+            f'{predictor.spec.get("max_seq_length", 128)}: their last words were not tagged ("O", counted as '
             '"untagged_words" in their rows); split such sentences to tag them',
             file=sys.stderr,
         )

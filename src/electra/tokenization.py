@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from electra.corpus import InvalidUtf8Report, iter_corpus_lines
 from electra.errors import UserError
@@ -73,13 +73,23 @@ def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
     write_text_atomic(path, "".join(f"{token}\n" for token in tokens))
 
 
+# Python's str.lower(), which the reference uses, writes a capital sigma that ends a word as the final form ς;
+# the tokenizers library lower-cases letter by letter (σ), which gives Greek words other pieces. A capital sigma
+# after a letter and not before one (either side skipping case-ignorable marks, as Unicode's rule) becomes ς first.
+_FINAL_SIGMA = Regex(
+    r"(?<=[\p{Lu}\p{Ll}\p{Lt}][\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:·]{0,8})Σ"
+    r"(?![\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:·]*[\p{Lu}\p{Ll}\p{Lt}])"
+)
+
+
 def _normalizer(do_lower_case: bool, strip_accents: bool) -> normalizers.Normalizer:
-    return normalizers.BertNormalizer(
+    bert = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=True,
         strip_accents=do_lower_case and strip_accents,
         lowercase=do_lower_case,
     )
+    return normalizers.Sequence([normalizers.Replace(_FINAL_SIGMA, "ς"), bert]) if do_lower_case else bert
 
 
 def normalization_settings(record: dict[str, Any]) -> dict[str, bool]:
