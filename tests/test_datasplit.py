@@ -103,3 +103,11 @@ def test_online_shopping_reviews_split_into_ten_routing_classes(tmp_path: Path) 
     assert len(record["counts"]["dev"]) == 10 and set(record["counts"]["train"].values()) == {50}
     assert record["counts"]["dev"]["热水器"] == 57  # the smallest class, 575 rows less duplicates, keeps its share
     assert sum(record["dropped"].values()) > 0  # the source repeats some reviews
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("cat,review\n")
+    with pytest.raises(UserError, match=r"header\.csv holds no rows to split below its header"):
+        split_table(header_only, tmp_path / "w", SplitSettings("cat", "review"))
+    tiny = write_table(tmp_path / "tiny.csv", [("a", "x one"), ("a", "x two"), ("b", "y one"), ("b", "y two")])
+    with pytest.raises(UserError, match="dev would be empty: 10% of the 2 rows of the largest class rounds to none"):
+        split_table(tiny, tmp_path / "x", SplitSettings("cat", "review"))
+    assert not (tmp_path / "x").exists()

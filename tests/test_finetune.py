@@ -225,10 +225,52 @@ def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"train\.csv:3: 3 field\(s\) where the header has 2"):
         task.examples("train")
     bad.write_text("text,label\nfine,1\n")
-    with pytest.raises(UserError, match="no value in column 'review'"):
+    with pytest.raises(UserError, match="no text in column 'review'"):
         get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_column": "review"}}).examples("train")
     with pytest.raises(UserError, match="unknown spec key"):
         get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"text_colum": "x"}})
+    # A misnamed label column or an empty label cell is an error where it is needed (train, dev), not a class
+    # "None"; test splits may be unlabelled.
+    with pytest.raises(UserError, match=r"train\.csv:2: no label in column 'category'"):
+        get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"label_column": "category"}}).examples("train")
+    bad.write_text("text,label\nfine,1\nsome text,\n")
+    with pytest.raises(UserError, match=r"train\.csv:3: no label in column 'label'"):
+        task.examples("train")
+    (tmp_path / "finetuning_data" / "tickets" / "test.csv").write_text("text,label\nfine,\n")
+    assert task.examples("test")[0].label is None
+    jsonl = tmp_path / "finetuning_data" / "tickets" / "train.jsonl"
+    bad.unlink()
+    jsonl.write_text('{"text": "fine", "label": ["x"]}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:1: the label in column 'label' must be a string or number"):
+        task.examples("train")
+    jsonl.write_text('{"text": {"a": 3}, "label": "pos"}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:1: the text in column 'text' must be a string or number"):
+        task.examples("train")
+    jsonl.write_text('{"text": "fine", "label": "nan"}\n')
+    regression = get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"type": "regression"}})
+    with pytest.raises(UserError, match=r"train\.jsonl:1: label 'nan' is not a finite number"):
+        regression.examples("train")
+    # Spec values of the wrong type, and metrics that do not exist, are refused before anything trains.
+    for spec, message in [
+        ({"labels": "pos"}, "spec key 'labels' must be a list"),
+        ({"header": "no"}, "spec key 'header' must be true or false"),
+        ({"metrics": ["auc"]}, "unknown metric\\(s\\) 'auc'; known: accuracy, f1, macro_f1, mcc"),
+        ({"type": "regression", "metrics": ["mcc"]}, "a regression task reports Pearson"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            get_task("tickets", tmp_path / "finetuning_data", {"tickets": spec})
+    spec_labels = get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"labels": ["neg", "pos"]}})
+    jsonl.write_text('{"text": "fine", "label": "meh"}\n')
+    with pytest.raises(UserError, match=r"'meh' of the train split .* is not among the task spec's labels"):
+        spec_labels.check_labels(spec_labels.examples("train"), ["neg", "pos"], "train")
+    tags = tmp_path / "finetuning_data" / "tags"
+    tags.mkdir()
+    (tags / "train.jsonl").write_text('{"tokens": ["a", "b"], "tags": ["B-NP", "X-Y"]}\n')
+    tagging = get_task("tags", tmp_path / "finetuning_data", {"tags": {"type": "tagging"}})
+    with pytest.raises(UserError, match=r"train\.jsonl:1: tag 'X-Y' is neither O nor B-, I-, E- or S-"):
+        tagging.examples("train")
+    plain = get_task("tags", tmp_path / "finetuning_data", {"tags": {"type": "tagging", "span_labels": False}})
+    assert plain.examples("train")[0].label == ["B-NP", "X-Y"]
     chunk = tmp_path / "finetuning_data" / "chunk"
     chunk.mkdir()
     (chunk / "train.txt").write_text("The DT B-NP\ncat NN I-NP\n\nsat VBD\n")  # the last line lost its tag

@@ -147,6 +147,32 @@ def test_file_system_refusals_and_bad_plot_names_are_one_line(tmp_path: Path, ca
     assert main(["plot", str(tmp_path / "model"), "--output", str(tmp_path / "c.xyz")]) == 2
     assert "end the name with one of" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*tmp-*"))
+    for stray in ("[1, 2]", '{"loss": 2.0}'):  # a line that is JSON but no logged step
+        log.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + stray + "\n")
+        assert main(["plot", str(tmp_path / "model")]) == 2
+        assert "metrics.jsonl, line 2: not a logged step" in capsys.readouterr().err
+
+
+def test_other_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    """Inputs that used to pass silently or fail deep inside: an unpaired surrogate escape in JSONL, a first-pass
+    score that is not finite, a task named twice."""
+    from electra.finetune import prepare_finetuning
+    from electra.scoring import read_nbest
+    from electra.tasks import read_jsonl_rows
+
+    rows = tmp_path / "texts.jsonl"
+    rows.write_text('{"text": "caf\\u00e9"}\n{"text": "x\\ud800"}\n')
+    with pytest.raises(UserError, match=r"texts\.jsonl:2: an escape such as \\ud800 stands for no character"):
+        read_jsonl_rows(rows)
+    rows.write_text('{"text": "\\ud83d\\ude00 a pair is a character"}\n')
+    assert read_jsonl_rows(rows)[0][1]["text"].startswith("\U0001f600")
+    nbest = tmp_path / "nbest.jsonl"
+    nbest.write_text('{"id": "u1", "hypotheses": [{"text": "a", "score": NaN}, {"text": "b", "score": 1}]}\n')
+    with pytest.raises(UserError, match='hypothesis 1 needs a "text" string and a finite numeric "score"'):
+        read_nbest(nbest)
+    write_vocab([*SPECIAL_TOKENS, "fine"], tmp_path / "vocab.txt")
+    with pytest.raises(UserError, match="task_names names sst more than once"):
+        prepare_finetuning(tmp_path, "m", {"task_names": ["sst", "sst"], "init_checkpoint": None})
 
 
 def test_resuming_survives_a_cut_off_log_line_and_a_failed_checkpoint_write(
@@ -184,3 +210,53 @@ def test_temporaries_of_killed_runs_are_cleared(tmp_path: Path) -> None:
         (tmp / "file").write_text("done")
     assert not dead.exists() and alive.exists() and (target / "file").read_text() == "done"
     shutil.rmtree(alive)
+
+
+def test_damaged_files_give_one_line_errors(
+    finetuned_classifier: Path, pretrain_data_dir: Path, tmp_path: Path
+) -> None:
+    """Files cut off or overwritten inside a model or data folder (a bad copy, a full disk elsewhere) are named, with
+    what to do; they used to fail deep inside json, safetensors or numpy."""
+    from electra.export import export_hf
+    from electra.finetune import run_prediction
+    from electra.pretrain import run_pretraining
+    from electra.pretrain_data import PretrainingData
+    from electra.tf_checkpoint import export_tf_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(finetuned_classifier, model)
+    texts = tmp_path / "in.txt"
+    texts.write_text("good film\n")
+    spec = model / "electra_task.json"
+    spec.write_text('{"name": "tickets", "kind"')
+    with pytest.raises(UserError, match=r"electra_task\.json is damaged: not valid JSON \(.* line 1 column 27\)"):
+        run_prediction(model, texts, show_progress=False)
+    spec.write_text('{"kind": "classification"}')
+    with pytest.raises(UserError, match=r"electra_task\.json is damaged \(KeyError"):
+        run_prediction(model, texts, show_progress=False)
+    shutil.copyfile(finetuned_classifier / "electra_task.json", spec)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"cannot read weights from .*model\.safetensors"):
+        run_prediction(model, texts, show_progress=False)
+    with pytest.raises(UserError, match=r"cannot read weights from .*model\.safetensors"):
+        export_hf(model, tmp_path / "hf")  # refused, not copied on
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(UserError, match="is a fine-tuned model: --format tf writes pre-trained models"):
+        export_tf_checkpoint(finetuned_classifier, tmp_path / "tf")
+
+    data = tmp_path / "data"
+    shutil.copytree(pretrain_data_dir, data)
+    hparams = {"debug": True, "num_train_steps": 2, "save_checkpoints_steps": 2, "precision": "fp32"}
+    run_pretraining(data, "m", hparams)
+    state = next((data / "models" / "m" / "checkpoints").glob("step-*")) / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"checkpoint .*step-00000002 is damaged .*delete that folder"):
+        run_pretraining(data, "m", {**hparams, "num_train_steps": 4})
+    shard = sorted((data / "pretrain_data").glob("*.npy"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"shard .* is damaged .*rebuild the data"):
+        PretrainingData(data / "pretrain_data")
+    (data / "pretrain_data" / "pretrain_data.json").write_text("{")
+    with pytest.raises(UserError, match=r"pretrain_data\.json is damaged"):
+        PretrainingData(data / "pretrain_data")

@@ -210,7 +210,7 @@ def test_malformed_nbest_and_references_name_file_and_line(tmp_path: Path) -> No
     with pytest.raises(UserError, match=r"nbest.jsonl:1: no \"hypotheses\" list"):
         read_nbest(nbest)
     nbest.write_text('{"id": "u1", "hypotheses": [{"text": "a"}]}\n')
-    with pytest.raises(UserError, match=r"nbest.jsonl:1: hypothesis 1 needs a \"text\" string and a numeric"):
+    with pytest.raises(UserError, match=r"nbest.jsonl:1: hypothesis 1 needs a \"text\" string and a finite numeric"):
         read_nbest(nbest)
 
 

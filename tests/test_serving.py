@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,9 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
 
+from electra.errors import UserError
 from electra.serving import ServeLimits, create_app
+from electra.tasks import Example
 
 
 @pytest.fixture
@@ -88,3 +91,65 @@ def test_concurrent_requests_share_batches(classifier: Path) -> None:
     for index, prediction in enumerate(alone):
         assert answers[index]["probability"] == pytest.approx(prediction["probability"], abs=1e-3)
     assert sum(sizes) == len(texts) and max(sizes) > 1  # requests were answered together
+
+
+def test_text_not_encodable_as_utf8_is_refused_before_the_model(classifier: Path) -> None:
+    app = create_app(classifier)
+    batcher = app.state.batcher
+    sizes: list[int] = []
+    original = batcher.predictor.predict
+
+    def recording(examples: list, batch_size: int) -> list[dict]:
+        sizes.append(len(examples))
+        return original(examples, batch_size)
+
+    batcher.predictor.predict = recording
+    headers = {"content-type": "application/json"}
+    with TestClient(app) as client:
+        # Valid JSON (httpx would not encode it), decoding to a lone surrogate that UTF-8 cannot hold.
+        surrogate = client.post("/predict", content='{"texts": ["good film", "\\ud800"]}', headers=headers)
+        assert surrogate.status_code == 422
+        assert surrogate.json()["detail"].startswith("example 1 is not valid Unicode: it holds a lone surrogate")
+        emoji = client.post("/predict", content='{"texts": ["good film \\ud83d\\ude00"]}', headers=headers)
+        assert emoji.status_code == 200  # a surrogate pair is one well-formed character
+    assert sizes == [1]  # the refused request never reached the model
+
+
+def test_failing_request_does_not_fail_others_in_its_batch(classifier: Path) -> None:
+    texts = ["the movie was good", "crash", "the movie was awful", "refuse", "the movie was great"]
+    # A batch as large as all the requests and a long wait: the worker runs the five of them as one batch.
+    app = create_app(classifier, ServeLimits(max_batch_size=len(texts), batch_wait_ms=10_000))
+    batcher = app.state.batcher
+    sizes: list[int] = []
+    original = batcher.predictor.predict
+
+    def failing(examples: list[Example], batch_size: int) -> list[dict]:
+        sizes.append(len(examples))
+        given = {example.text_a for example in examples}
+        if "crash" in given:
+            raise RuntimeError("the model broke")
+        if "refuse" in given:
+            raise UserError("this text is refused")
+        return original(examples, batch_size)
+
+    expected = original([Example(index, text_a=text) for index, text in enumerate(texts[::2])], 8)
+    batcher.predictor.predict = failing
+    replies: dict[int, Any] = {}
+    with TestClient(app) as client:
+
+        def ask(index: int) -> None:
+            replies[index] = client.post("/predict", json={"texts": [texts[index]]})
+
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sizes == [5, 1, 1, 1, 1, 1]  # the shared batch failed, then each request ran on its own
+    assert [replies[index].status_code for index in range(len(texts))] == [200, 500, 200, 422, 200]
+    assert replies[1].json()["detail"].startswith("the model failed on this request (RuntimeError)")
+    assert replies[3].json()["detail"] == "this text is refused"
+    answers = [replies[index].json()["predictions"][0] for index in (0, 2, 4)]
+    assert [answer["label"] for answer in answers] == [prediction["label"] for prediction in expected]
+    for answer, prediction in zip(answers, expected, strict=True):
+        assert answer["probability"] == pytest.approx(prediction["probability"], abs=1e-3)

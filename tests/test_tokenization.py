@@ -156,6 +156,8 @@ def test_real_text_matches_reference(tmp_path: Path) -> None:
 def test_read_vocab_rejects_missing_file_and_missing_special_tokens(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         read_vocab(tmp_path / "nope.txt")
+    with pytest.raises(UserError, match=f"vocabulary file {tmp_path} is a folder: give the file itself"):
+        read_vocab(tmp_path)
     partial = tmp_path / "partial.txt"
     partial.write_text("[PAD]\n[UNK]\n[CLS]\nhello\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"lacks the special token\(s\) \[SEP\] \[MASK\]"):

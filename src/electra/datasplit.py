@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from electra.errors import UserError
-from electra.fileio import atomic_directory, check_replaceable
+from electra.fileio import atomic_directory, check_replaceable, require_file
 from electra.tasks import read_jsonl_rows, read_table_rows
 
 SPLITS = ("train", "dev", "test")
@@ -50,15 +50,13 @@ class SplitSettings:
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    if not path.is_file():
-        raise UserError(f"input file {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = read_jsonl_rows(path)
-        return list(dict.fromkeys(key for _, row in rows for key in row)), rows
-    if path.suffix not in (".csv", ".tsv"):
+    require_file(path, "input file")
+    if path.suffix not in (".csv", ".tsv", ".jsonl"):
         raise UserError(f"{path}: give a .csv or .tsv file with a header line, or .jsonl")
-    rows = read_table_rows(path, header=True)
-    return (list(rows[0][1]) if rows else []), rows
+    rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, header=True)
+    if not rows:
+        raise UserError(f"{path} holds no rows to split" + ("" if path.suffix == ".jsonl" else " below its header"))
+    return list(dict.fromkeys(key for _, row in rows for key in row)), rows
 
 
 def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -116,6 +114,11 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         for split in SPLITS
     }
     for split, share in (("dev", settings.dev_share), ("test", settings.test_share)):
+        if share and not chosen[split]:
+            raise UserError(
+                f"{split} would be empty: {share:.0%} of the {max(map(len, by_label.values())):,} rows of the largest "
+                f"class rounds to none. Give more rows, or a larger --{split} share"
+            )
         missing = sorted(set(by_label) - set(counts[split]))
         if share and missing:
             print(

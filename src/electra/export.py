@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from electra.errors import UserError
-from electra.fileio import atomic_directory, check_replaceable
+from electra.fileio import atomic_directory, check_replaceable, read_json, read_weights
 from electra.finetune import (
     TASK_FILE,
     Featurizer,
@@ -75,11 +75,14 @@ def tokenizer_files(folder: Path, normalization: dict[str, bool], max_length: in
 
 def _copy_model_folder(source: Path, target: Path, normalization: dict[str, bool]) -> None:
     check_replaceable(target, "config.json", [source], [path.name for path in source.iterdir()] + TOKENIZER_FILES)
+    for weights in (source / "model.safetensors", source / "pytorch_model.bin"):
+        if weights.is_file():
+            read_weights(weights)  # a damaged file is refused here rather than copied on
     with atomic_directory(target) as tmp:
         for path in source.iterdir():
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)
-        positions = json.loads((source / "config.json").read_text()).get("max_position_embeddings", 512)
+        positions = read_json(source / "config.json").get("max_position_embeddings", 512)
         tokenizer_files(tmp, normalization, positions)
 
 
@@ -106,7 +109,7 @@ def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
             f"(discriminator/, generator/){hint}"
         )
     record = source / "pretrain_config.json"
-    normalization = normalization_settings(json.loads(record.read_text()) if record.is_file() else {})
+    normalization = normalization_settings(read_json(record) if record.is_file() else {})
     target.mkdir(parents=True, exist_ok=True)
     for name in parts:
         _copy_model_folder(source / name, target / name, normalization)

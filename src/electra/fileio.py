@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from electra.errors import UserError
 
@@ -192,6 +193,25 @@ def open_text(path: str | os.PathLike, newline: str | None = None) -> Iterator[T
 def read_text(path: str | os.PathLike) -> str:
     with open_text(path) as handle:
         return handle.read()
+
+
+def require_file(path: Path, what: str, hint: str = "") -> None:
+    """A UserError unless `path` is a file: a folder given for a file is said so, not called missing."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: give the file itself")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist{hint and f': {hint}'}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a damaged one (cut off, hand-edited) is a UserError naming the file and the place."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path} is damaged: not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+            "restore it, or write it again with the command that made it"
+        ) from None
 
 
 def is_utf8(data: bytes) -> bool:

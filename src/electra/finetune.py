@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -48,7 +48,9 @@ from electra.fileio import (
     choose_output_file,
     folder_lock,
     open_text,
+    read_json,
     read_weights,
+    require_file,
     write_text_atomic,
 )
 from electra.metrics import iob2_tags, regression_scores
@@ -567,22 +569,31 @@ def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
         inside = sorted(path.parent.name for path in folder.glob(f"*/{TASK_FILE}"))
         hint = f"; it holds one per task: {', '.join(str(folder / name) for name in inside)}" if inside else ""
         raise UserError(f"{folder} is not a fine-tuned model folder (no {TASK_FILE}){hint}")
-    spec = json.loads(spec_file.read_text())
-    return TaskHead.from_dict(spec), spec
+    spec = read_json(spec_file)
+    try:
+        return TaskHead.from_dict(spec), spec
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UserError(
+            f"{spec_file} is damaged ({type(error).__name__}: {error}): restore it, or export the model again"
+        ) from None
 
 
 def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
     """A model written by `export_task_model`, for prediction."""
     head, spec = read_task_spec(folder)
-    config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    config = ModelConfig.from_dict(read_json(folder / "config.json"))
     model = FinetuningModel(config, [head])
-    state = load_file(str(folder / "model.safetensors"))
+    state = read_weights(folder / "model.safetensors")
     source = hf_head_prefix(head)
     renamed = {
         (key if key.startswith("electra.") else f"heads.{head.name}.{key[len(source) :]}"): value
         for key, value in state.items()
     }
-    model.load_state_dict(renamed)
+    try:
+        model.load_state_dict(renamed)
+    except RuntimeError as error:
+        detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise UserError(f"{folder / 'model.safetensors'} does not fit its config.json ({detail[:300]})") from None
     return model, head, spec
 
 
@@ -702,7 +713,7 @@ def _pretrained_encoder(model_dir: Path) -> Path | None:
     if (model_dir / "discriminator" / "model.safetensors").is_file():
         exported = model_dir / "discriminator" / "model.safetensors"
     elif generator.is_file() and record_file.is_file():
-        exported = generator if pretraining_objective(json.loads(record_file.read_text())) == "MLM" else None
+        exported = generator if pretraining_objective(read_json(record_file)) == "MLM" else None
     checkpoints = checkpoint_dirs(model_dir)
     newest = checkpoints[-1] / "model.safetensors" if checkpoints else None
     if newest is not None and (exported is None or newest.stat().st_mtime > exported.stat().st_mtime):
@@ -727,7 +738,7 @@ def _inherited_normalization(folder: Path) -> dict[str, bool]:
         folder / "discriminator" / "tokenizer_config.json",
     ]
     found = next((path for path in records if path.is_file()), None)
-    return normalization_settings(json.loads(found.read_text())) if found else {}
+    return normalization_settings(read_json(found)) if found else {}
 
 
 def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> FinetuningRun:
@@ -752,6 +763,9 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     if init is not None:
         hparams = {**_inherited_normalization(init), **with_inherited_shape(hparams, init)}
     config = build_finetuning_config(hparams)
+    repeated = sorted({name for name in config.task_names if config.task_names.count(name) > 1})
+    if repeated:
+        raise UserError(f"task_names names {', '.join(repeated)} more than once: list each task once")
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
@@ -840,7 +854,7 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
     path = trial_dir / "finetune_config.json"
     if not path.is_file():
         return
-    previous = json.loads(path.read_text())
+    previous = read_json(path)
     changed = sorted(
         key
         for key in set(previous) | set(record)
@@ -1113,9 +1127,7 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
                 )
             data = [with_saved_labels(item, task_model_dir(exported, data, item)) for item in data]
             # The shape the model was saved with, whatever the hparams of this evaluation say.
-            model = FinetuningModel(
-                ModelConfig.from_dict(json.loads(config_file.read_text())), [item.head for item in data]
-            )
+            model = FinetuningModel(ModelConfig.from_dict(read_json(config_file)), [item.head for item in data])
             _load_exported(model, exported, data)
         model.to(processes.device)
         trial_scores: dict[str, dict[str, float]] = {}
@@ -1163,8 +1175,7 @@ def read_prediction_inputs(
 ) -> list[Example]:
     """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; a tab
     separates a pair's two texts; tagging splits the line into words at whitespace)."""
-    if not path.is_file():
-        raise UserError(f"input file {path} does not exist")
+    require_file(path, "input file")
     if head.kind == "qa":
         return read_questions(path)
     tagging = head.kind == "tagging"

@@ -28,9 +28,12 @@ def plot_training_curves(model_dir: str | Path, output: str | Path | None = None
     for number, line in enumerate(log_file.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{log_file}, line {number}: not JSON ({line[:40]!r})") from None
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise UserError(f"{log_file}, line {number}: not a logged step ({line[:40]!r}): fix or delete the line")
+            records.append(record)
     if not records:
         raise UserError(f"{log_file} holds no logged steps yet")
     try:

@@ -28,7 +28,7 @@ from torch import nn
 
 from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config, with_inherited_shape
 from electra.errors import UserError
-from electra.fileio import atomic_directory, folder_lock, read_weights, write_text_atomic
+from electra.fileio import atomic_directory, folder_lock, read_json, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
 from electra.tokenization import CLS, MASK, PAD, SEP, normalization_settings, read_vocab, vocab_checksum
@@ -163,7 +163,7 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     split_file = model_dir / "pretrain_config.json"
     held_out = None
     if split_file.exists():  # keep the split of the first run, so evaluation stays held out
-        first_run = json.loads(split_file.read_text())
+        first_run = read_json(split_file)
         held_out = first_run.get("eval_examples")  # absent from a converted TF checkpoint's record
         if first_run.get("vocab_sha256", data.metadata["vocab_sha256"]) != data.metadata["vocab_sha256"]:
             raise UserError(
@@ -304,7 +304,7 @@ def model_vocab_places(model_dir: Path, data_dir: Path) -> list[Path]:
 def open_pretrained(folder: Path) -> SavedPretraining:
     record_file = folder / "pretrain_config.json"
     if record_file.is_file():  # the settings it was trained with, debug shape included
-        record = json.loads(record_file.read_text())
+        record = read_json(record_file)
         hparams = {key: value for key, value in record.items() if key in PretrainingConfig.__dataclass_fields__}
     else:
         hparams = with_inherited_shape({}, folder, generator=True)
@@ -479,7 +479,7 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     if processes.is_main:
         run.model_dir.mkdir(parents=True, exist_ok=True)
         record_file = run.model_dir / "pretrain_config.json"
-        earlier = json.loads(record_file.read_text()) if record_file.exists() else {}
+        earlier = read_json(record_file) if record_file.exists() else {}
         record = {
             **{key: earlier[key] for key in ("converted_from",) if key in earlier},
             **config.to_dict(),

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from electra.corpus import UNIT_BYTES, CorpusUnit, InvalidUtf8Report, list_corpus_files, plan_units, read_unit
 from electra.errors import UserError
-from electra.fileio import atomic_output, folder_lock, is_temporary, write_text_atomic
+from electra.fileio import atomic_output, folder_lock, is_temporary, read_json, write_text_atomic
 from electra.tokenization import CLS, PAD, SEP, SPECIAL_TOKENS, UNK, build_tokenizer, read_vocab, vocab_checksum
 
 FORMAT_NAME = "electra-pretrain-data"
@@ -446,7 +446,7 @@ class PretrainingData:
                 "run `electra build-data --output-dir "
                 f"{self.directory}` (an interrupted build leaves no {METADATA_FILE})"
             )
-        self.metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+        self.metadata = read_json(metadata_path)
         if self.metadata.get("format") != FORMAT_NAME or self.metadata.get("format_version") != FORMAT_VERSION:
             raise UserError(
                 f"{metadata_path} is not {FORMAT_NAME} version {FORMAT_VERSION}: rebuild the data "
@@ -466,7 +466,10 @@ class PretrainingData:
             path = self.directory / shard["file"]
             if not path.exists():
                 raise UserError(f"shard {path} listed in {metadata_path} is missing: rebuild the data")
-            array = np.load(path, mmap_mode="r")
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (ValueError, OSError) as error:  # cut off or overwritten
+                raise UserError(f"shard {path} is damaged ({error}): rebuild the data") from None
             expected = (shard["examples"], self.max_seq_length)
             if array.shape != expected or array.dtype.name != self.metadata["dtype"]:
                 raise UserError(

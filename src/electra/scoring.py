@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from electra.config import ModelConfig, pretraining_objective
 from electra.errors import UserError
-from electra.fileio import choose_output_file, open_text, read_text, write_text_atomic
+from electra.fileio import choose_output_file, open_text, read_json, read_text, require_file, write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
 from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, normalization_settings, read_vocab
@@ -49,7 +49,7 @@ class ScoringModel:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> ScoringModel:
@@ -166,7 +166,7 @@ class TextScorer:
         self.source = locate_scoring_model(model_dir, method)
         self.method = self.source.method
         folder = self.source.folder
-        config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        config = ModelConfig.from_dict(read_json(folder / "config.json"))
         self.model: nn.Module = (ElectraForPreTraining if self.method == "electric" else ElectraForMaskedLM)(config)
         try:
             missing, unexpected = load_model(self.model, str(folder / "model.safetensors"), strict=False)
@@ -285,8 +285,7 @@ class TextScorer:
 def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any], str]]:
     """(fields, text) for each text: JSONL rows (all their fields, `text_field` the text), or plain text, one a
     line (blank lines are skipped, so each text keeps its line number as a field beside "text")."""
-    if not path.is_file():
-        raise UserError(f"input file {path} does not exist")
+    require_file(path, "input file")
     if path.suffix == ".jsonl":
         texts = []
         for number, row in read_jsonl_rows(path):
@@ -343,8 +342,7 @@ class NBestList:
 def read_nbest(path: Path) -> list[NBestList]:
     """JSONL, one list a line: {"id": ..., "hypotheses": [{"text": ..., "score": first-pass score}, ...]}
     (a hypothesis may also be a [text, score] pair), with an optional "reference"."""
-    if not path.is_file():
-        raise UserError(f"n-best file {path} does not exist")
+    require_file(path, "n-best file")
     lists = []
     for number, row in read_jsonl_rows(path):
         hypotheses = row.get("hypotheses")
@@ -360,8 +358,15 @@ def read_nbest(path: Path) -> list[NBestList]:
                 text, value = item.get("text"), item.get("score")
             else:
                 text, value = item if isinstance(item, list) and len(item) == 2 else (None, None)
-            if not isinstance(text, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f'{path}:{number}: hypothesis {position} needs a "text" string and a numeric "score"')
+            if (
+                not isinstance(text, str)
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise UserError(
+                    f'{path}:{number}: hypothesis {position} needs a "text" string and a finite numeric "score"'
+                )
             texts.append(text)
             first_pass.append(float(value))
         reference = row.get("reference")
@@ -373,8 +378,7 @@ def read_nbest(path: Path) -> list[NBestList]:
 
 def read_references(path: Path, lists: list[NBestList]) -> None:
     """Attach references: JSONL {"id", "text"} matched by id, or plain text with one line per list, in order."""
-    if not path.is_file():
-        raise UserError(f"references file {path} does not exist")
+    require_file(path, "references file")
     if path.suffix == ".jsonl":
         by_id = {str(row.get("id")): row.get("text") for _, row in read_jsonl_rows(path)}
         missing = [item.id for item in lists if not isinstance(by_id.get(item.id), str)]

@@ -7,9 +7,10 @@ POST /predict takes {"texts": [...]}, {"pairs": [[a, b], ...]}, for taggers {"to
 for question answering {"questions": [{"context": ..., "question": ..., "id": ...}, ...]}, and answers
 {"predictions": [...]} as `electra predict` writes them. Concurrent requests are gathered
 into one batch (micro-batching: up to `max_batch_size` examples, waiting at most `batch_wait_ms` for
-company), and the model runs in a worker thread so the event loop keeps accepting requests. Limits
-on the number of examples, text length and body size are answered with 413, malformed bodies with
-422, each with a message saying what to change. GET /health describes the model; /docs is OpenAPI.
+company), and the model runs in a worker thread so the event loop keeps accepting requests; where a shared batch
+fails, its requests are rerun one by one so that only the failing ones get an error. Limits on the number of
+examples, text length and body size are answered with 413, malformed bodies (text that is not valid Unicode
+included) with 422, each with a message saying what to change. GET /health describes the model; /docs is OpenAPI.
 
 (No `from __future__ import annotations` here: FastAPI reads the request model from the annotations
 of handlers defined inside `create_app`, which postponed annotations would hide.)
@@ -17,6 +18,7 @@ of handlers defined inside `create_app`, which postponed annotations would hide.
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from electra.errors import UserError
 from electra.export import OnnxPredictor, open_predictor
 from electra.finetune import Predictor
 from electra.tasks import GLUE_TEXT_COLUMNS, Example
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,19 +122,28 @@ class MicroBatcher:
                     break
                 pending.append(item)
                 size += len(item[0])
-            examples = [example for batch, _ in pending for example in batch]
-            try:
-                predictions = await asyncio.to_thread(self.predictor.predict, examples, self.limits.max_batch_size)
-            except Exception as error:  # a failed batch fails its requests, not the server
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            start = 0
-            for batch, future in pending:
-                if not future.done():
-                    future.set_result(predictions[start : start + len(batch)])
-                start += len(batch)
+            await self._answer(pending)
+
+    async def _answer(self, pending: list[tuple[list[Example], asyncio.Future]]) -> None:
+        """Settles the futures of `pending` from one run of the model over all their examples."""
+        examples = [example for batch, _ in pending for example in batch]
+        try:
+            predictions = await asyncio.to_thread(self.predictor.predict, examples, self.limits.max_batch_size)
+        except Exception as error:  # a failed run fails requests, not the server
+            if len(pending) > 1:
+                # The batch mixes requests from different clients: one that the model cannot take must not fail the
+                # others, so each runs again on its own and only those failing by themselves get the error.
+                for item in pending:
+                    if not item[1].done():  # not abandoned by its client
+                        await self._answer([item])
+            elif not pending[0][1].done():
+                pending[0][1].set_exception(error)
+            return
+        start = 0
+        for batch, future in pending:
+            if not future.done():
+                future.set_result(predictions[start : start + len(batch)])
+            start += len(batch)
 
 
 def text_input_kind(spec: dict[str, Any]) -> str | None:
@@ -141,6 +154,16 @@ def text_input_kind(spec: dict[str, Any]) -> str | None:
     if spec.get("name") in GLUE_TEXT_COLUMNS:
         return "pairs" if GLUE_TEXT_COLUMNS[spec["name"]][1] else "texts"
     return None
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` can be written as UTF-8, as the tokenizer needs: JSON escapes such as "\\ud800" decode to lone
+    surrogates, which cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:
@@ -210,6 +233,13 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
             predictions = await batcher.predict(examples)
         except UserError as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
+        except HTTPException:
+            raise
+        except Exception as error:
+            # The details (a traceback) are for the operator's log, not for the client.
+            log.exception("prediction failed")
+            detail = f"the model failed on this request ({type(error).__name__}); the server log has the details"
+            raise HTTPException(status_code=500, detail=detail) from None
         return PredictResponse(
             predictions=predictions, model=head.name, milliseconds=1000 * (time.perf_counter() - started)
         )
@@ -250,6 +280,17 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
             raise HTTPException(
                 status_code=413,
                 detail=f"example {too_long[0]} is longer than {limits.max_chars:,} characters; shorten or split it",
+            )
+        # Refused here, for this request alone: in the model's batch it would fail the requests sharing it. Question
+        # ids are checked too, as they go back to the client in the answer.
+        strings = [[text] for text in texts or []] + [[a, b] for a, b in pairs or []] + list(tokens or [])
+        strings += [[q.context, q.question, q.id or ""] for q in questions or []]
+        unencodable = [index for index, parts in enumerate(strings) if not all(map(encodable, parts))]
+        if unencodable:
+            raise HTTPException(
+                status_code=422,
+                detail=f"example {unencodable[0]} is not valid Unicode: it holds a lone surrogate (such as \\ud800) "
+                "that cannot be encoded as UTF-8; send well-formed text",
             )
         if questions is not None:
             from electra.qa import records_to_examples

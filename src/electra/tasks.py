@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -425,6 +427,7 @@ class TableTask(Task):
         unknown = set(spec) - SPEC_KEYS
         if unknown:
             raise UserError(f"task {name!r}: unknown spec key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+        _check_spec_types(name, spec)
         self.kind = spec.get("type", "classification")
         if self.kind not in KINDS:
             raise UserError(f"task {name!r}: type {self.kind!r} is not one of {', '.join(KINDS)}")
@@ -436,11 +439,28 @@ class TableTask(Task):
         self.span_labels = spec.get("span_labels", True)
         if spec.get("labels") is not None:
             self.labels = [str(label) for label in spec["labels"]]
-        default_metrics = {"regression": ("pearson", "spearman"), "tagging": ("f1", "precision", "recall")}
-        self.metrics = tuple(spec.get("metrics") or default_metrics.get(self.kind, ("accuracy", "macro_f1")))
+        if spec.get("metrics") is not None and self.kind != "classification":
+            raise UserError(
+                f'task {name!r}: "metrics" chooses among classification scores; a {self.kind} task reports '
+                f"{'Pearson and Spearman correlation' if self.kind == 'regression' else 'span F1, precision, recall'}"
+            )
+        unknown_metrics = [metric for metric in spec.get("metrics") or [] if metric not in CLASSIFICATION_METRICS]
+        if unknown_metrics:
+            raise UserError(
+                f"task {name!r}: unknown metric(s) {', '.join(map(repr, unknown_metrics))}; "
+                f"known: {', '.join(CLASSIFICATION_METRICS)}"
+            )
+        self.metrics = tuple(spec.get("metrics") or ("accuracy", "macro_f1"))
         if tagging and not self.span_labels:
             self.metrics = ("accuracy",)
         self._value_range: tuple[float, float] | None = None
+
+    def check_labels(self, examples: list[Example], labels: list[str], split: str, origin: str = "") -> None:
+        super().check_labels(examples, labels, split, origin or self._label_origin)
+
+    @property
+    def _label_origin(self) -> str:
+        return "the task spec's labels" if self.labels is not None else "the labels learned from the training file"
 
     @property
     def value_range(self) -> tuple[float, float]:  # type: ignore[override]
@@ -453,31 +473,49 @@ class TableTask(Task):
     def read_split(self, split: str) -> list[Example]:
         suffixes = (".txt", ".jsonl") if self.kind == "tagging" else TABLE_SUFFIXES
         path = self.split_file(split, suffixes)
+        labelled = split not in self.test_splits()  # training and evaluation need every label; test may lack them
         if path.suffix == ".txt":
-            return read_conll(path)
-        rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, self.header)
-        return [self._example(index, path, number, row) for index, (number, row) in enumerate(rows)]
+            examples = read_conll(path)
+        else:
+            rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, self.header)
+            examples = [self._example(index, path, number, row, labelled) for index, (number, row) in enumerate(rows)]
+        if self.kind == "tagging" and self.span_labels:
+            for example in examples:
+                wrong = next((tag for tag in example.label or [] if not SPAN_TAG.fullmatch(tag)), None)
+                if wrong is not None:
+                    raise UserError(
+                        f"{example.source}: tag {wrong!r} is neither O nor B-, I-, E- or S- and a type, as span "
+                        'labels (chunks) need: fix it, or set "span_labels": false to learn tags as plain labels'
+                    )
+        return examples
 
-    def _field(self, path: Path, number: int, row: dict[str, Any], column: str, required: bool = True) -> Any:
-        if column not in row or (required and row[column] in (None, "")):
+    def _field(self, path: Path, number: int, row: dict[str, Any], column: str, what: str = "text") -> Any:
+        """A text or label cell: present, not empty, and a string or number (a list for tagging)."""
+        value = row.get(column)
+        if value is None or value == "":
             available = ", ".join(map(str, row)) or "none"
             raise UserError(
-                f"{path}:{number}: no value in column {column!r} (columns: {available}); set the task spec's "
-                '"text_column" / "label_column" to the right names'
+                f"{path}:{number}: no {what} in column {column!r} (columns: {available}); set the task spec's "
+                '"text_column" / "label_column" to the right names, or fill the cell'
             )
-        return row[column]
+        expected = list if self.kind == "tagging" else (str, int, float)
+        if not isinstance(value, expected):
+            kind = "a list" if self.kind == "tagging" else "a string or number"
+            raise UserError(f"{path}:{number}: the {what} in column {column!r} must be {kind}, not {value!r:.60}")
+        if self.kind == "tagging" and not all(isinstance(item, (str, int, float)) for item in value):
+            raise UserError(f"{path}:{number}: column {column!r} must list strings, not {value!r:.60}")
+        return value
 
-    def _example(self, index: int, path: Path, number: int, row: dict[str, Any]) -> Example:
+    def _example(self, index: int, path: Path, number: int, row: dict[str, Any], labelled: bool) -> Example:
         source = f"{path}:{number}"
-        has_label = self.label_column in row and row[self.label_column] not in (None, "")
-        label = self._field(path, number, row, self.label_column) if has_label else None
+        present = row.get(self.label_column) not in (None, "")
+        label = self._field(path, number, row, self.label_column, "label") if labelled or present else None
         if self.kind == "tagging":
             words, tags = self._field(path, number, row, self.text_column), label
-            if not isinstance(words, list) or (
-                tags is not None and (not isinstance(tags, list) or len(tags) != len(words))
-            ):
+            if tags is not None and len(tags) != len(words):
                 raise UserError(
-                    f"{source}: {self.text_column!r} and {self.label_column!r} must be lists of equal length"
+                    f"{source}: {self.text_column!r} has {len(words)} words and {self.label_column!r} "
+                    f"{len(tags)} tags: give one tag per word"
                 )
             return Example(
                 index, words=[str(w) for w in words], label=[str(t) for t in tags] if tags else None, source=source
@@ -486,7 +524,11 @@ class TableTask(Task):
             try:
                 label = float(label)
             except (TypeError, ValueError):
-                raise UserError(f"{source}: label {label!r} is not a number, as a regression task needs") from None
+                label = math.nan
+            if not math.isfinite(label):
+                raise UserError(
+                    f"{source}: label {row[self.label_column]!r} is not a finite number, as a regression task needs"
+                )
         text_b = str(self._field(path, number, row, self.text_column_2)) if self.text_column_2 else None
         return Example(
             index,
@@ -495,6 +537,27 @@ class TableTask(Task):
             label=label if label is None or self.kind == "regression" else str(label),
             source=source,
         )
+
+
+SPAN_TAG = re.compile(r"O|[BIES]-.+")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
+SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "type": (str,),
+    "text_column": (str,),
+    "text_column_2": (str,),
+    "label_column": (str,),
+    "labels": (list,),
+    "metrics": (list,),
+    "header": (bool,),
+    "span_labels": (bool,),
+}
+
+
+def _check_spec_types(name: str, spec: dict[str, Any]) -> None:
+    for key, value in spec.items():
+        if value is not None and not isinstance(value, SPEC_TYPES[key]):
+            shown = {str: "a string", list: "a list", bool: "true or false"}[SPEC_TYPES[key][0]]
+            raise UserError(f"task {name!r}: spec key {key!r} must be {shown}, not {value!r:.60}")
 
 
 def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> list[tuple[int, dict[str, Any]]]:
@@ -525,6 +588,14 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     return rows
 
 
+def _encodable(row: dict[str, Any]) -> bool:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     with open_text(path) as handle:
@@ -537,5 +608,7 @@ def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+            if "\\ud" in line.lower() and not _encodable(row):  # an escaped half of a UTF-16 pair, alone
+                raise UserError(f"{path}:{number}: an escape such as \\ud800 stands for no character: fix the text")
             rows.append((number, row))
     return rows

@@ -33,6 +33,7 @@ import torch
 
 from electra.config import SIZE_BY_HIDDEN
 from electra.errors import UserError
+from electra.fileio import read_json
 
 if TYPE_CHECKING:
     from electra.pretrain import SavedPretraining
@@ -448,7 +449,7 @@ def convert_tf_checkpoint(
     shape = checkpoint_shapes(checkpoint)
     written = checkpoint.prefix.parent / "pretrain_hparams.json"  # beside a checkpoint of `export --format tf`
     if written.is_file():  # what the tensors cannot tell: the number of heads, the casing
-        hparams = json.loads(written.read_text())
+        hparams = read_json(written)
         overrides, found = hparams.get("model_hparam_overrides", {}), shape["model_hparam_overrides"]
         if overrides.get("hidden_size") == found["hidden_size"] and "num_attention_heads" in overrides:
             found["num_attention_heads"] = overrides["num_attention_heads"]
@@ -500,9 +501,7 @@ def _check_conversion_target(model_dir: Path, inputs: list[Path]) -> None:
     from electra.trainer import checkpoint_dirs
 
     record_file = model_dir / "pretrain_config.json"
-    if record_file.is_file() and (
-        "converted_from" not in json.loads(record_file.read_text()) or checkpoint_dirs(model_dir)
-    ):
+    if record_file.is_file() and ("converted_from" not in read_json(record_file) or checkpoint_dirs(model_dir)):
         raise UserError(
             f"{model_dir} holds a pre-trained model (its checkpoints, exports and record): converting into it would "
             "mix two models; choose a new --output folder"
@@ -587,9 +586,15 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     run_pretraining.py (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: only the names it
     knows). Returns the checkpoint's prefix."""
     from electra.fileio import atomic_directory, check_replaceable
+    from electra.finetune import TASK_FILE
     from electra.pretrain import open_pretrained
 
     source, target = Path(model_dir), Path(output)
+    if (source / TASK_FILE).is_file() or any(source.glob(f"*/{TASK_FILE}")):
+        raise UserError(
+            f"{source} is a fine-tuned model: --format tf writes pre-trained models as checkpoints of the reference's "
+            "run_pretraining.py; export a fine-tuned model with --format hf or onnx"
+        )
     check_replaceable(target, "checkpoint", [source], EXPORTED_FILES)  # before the model is read, not after
     saved = open_pretrained(source)
     if saved.random_parts:

@@ -22,7 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from electra.corpus import InvalidUtf8Report, iter_corpus_lines
 from electra.errors import UserError
-from electra.fileio import read_text, write_text_atomic
+from electra.fileio import read_text, require_file, write_text_atomic
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -35,11 +35,7 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
     """Tokens of a `vocab.txt` in id order (or of the WordPiece model in a Hugging Face `tokenizer.json`, all that
     newer `transformers` saves); a UserError if the file is absent or lacks special tokens."""
     vocab_path = Path(path)
-    if not vocab_path.is_file():
-        raise UserError(
-            f"vocabulary file {vocab_path} does not exist: build one with `electra vocab` "
-            "or pass the vocab.txt of a released model"
-        )
+    require_file(vocab_path, "vocabulary file", "build one with `electra vocab`, or give a released model's vocab.txt")
     if vocab_path.suffix == ".json":
         tokens = _tokenizer_json_vocab(vocab_path)
     else:  # not UTF-8: a UserError naming the line

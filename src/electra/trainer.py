@@ -267,6 +267,13 @@ def remove_unfinished_checkpoints(run_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def damaged_checkpoint(folder: Path, error: Exception) -> UserError:
+    return UserError(
+        f"checkpoint {folder} is damaged ({str(error).splitlines()[0][:160]}): delete that folder, and the run "
+        "resumes from the checkpoint before it"
+    )
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Weights from a safetensors file into `model`, with a clear error when shapes or names differ."""
     try:
@@ -277,6 +284,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
             f"the weights in {path} do not fit this model ({' '.join(line.strip() for line in detail)}): "
             "use the same model_size and model_hparam_overrides as when they were saved"
         ) from None
+    except Exception as error:  # not a safetensors file (any more): cut off or overwritten
+        if path.parent.parent.name == "checkpoints":
+            raise damaged_checkpoint(path.parent, error) from None
+        raise UserError(f"cannot read weights from {path}: {str(error).splitlines()[0][:200]}") from None
     if missing or unexpected:
         raise UserError(
             f"the weights in {path} do not fit this model: missing {sorted(missing)[:5]}, "
@@ -414,8 +425,11 @@ class Trainer:
             return 0
         latest = found[-1]
         load_weights(self.model, latest / "model.safetensors")
-        state = torch.load(latest / "trainer_state.pt", map_location=self.processes.device, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            state = torch.load(latest / "trainer_state.pt", map_location=self.processes.device, weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except Exception as error:  # cut off or overwritten after it was renamed into place (a copy, a bad disk)
+            raise damaged_checkpoint(latest, error) from None
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["step"])
 
