@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,46 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 1 to 65535."""
+    value = _at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {value}")
+    return value
+
+
+def _check_model_name(name: str) -> None:
+    """--model-name names one folder under <data-dir>/models: never that folder itself, nor one outside it."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    if not name or name in (".", "..") or any(separator in name for separator in separators):
+        raise UserError(
+            f"--model-name {name!r} is not a folder name: give the model's name under <data-dir>/models, "
+            "without / or .., e.g. --model-name electra_small"
+        )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind `host`:`port` as uvicorn will (SO_REUSEADDR, IPv6 when the host has a colon) and let go: a port in
+    use or an address this machine lacks is a one-line error before the model is loaded, not uvicorn's log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            if os.name != "nt":  # on Windows SO_REUSEADDR would let two servers share the port
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror as error:
+        raise UserError(f"--host {host!r} is not an address of this machine ({error.strerror})") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is in use on {host}: stop what uses it or choose another --port") from None
+        if error.errno in (errno.EACCES, errno.EPERM):
+            why = " (ports below 1024 need privileges)" if port < 1024 else ""
+            raise UserError(f"may not listen on port {port}{why}: choose another --port") from None
+        raise UserError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}): check --host and --port"
+        ) from None
 
 
 def _truth_value(text: str) -> bool:
@@ -175,7 +216,10 @@ def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-processes", type=_at_least(1), default=1, help="processes for build-data (default: 1)")
     parser.add_argument(
-        "--train-steps", type=int, default=QUICKSTART_STEPS, help=f"pre-training steps (default: {QUICKSTART_STEPS})"
+        "--train-steps",
+        type=_at_least(1),
+        default=QUICKSTART_STEPS,
+        help=f"pre-training steps (default: {QUICKSTART_STEPS})",
     )
     parser.set_defaults(run=_run_quickstart)
 
@@ -319,7 +363,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=_port, default=8000, help="port, 1 to 65535 (default: 8000)")
     parser.add_argument("--max-examples", type=_at_least(1), default=64, help="examples per request (default: 64)")
     parser.add_argument("--max-chars", type=_at_least(1), default=10_000, help="characters per text (default: 10000)")
     parser.add_argument(
@@ -485,6 +529,7 @@ def _run_split(args: argparse.Namespace) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
+    _check_model_name(args.model_name)  # before the slow imports
     from electra.config import parse_hparams
     from electra.pretrain import describe, run_pretraining
     from electra.trainer import is_first_process
@@ -495,6 +540,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
+    _check_model_name(args.model_name)  # before the slow imports
     from electra.config import parse_hparams
     from electra.finetune import describe_finetuning, run_finetuning
     from electra.trainer import is_first_process
@@ -549,6 +595,7 @@ def _run_rerank(args: argparse.Namespace) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> None:
+    _check_port_free(args.host, args.port)  # before importing the serving stack and loading the model
     from electra.serving import ServeLimits, serve
 
     limits = ServeLimits(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,60 @@ REFERENCE_PATHS = {
     "results_txt": "results are written to <model-dir>/results/: leave it out",
     "results_pkl": "results are written to <model-dir>/results/ (JSON beside the text): leave it out",
     "test_predictions": "test outputs go to <model-dir>/test_predictions/ (with write_test_outputs): leave it out",
+}
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The finite values a numeric hparam may take: from `low` to `high`, each end included unless it is open.
+    `text` replaces the generated description where a bound has a meaning (e.g. "0 (off)")."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    text: str = ""
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self, whole: bool) -> str:
+        if self.text:
+            return self.text
+        bounds = []
+        if self.low > -math.inf:
+            bounds.append(f"{'greater than' if self.low_open else 'at least'} {self.low:g}")
+        if self.high < math.inf:
+            bounds.append(f"{'less than' if self.high_open else 'at most'} {self.high:g}")
+        kind = "a whole number" if whole else "a finite number"
+        if not bounds:
+            return kind
+        return f"{kind}{' of' if bounds[0].startswith('at') else ''} {' and '.join(bounds)}"
+
+
+AT_LEAST_0 = Allowed(0)
+AT_LEAST_1 = Allowed(1)
+POSITIVE = Allowed(0, low_open=True)
+FRACTION = Allowed(0, 1)  # 0 to 1, both included
+PROBABILITY = Allowed(0, 1, high_open=True)  # dropout: 0 is off, 1 would drop everything
+ANY_FINITE = Allowed()
+# model_hparam_overrides entries (ModelConfig fields); hidden_act is checked by ModelConfig itself.
+MODEL_RANGES: dict[str, Allowed] = {
+    "vocab_size": AT_LEAST_1,
+    "embedding_size": AT_LEAST_1,
+    "hidden_size": AT_LEAST_1,
+    "num_hidden_layers": AT_LEAST_1,
+    "num_attention_heads": AT_LEAST_1,
+    "intermediate_size": AT_LEAST_1,
+    "hidden_dropout_prob": PROBABILITY,
+    "attention_probs_dropout_prob": PROBABILITY,
+    "max_position_embeddings": AT_LEAST_1,
+    "type_vocab_size": AT_LEAST_1,
+    "initializer_range": POSITIVE,
+    "layer_norm_eps": POSITIVE,
+    "pad_token_id": AT_LEAST_0,
 }
 
 
@@ -193,6 +248,14 @@ class PretrainingConfig:
     def generator_config(self, discriminator: ModelConfig) -> ModelConfig:
         """The reference's get_generator_config: a fraction of the discriminator's width and depth."""
         hidden = round(discriminator.hidden_size * self.generator_hidden_size)
+        heads = max(1, hidden // 64)
+        if hidden < 1 or hidden % heads:
+            raise UserError(
+                f"generator_hidden_size {self.generator_hidden_size} of the discriminator's hidden_size "
+                f"{discriminator.hidden_size} gives a generator of width {hidden}, "
+                + ("less than 1" if hidden < 1 else f"not a multiple of its {heads} attention heads (width // 64)")
+                + ": choose another generator_hidden_size"
+            )
         embedding = hidden if self.untied_generator_embeddings else discriminator.embedding_size
         return dataclasses.replace(
             discriminator,
@@ -200,7 +263,7 @@ class PretrainingConfig:
             embedding_size=embedding,
             num_hidden_layers=round(discriminator.num_hidden_layers * self.generator_layers),
             intermediate_size=4 * hidden,
-            num_attention_heads=max(1, hidden // 64),
+            num_attention_heads=heads,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,11 +344,71 @@ class FinetuningConfig:
         return dataclasses.asdict(self)
 
 
+# The numeric hparams' ranges, checked (with NaN and infinity refused) where the typed config is built. Values the
+# reference gives a meaning stay allowed: num_warmup_steps 0, keep_checkpoint_max 0 (keep all), weight decay 0,
+# a loss weight 0, layerwise_lr_decay 0 (off), learning_rate 0 (train without moving the weights).
+SHARED_RANGES: dict[str, Allowed] = {
+    "learning_rate": AT_LEAST_0,
+    "weight_decay_rate": AT_LEAST_0,
+    "iterations_per_loop": AT_LEAST_1,
+    "save_checkpoints_steps": AT_LEAST_1,
+    "keep_checkpoint_max": Allowed(0, text="a whole number of at least 0 (0 keeps all)"),
+    "embedding_size": AT_LEAST_1,
+    "vocab_size": AT_LEAST_1,
+    "train_batch_size": AT_LEAST_1,
+    "eval_batch_size": AT_LEAST_1,
+    "seed": AT_LEAST_0,
+    "gradient_accumulation_steps": AT_LEAST_1,
+    "log_every_steps": AT_LEAST_1,
+    "max_nonfinite_steps": AT_LEAST_1,
+}
+HPARAM_RANGES: dict[type, dict[str, Allowed]] = {
+    PretrainingConfig: {
+        **SHARED_RANGES,
+        "gen_weight": AT_LEAST_0,
+        "disc_weight": AT_LEAST_0,
+        "mask_prob": Allowed(0, 1, low_open=True, high_open=True, text="between 0 and 1 (both excluded)"),
+        "lr_decay_power": Allowed(0, text="a finite number of at least 0 (0 keeps the learning rate constant)"),
+        "num_warmup_steps": AT_LEAST_0,
+        "num_train_steps": AT_LEAST_1,
+        "num_eval_steps": AT_LEAST_0,
+        "generator_layers": POSITIVE,  # fractions of the discriminator; the paper also tries larger generators
+        "generator_hidden_size": POSITIVE,
+        "temperature": POSITIVE,
+        "max_seq_length": Allowed(3, text="a whole number of at least 3 ([CLS] x [SEP])"),
+        "max_eval_share": Allowed(0, 1, high_open=True),
+        "length_groups": Allowed(0, text="0 (automatic) or a number of pieces, 1 or more"),
+    },
+    FinetuningConfig: {
+        **SHARED_RANGES,
+        "num_trials": AT_LEAST_1,
+        "layerwise_lr_decay": Allowed(0, 1, text="between 0 (off) and 1"),
+        "num_train_epochs": POSITIVE,
+        "warmup_proportion": FRACTION,
+        "n_writes_test": AT_LEAST_0,
+        "max_seq_length": Allowed(8, text="a whole number of at least 8"),
+        "predict_batch_size": AT_LEAST_1,
+        "max_query_length": AT_LEAST_1,
+        "doc_stride": AT_LEAST_1,
+        "n_best_size": AT_LEAST_1,
+        "max_answer_length": AT_LEAST_1,
+        "answerable_weight": AT_LEAST_0,
+        "beam_size": AT_LEAST_1,
+        "qa_na_threshold": ANY_FINITE,
+        "max_grad_norm": POSITIVE,
+    },
+}
+
+
 def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
     """The reference's precedence: defaults < per-task defaults < per-size defaults < debug < user values."""
     values = _known_values(hparams, FinetuningConfig)
     if isinstance(values.get("task_names"), str):
         values["task_names"] = [name.strip() for name in values["task_names"].split(",") if name.strip()]
+    if not _matches(values.get("task_names", []), "list[str]"):
+        raise UserError(
+            f'task_names {values["task_names"]!r} must be a list of task names such as ["sst"] (or "sst,cola")'
+        )
     if not values.get("task_names", FinetuningConfig().task_names):
         raise UserError('task_names is empty: name at least one task, e.g. "task_names": ["sst"]')
     task_names = values.get("task_names", FinetuningConfig().task_names)
@@ -306,12 +429,7 @@ def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
     if values.get("debug"):
         resolved.update(num_trials=1, train_batch_size=32, num_train_epochs=3.0, save_checkpoints_steps=1_000_000)
     resolved.update(values)
-    config = _typed_config(FinetuningConfig, resolved)
-    if config.num_trials < 1:
-        raise UserError(f"num_trials {config.num_trials} must be at least 1")
-    if not 0 <= config.layerwise_lr_decay <= 1:
-        raise UserError(f"layerwise_lr_decay {config.layerwise_lr_decay} must be between 0 (off) and 1")
-    return config
+    return _typed_config(FinetuningConfig, resolved)
 
 
 def encoder_config(config: PretrainingConfig | FinetuningConfig, vocab_size: int, pad_token_id: int) -> ModelConfig:
@@ -384,6 +502,8 @@ def with_inherited_shape(hparams: dict[str, Any], folder: Path, generator: bool 
     """`hparams` completed with the shape of the weights in `folder` (see inherited_shape). Shape hparams the user
     gave that agree with the recorded ones (the reference's examples always pass "model_size") still let the rest
     be inherited; one that disagrees means the user sets the shape, and loading the weights says what differs."""
+    if hparams.get("model_hparam_overrides") == {}:  # no overrides: the same as leaving the hparam out
+        hparams = {key: value for key, value in hparams.items() if key != "model_hparam_overrides"}
     inherited = inherited_shape(folder, generator)
     given = [key for key in SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ()) if key in hparams]
     if any(key in inherited and inherited[key] != hparams[key] for key in given):
@@ -442,10 +562,11 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
             f"{setting} does not go with Electric: its noise distribution must be the two-tower cloze model's, "
             "whose probabilities the loss corrects for; remove that hparam"
         )
-    if not 0 < config.mask_prob < 1:
-        raise UserError(f"mask_prob {config.mask_prob} must be between 0 and 1")
-    if config.length_groups < 0:
-        raise UserError(f"length_groups {config.length_groups} must be 0 (automatic) or a number of pieces, 1 or more")
+    if config.max_predictions_per_seq < 1:
+        raise UserError(
+            f"mask_prob {config.mask_prob} of max_seq_length {config.max_seq_length} masks no token "
+            f"(max_predictions_per_seq is {config.max_predictions_per_seq}): raise mask_prob or max_seq_length"
+        )
     return config
 
 
@@ -454,7 +575,7 @@ def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
     check_names(hparams, {item.name for item in dataclasses.fields(cls)} | IGNORED_HPARAMS, "hparam")
     values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
     size = values.get("model_size", cls.model_size)
-    if size not in SIZE_PRESETS:
+    if not isinstance(size, str) or size not in SIZE_PRESETS:
         raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")
     overrides = values.get("model_hparam_overrides", {})
     if not isinstance(overrides, dict):
@@ -470,17 +591,36 @@ def _typed_config(cls: type, resolved: dict[str, Any]) -> Any:
         expected = fields[name].type
         if value is not None and not _matches(value, expected):
             raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
+    _check_ranges(resolved, cls, HPARAM_RANGES[cls])
+    model_fields = {item.name: item.type for item in dataclasses.fields(ModelConfig)}
+    overrides = resolved.get("model_hparam_overrides") or {}
+    for name, value in overrides.items():
+        if not _matches(value, model_fields[name]):
+            raise UserError(f"model_hparam_overrides entry {name!r} should be {model_fields[name]}, got {value!r}")
+    _check_ranges(overrides, ModelConfig, MODEL_RANGES, "model_hparam_overrides entry ")
     config = cls(**resolved)
     if isinstance(config.compile, str) and config.compile not in COMPILE_MODES:
         raise UserError(f"compile {config.compile!r}: use true, false or one of {', '.join(COMPILE_MODES)}")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"precision {config.precision!r} is not one of auto, bf16, fp32")
-    if config.gradient_accumulation_steps < 1 or config.train_batch_size % config.gradient_accumulation_steps:
+    if config.train_batch_size % config.gradient_accumulation_steps:
         raise UserError(
             f"train_batch_size {config.train_batch_size} must be a multiple of "
             f"gradient_accumulation_steps {config.gradient_accumulation_steps}"
         )
     return config
+
+
+def _check_ranges(values: dict[str, Any], cls: type, ranges: dict[str, Allowed], prefix: str = "") -> None:
+    """Each value of `values` (already of its field of `cls`'s type) inside its range of `ranges`, else a UserError
+    naming the hparam, the value and the range."""
+    types = {item.name: item.type for item in dataclasses.fields(cls)}
+    for name, value in values.items():
+        allowed = ranges.get(name)
+        if allowed is None or value is None or isinstance(value, bool) or allowed.admits(value):
+            continue
+        whole = "int" in types[name] and "float" not in types[name]
+        raise UserError(f"{prefix}{name} {value!r} must be {allowed.describe(whole)}")
 
 
 def _matches(value: Any, annotation: str) -> bool:
