@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from electra.errors import UserError
-from electra.fileio import read_text
+from electra.fileio import read_json, read_text, require_file
 
 # The paper's Table 6 (the reference keeps the base/large values in a comment of configure_pretraining.py).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
@@ -466,7 +466,7 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     generator's width and depth from a generator/ beside it)."""
     names = SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ())
     if (folder / "pretrain_config.json").is_file():
-        recorded = json.loads((folder / "pretrain_config.json").read_text())
+        recorded = read_json(folder / "pretrain_config.json")
         shape = {key: recorded[key] for key in names if key in recorded}
         if recorded.get("debug"):  # "debug": true trained the debug shape, whatever the size said
             shape["model_hparam_overrides"] = {**shape.get("model_hparam_overrides", {}), **DEBUG_SHAPE}
@@ -479,7 +479,7 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     hf_folder = folder / "discriminator" if (folder / "discriminator" / "config.json").is_file() else folder
     if not (hf_folder / "config.json").is_file():
         return {}
-    config = json.loads((hf_folder / "config.json").read_text())
+    config = read_json(hf_folder / "config.json")
     layout = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     if any(name not in config for name in layout):
         return {}
@@ -491,7 +491,7 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
     }
     generator_file = folder / "generator" / "config.json"
     if generator and hf_folder != folder and generator_file.is_file():  # a Hugging Face pair, e.g. Google's releases
-        generator_config = json.loads(generator_file.read_text())
+        generator_config = read_json(generator_file)
         if all(name in generator_config for name in ("hidden_size", "num_hidden_layers")):
             shape["generator_hidden_size"] = generator_config["hidden_size"] / config["hidden_size"]
             shape["generator_layers"] = generator_config["num_hidden_layers"] / config["num_hidden_layers"]
@@ -516,12 +516,13 @@ def parse_hparams(text: str) -> dict[str, Any]:
     source = "--hparams"
     if text.strip().endswith(".json") or (not text.lstrip().startswith("{") and os.path.isfile(text)):
         path = Path(text)
-        if not path.is_file():
-            raise UserError(f"--hparams file {path} does not exist")
+        require_file(path, "--hparams file")
         source, text = str(path), read_text(path)
     try:
         values = json.loads(text)
     except json.JSONDecodeError as error:
+        if source == "--hparams" and not text.lstrip().startswith(("{", "[")):  # a mistyped file name, most likely
+            raise UserError(f"--hparams {text!r} is neither a JSON object nor a file that exists") from None
         raise UserError(
             f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}; "
             "write e.g. '{\"debug\": true}'"
