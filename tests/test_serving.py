@@ -62,17 +62,23 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         assert tagging_input.status_code == 422 and "for taggers" in tagging_input.json()["detail"]
 
 
-def test_concurrent_requests_share_batches(classifier: Path) -> None:
-    app = create_app(classifier, ServeLimits(batch_wait_ms=200))
-    batcher = app.state.batcher
+def recorded_batch_sizes(app) -> list[int]:
+    """The sizes of the batches the app's model runs from now on (a list that fills as it runs them)."""
     sizes: list[int] = []
-    original = batcher.predictor.predict
+    predictor = app.state.batcher.predictor
+    original = predictor.predict
 
     def recording(examples: list, batch_size: int) -> list[dict]:
         sizes.append(len(examples))
         return original(examples, batch_size)
 
-    batcher.predictor.predict = recording
+    predictor.predict = recording
+    return sizes
+
+
+def test_concurrent_requests_share_batches(classifier: Path) -> None:
+    app = create_app(classifier, ServeLimits(batch_wait_ms=200))
+    sizes = recorded_batch_sizes(app)
     texts = [f"the movie was {word}" for word in ("good", "bad", "great", "awful", "fine", "poor")]
     with TestClient(app) as client:
         alone = [client.post("/predict", json={"texts": [text]}).json()["predictions"][0] for text in texts]
@@ -95,15 +101,7 @@ def test_concurrent_requests_share_batches(classifier: Path) -> None:
 
 def test_text_not_encodable_as_utf8_is_refused_before_the_model(classifier: Path) -> None:
     app = create_app(classifier)
-    batcher = app.state.batcher
-    sizes: list[int] = []
-    original = batcher.predictor.predict
-
-    def recording(examples: list, batch_size: int) -> list[dict]:
-        sizes.append(len(examples))
-        return original(examples, batch_size)
-
-    batcher.predictor.predict = recording
+    sizes = recorded_batch_sizes(app)
     headers = {"content-type": "application/json"}
     with TestClient(app) as client:
         # Valid JSON (httpx would not encode it), decoding to a lone surrogate that UTF-8 cannot hold.
