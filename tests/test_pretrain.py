@@ -202,10 +202,10 @@ def test_unknown_and_malformed_hparams_are_clear_errors(tmp_path: Path, capsys):
         build_pretraining_config({"num_train_steps": "many"})
     with pytest.raises(UserError, match="not valid JSON"):
         parse_hparams("{debug: true}")
-    with pytest.raises(UserError, match="--hparams 'hparams.jsn' is neither a JSON object nor a file that exists"):
+    with pytest.raises(UserError, match=r"--hparams 'hparams\.jsn' is neither a JSON object nor a file that exists"):
         parse_hparams("hparams.jsn")
     (tmp_path / "dir.json").mkdir()
-    with pytest.raises(UserError, match="dir.json is a folder: give the file itself"):
+    with pytest.raises(UserError, match=r"dir\.json is a folder: give the file itself"):
         parse_hparams(str(tmp_path / "dir.json"))
     file = tmp_path / "hparams.json"
     file.write_text('{"model_size": "base"}')
