@@ -19,6 +19,7 @@ from electra.finetune import (
     FinetuningModel,
     TaskHead,
     collate,
+    describe_finetuning,
     layerwise_param_groups,
     load_encoder_weights,
     prepare_finetuning,
@@ -593,6 +594,8 @@ def test_evaluating_a_fine_tuned_model_named_by_init_checkpoint(finetuned_classi
     hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "do_train": False, "do_eval": True}
     outcome = run_finetuning(root, "evaluator", {**hparams, "init_checkpoint": str(finetuned_classifier.parent)})
     assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    assert f"trial 1: model in {finetuned_classifier}\n" in describe_finetuning(outcome)  # the model it evaluated
+    assert outcome["results_file"].name == f"tickets_results_of_{finetuned_classifier.parent.name}.txt"
     # The hparams of the training run, init_checkpoint included, evaluate that run's own trials as before.
     trained = {**hparams, "init_checkpoint": None, "vocab_file": str(root / "vocab.txt")}
     assert run_finetuning(root, "m", trained)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90

@@ -148,7 +148,74 @@ def test_over_long_questions_are_cut_and_reported_once(tmp_path: Path, capsys: p
     assert [VOCAB[i] for i in features[0].input_ids[:5]] == ["[CLS]", "who", "was", "the", "[SEP]"]
     assert features[0].start_position == 5 + 3  # "john", the 4th context word, after [CLS] + 3 pieces + [SEP]
     err = capsys.readouterr().err
-    assert err.count("longer than max_query_length (3 word pieces) were cut") == 1
+    assert err.count("longer than max_query_length (3 word pieces) are cut to it, as the reference does (1 of") == 1
+
+
+def test_answers_and_offsets_are_cut_from_the_context_itself() -> None:
+    """A span's text and offsets come from the context as written: across two spaces or a line break, and at the
+    occurrence the model chose, not the first with the same words."""
+    import numpy as np
+
+    from electra.modeling import QAHeadConfig
+    from electra.qa import QADecoding, best_answer, records_to_examples
+
+    context = "John  Smith was the leader.\nJohn Smith was born (1895-1943)."
+    (example,) = records_to_examples("q.jsonl", [(1, {"context": context, "question": "who ?"})])
+    featurizer = QAFeaturizer(VOCAB, 64, 16, 32)
+    (feature,) = featurizer.features([example])
+    positions = [position for position, token in enumerate(feature.input_ids) if VOCAB[token] in ("john", "smith")]
+    for (start, end), expected_start in [(positions[:2], 0), (positions[2:], context.index("John Smith"))]:
+        output = np.full((len(feature.input_ids), 2), -10.0, dtype=np.float32)
+        output[start, 0] = output[end, 1] = 10.0
+        found = best_answer(example, [(feature, output)], VOCAB, featurizer.tokenizer, QAHeadConfig(), QADecoding())
+        assert found["start"] == expected_start
+        assert found["answer"] == context[found["start"] : found["end"]]
+    assert found["answer"] == "John Smith" and expected_start > 0  # the second one, not the first "John  Smith"
+
+
+def test_malformed_qa_files_are_named_where_they_break(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = {"id": "q1", "question": "who ?", "answers": [{"text": "john", "answer_start": 15}]}
+    context = "the leader was john smith"
+    for qas, message in [
+        ([{**good, "id": None}], r"paragraph 1, question 1: no \"id\""),
+        ([{key: value for key, value in good.items() if key != "question"}], r"question q1: no \"question\""),
+        ([{**good, "answers": [{"answer_start": 15}]}], r"question q1: each answer needs its \"text\""),
+        ([{**good, "answers": [{"text": "john", "answer_start": "15"}]}], 'needs a "text" string and an integer'),
+    ]:
+        with pytest.raises(UserError, match=message):
+            read_squad(squad_file(tmp_path, context, qas), training=True, v2=False)
+    path = squad_file(tmp_path, context, [good])
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context, "questions": []}]}]}))
+    with pytest.raises(UserError, match=r"article 1, paragraph 1: no \"qas\" list"):
+        read_squad(path, training=False, v2=False)
+    # Scored splits: ids are unique and every answerable question has a gold answer (the official scripts need it).
+    twice = squad_file(tmp_path, context, [good, good])
+    assert len(read_squad(twice, training=True, v2=False)) == 2
+    with pytest.raises(UserError, match="question id 'q1' appears twice"):
+        read_squad(twice, training=False, v2=False, scored=True)
+    unanswered = squad_file(tmp_path, context, [{**good, "answers": []}])
+    with pytest.raises(UserError, match=r"'q1' has no gold answer .*SQuAD 2\.0 data goes to the task squad"):
+        read_squad(unanswered, training=False, v2=False, scored=True)
+    # An empty context: skipped from training, kept (answered "") where questions are scored.
+    empty = squad_file(tmp_path, "  ", [good])
+    assert read_squad(empty, training=True, v2=False) == []
+    assert "skipped 1 training question(s)" in capsys.readouterr().err
+    (kept,) = read_squad(empty, training=False, v2=False, scored=True)
+    assert kept.doc_tokens == [] and "1 question(s) have an empty context" in capsys.readouterr().err
+    assert QAFeaturizer(VOCAB, 32, 8, 16).features([kept])  # one window without context: answered ""
+    mrqa = tmp_path / "dev.jsonl"
+    mrqa.write_text('{"header": {"dataset": "x"}}\n{"context": "a b", "qas": [{"qid": "m1", "question": "a ?"}]}\n')
+    with pytest.raises(UserError, match=r"dev\.jsonl: question 'm1' has no gold answer"):
+        read_mrqa(mrqa, training=False, scored=True)
+    mrqa.write_text('{"context": "a b", "qas": [{"qid": "m1", "question": "a ?", "detected_answers": 5}]}\n')
+    assert read_mrqa(mrqa, training=True) == []  # no usable answer: counted and skipped, as a misplaced one
+    # `electra predict` takes an MRQA file as it comes (a header line first) and says what a QA model reads.
+    from electra.finetune import read_questions
+
+    mrqa.write_text('{"header": {"dataset": "x"}}\n{"context": "a b", "qas": [{"qid": "m1", "question": "a ?"}]}\n')
+    assert [example.qas_id for example in read_questions(mrqa)] == ["m1"]
+    with pytest.raises(UserError, match=r"questions\.txt: a question-answering model reads JSONL"):
+        read_questions(tmp_path / "questions.txt")
 
 
 def test_max_context_prefers_centered_windows() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import socket
 import sys
@@ -15,6 +16,7 @@ from electra.config import COMPACT_SHAPE
 from electra.errors import UserError
 
 DEFAULT_QUICKSTART_DIR = "electra-quickstart"
+MIN_VOCAB_SIZE = 6  # the five special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) and at least one more
 QUICKSTART_VOCAB_SIZE = 8000
 QUICKSTART_STEPS = 300
 QUICKSTART_HPARAMS = {
@@ -39,6 +41,23 @@ def _at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _number(minimum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number, of at least `minimum` when one is given (nan and inf are mistakes)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
         return value
 
     return parse
@@ -123,15 +142,22 @@ def _add_vocab_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--corpus-dir", required=True, help="folder of UTF-8 text files (searched recursively)")
     parser.add_argument("--output", required=True, help="where to write vocab.txt (a file, or a folder to hold it)")
-    parser.add_argument("--vocab-size", type=int, default=30522, help="number of tokens (default: 30522, as BERT)")
+    parser.add_argument(
+        "--vocab-size",
+        type=_at_least(MIN_VOCAB_SIZE),
+        default=30522,
+        help="number of tokens (default: 30522, as BERT)",
+    )
     _add_casing_flags(parser)
     parser.add_argument(
         "--limit-alphabet",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="most single characters to keep (default: those covering 99.99%% of the text)",
     )
-    parser.add_argument("--min-frequency", type=int, default=2, help="least count of a merged piece (default: 2)")
+    parser.add_argument(
+        "--min-frequency", type=_at_least(0), default=2, help="least count of a merged piece (default: 2)"
+    )
     parser.set_defaults(run=_run_vocab)
 
 
@@ -187,10 +213,12 @@ def _add_split_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--label-column", required=True, help="column of the label")
     parser.add_argument("--text-column", required=True, help="column of the text (duplicates are found on it)")
-    parser.add_argument("--dev", type=float, default=0.1, help="share of each class for dev (default: 0.1)")
-    parser.add_argument("--test", type=float, default=0.1, help="share of each class for test (default: 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default: 0)")
-    parser.add_argument("--train-per-class", type=int, default=None, help="keep only N training examples per class")
+    parser.add_argument("--dev", type=_number(0), default=0.1, help="share of each class for dev (default: 0.1)")
+    parser.add_argument("--test", type=_number(0), default=0.1, help="share of each class for test (default: 0.1)")
+    parser.add_argument("--seed", type=_at_least(0), default=0, help="seed of the shuffle (default: 0)")
+    parser.add_argument(
+        "--train-per-class", type=_at_least(1), default=None, help="keep only N training examples per class"
+    )
     parser.set_defaults(run=_run_split)
 
 
@@ -210,7 +238,7 @@ def _add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus-dir", default=None, help="use this folder of text instead of the built-in corpus")
     parser.add_argument(
         "--vocab-size",
-        type=int,
+        type=_at_least(MIN_VOCAB_SIZE),
         default=QUICKSTART_VOCAB_SIZE,
         help=f"vocabulary size (default: {QUICKSTART_VOCAB_SIZE}, enough for the small corpus)",
     )
@@ -272,7 +300,11 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
     parser.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain-text file")
-    parser.add_argument("--output", default=None, help="JSONL to write (default: <input>.predictions.jsonl)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSONL to write (default: beside the input, reviews.csv giving reviews.predictions.jsonl)",
+    )
     parser.add_argument("--text-column", default=None, help="column of the text (default: the task's, or 'text')")
     parser.add_argument("--text-column-2", default=None, help="column of a pair's second text")
     parser.add_argument(
@@ -298,7 +330,9 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_scoring_arguments(parser)
     parser.add_argument("--input", required=True, help="plain text (one text a line) or JSONL")
-    parser.add_argument("--output", default=None, help="JSONL to write (default: <input>.scores.jsonl)")
+    parser.add_argument(
+        "--output", default=None, help="JSONL to write (default: beside the input, texts.txt giving texts.scores.jsonl)"
+    )
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     parser.set_defaults(run=_run_score)
 
@@ -313,14 +347,18 @@ def _add_rerank_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_scoring_arguments(parser)
     parser.add_argument("--nbest", required=True, help="n-best lists, JSONL")
-    parser.add_argument("--weight", type=float, default=1.0, help="weight of the language-model score (default: 1)")
+    parser.add_argument("--weight", type=_number(), default=1.0, help="weight of the language-model score (default: 1)")
     parser.add_argument(
         "--references",
         default=None,
         help='reference transcripts: JSONL {"id", "text"} or plain text, one line per list (or a "reference" '
         "field in each n-best row)",
     )
-    parser.add_argument("--output", default=None, help="JSONL to write (default: <nbest>.reranked.jsonl)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSONL to write (default: beside the n-best file, nbest.jsonl giving nbest.reranked.jsonl)",
+    )
     parser.set_defaults(run=_run_rerank)
 
 
@@ -346,7 +384,8 @@ def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-seq-length",
         type=_at_least(3),
         default=128,
-        help="longer texts are cut (default: 128; [CLS] x [SEP] needs 3)",
+        help="tokens per window: a longer text is scored in windows of this length overlapping by half "
+        "(default: 128; [CLS] x [SEP] needs 3)",
     )
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
@@ -358,8 +397,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a fine-tuned model over HTTP (JSON)",
         description='An HTTP JSON service for a fine-tuned model: POST /predict with {"texts": [...]} '
-        '(or "pairs", or "tokens" for taggers), GET /health, OpenAPI docs at /docs. Concurrent requests '
-        'share batches. Needs the serve extra: pip install "electra[serve]".',
+        '(or "pairs", "tokens" for taggers, "questions" for question answering), GET /health, OpenAPI docs at '
+        '/docs. Concurrent requests share batches. Needs the serve extra: pip install "electra[serve]".',
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -370,7 +409,10 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--max-batch-size", type=_at_least(1), default=64, help="examples per model batch (default: 64)"
     )
     parser.add_argument(
-        "--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default: 2)"
+        "--batch-wait-ms",
+        type=_number(0),
+        default=2.0,
+        help="how long a batch waits for more requests, 0 or more (default: 2)",
     )
     parser.set_defaults(run=_run_serve)
 
@@ -382,9 +424,9 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         description="hf: a folder transformers loads with from_pretrained (model and tokenizer), for a fine-tuned "
         "model or a pre-trained model's discriminator and generator. onnx: a fine-tuned model as model.onnx "
         "(dynamic batch and sequence axes), checked against PyTorch with onnxruntime; --quantize int8 stores "
-        "its weights as 8-bit integers (smaller, faster on CPUs). tf: a pre-trained ELECTRA model as a TensorFlow "
-        "checkpoint of the reference (google-research/electra), with its optimizer state and step, which its "
-        "run_finetuning.py starts from and its run_pretraining.py continues.",
+        "its weights as 8-bit integers (smaller, faster on CPUs). tf: a pre-trained model (ELECTRA, masked LM or "
+        "Electric) as a TensorFlow checkpoint of the reference (google-research/electra), with its optimizer state "
+        "and step, which its run_finetuning.py starts from and its run_pretraining.py continues.",
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder or a pre-trained model folder")
     parser.add_argument("--format", choices=("hf", "onnx", "tf"), required=True, help="what to write")
@@ -417,7 +459,8 @@ def _add_plot_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "plot",
         help="draw a model's training curves to a PNG",
-        description="Plot loss and accuracy curves from <model-dir>/logs/metrics.jsonl.",
+        description="Plot the total, generator (MLM) and discriminator losses, the accuracies, the learning rate "
+        "and the throughput from <model-dir>/logs/metrics.jsonl.",
     )
     parser.add_argument("model_dir", help="a model folder written by `electra pretrain`")
     parser.add_argument("--output", default=None, help="PNG path (default: <model-dir>/logs/curves.png)")
@@ -640,7 +683,7 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     from electra.default_corpus import write_stdlib_corpus
     from electra.plotting import plot_training_curves
     from electra.pretrain import run_pretraining
-    from electra.pretrain_data import build_pretraining_data
+    from electra.pretrain_data import BuiltWithOtherSettings, build_pretraining_data
 
     data_dir = Path(args.data_dir)
     if args.corpus_dir is None:
@@ -660,10 +703,23 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         print("[2/5] vocabulary: ", end="", flush=True)
         _train_and_write_vocab(corpus_dir, vocab_file, args.vocab_size, do_lower_case=True, strip_accents=True)
     print("[3/5] pre-training data: ", end="", flush=True)
-    summary = build_pretraining_data(
-        corpus_dir, vocab_file, data_dir / "pretrain_data", num_processes=args.num_processes
-    )
-    print(summary.describe())
+    data_path = data_dir / "pretrain_data"
+    try:
+        summary = build_pretraining_data(corpus_dir, vocab_file, data_path, num_processes=args.num_processes)
+    except BuiltWithOtherSettings as error:  # build-data's own advice names flags that quickstart does not have
+        model_dir = data_dir / "models" / "electra_tiny"
+        also = f" (and {model_dir}, pre-trained on the old data)" if model_dir.exists() else ""
+        raise UserError(
+            f"{data_path} already holds pre-training data built with other settings (differing: "
+            f"{', '.join(error.differing)}): delete {data_path}{also} to build it again, or choose another --data-dir"
+        ) from None
+    if summary.skipped:
+        print(
+            f"keeping {data_path}, built from this corpus with these settings: nothing to do "
+            "(delete it to build it again)"
+        )
+    else:
+        print(summary.describe())
     print(f"[4/5] pre-training a tiny ELECTRA for {args.train_steps} steps (re-run to resume if interrupted)")
     hparams = {
         **QUICKSTART_HPARAMS,

@@ -1079,6 +1079,9 @@ def write_results(run: FinetuningRun, scores: list[dict[str, dict[str, float]]])
     for key, stats in summary.items():
         lines.append(f"{key} over {len(scores)} trial(s): " + ", ".join(f"{k} {v:.2f}" for k, v in stats.items()))
     base = folder / f"{run.tasks_name}_results"
+    if run.finetuned_model is not None:  # one named model evaluated: beside, not over, its training run's results
+        named = run.finetuned_model.parent if run.finetuned_model.name == "model" else run.finetuned_model
+        base = folder / f"{run.tasks_name}_results_of_{named.name}"
     write_text_atomic(base.with_suffix(".txt"), "\n".join(lines) + "\n")
     payload = {"trials": scores, "summary": summary, "hparams": run.hparams}
     write_text_atomic(base.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
@@ -1115,10 +1118,10 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
     outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}
     for trial in range(1, config.num_trials + 1):
         trial_dir = run.trial_dir(trial)
+        exported = run.finetuned_model or trial_dir / "model"
         if config.do_train:
             model = train_trial(run, data, trial, featurizer, processes)
         else:
-            exported = run.finetuned_model or trial_dir / "model"
             config_file = task_model_dir(exported, data, data[0]) / "config.json"
             if not config_file.is_file():
                 raise UserError(
@@ -1146,7 +1149,7 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         if not config.keep_all_models and trial < config.num_trials and processes.is_main:
             shutil.rmtree(trial_dir, ignore_errors=True)
         scores.append(trial_scores)
-        outcome["trials"].append({"dir": trial_dir, "scores": trial_scores})
+        outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": trial_scores})
     if config.do_eval and processes.is_main:
         outcome["results_file"] = write_results(run, scores)
         outcome["summary"] = summarise_trials(scores)
@@ -1156,7 +1159,7 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
 def describe_finetuning(outcome: dict[str, Any]) -> str:
     lines = []
     for trial, entry in enumerate(outcome["trials"], 1):
-        lines.append(f"trial {trial}: model in {entry['dir'] / 'model'}")
+        lines.append(f"trial {trial}: model in {entry['model']}")
         for key, metrics in entry["scores"].items():
             lines.append(f"  {key}: " + ", ".join(f"{metric} {value:.2f}" for metric, value in metrics.items()))
     if len(outcome["trials"]) > 1 and "summary" in outcome:
@@ -1285,10 +1288,15 @@ class Predictor:
 
 def read_questions(path: Path) -> list[Any]:
     """Questions to answer: a SQuAD/MRQA file, or JSONL with "context" and "question" (and an optional "id")."""
+    if path.suffix not in (".json", ".jsonl"):
+        raise UserError(
+            f'{path}: a question-answering model reads JSONL, one {{"context": ..., "question": ...}} a line, or a '
+            "SQuAD (.json) or MRQA (.jsonl) file"
+        )
     if path.suffix == ".json":
         return read_squad(path, training=False, v2=False)
     rows = read_jsonl_rows(path)
-    if rows and "qas" in rows[0][1]:
+    if any("qas" in row for _, row in rows):  # MRQA: its first line is a header
         return read_mrqa(path, training=False, rows=rows)
     return records_to_examples(path, rows)
 

@@ -2,10 +2,10 @@
 
 Model folder (`<data-dir>/models/<model-name>/`, as the reference):
   pretrain_config.json     the resolved hparams and the train/eval split
-  checkpoints/step-N/      model.safetensors (all weights), trainer_state.pt (optimizer, step)
+  checkpoints/step-00000020/  model.safetensors (all weights), trainer_state.pt (optimizer, step), step.json
   discriminator/           config.json + model.safetensors + vocab.txt, Hugging Face ElectraForPreTraining names
   generator/               the same for ElectraForMaskedLM (the whole model when training plain MLM)
-  logs/                    metrics.jsonl and TensorBoard event files
+  logs/                    metrics.jsonl, and TensorBoard event files where tensorboard is installed
   results/                 unsup_results.txt / .json from "do_eval"
 """
 

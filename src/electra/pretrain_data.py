@@ -94,6 +94,17 @@ class ExampleBuilder:
         return first, second
 
 
+class BuiltWithOtherSettings(UserError):
+    """An output folder already holds data built from other inputs or settings (`differing` says which)."""
+
+    def __init__(self, output_dir: Path, differing: list[str]):
+        self.output_dir, self.differing = output_dir, differing
+        super().__init__(
+            f"{output_dir} already holds pre-training data built with other settings "
+            f"(differing: {', '.join(differing)}): pass --overwrite to replace it, or choose another --output-dir"
+        )
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     max_seq_length: int = 128
@@ -317,11 +328,7 @@ def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
                 differing.append({"corpus": "the corpus files", "vocab_sha256": "the vocabulary"}.get(key, key))
         if not differing:
             return False
-        raise UserError(
-            f"{output_dir} already holds pre-training data built with other settings "
-            f"(differing: {', '.join(differing)}): pass --overwrite to replace it, "
-            "or choose another --output-dir"
-        )
+        raise BuiltWithOtherSettings(output_dir, differing)
     leftovers = _our_files(output_dir)
     if leftovers and not metadata_path.exists():
         print(f"note: removing {len(leftovers)} file(s) of an unfinished build in {output_dir}", file=sys.stderr)

@@ -38,6 +38,7 @@ class QAExample:
     gold_answers: list[str] = field(default_factory=list)  # every annotated answer, for scoring
     context: str = ""
     word_offsets: list[int] = field(default_factory=list)  # character offset of each word in the context
+    source: str = ""  # file:line of a question read for prediction from JSONL
 
 
 @dataclass
@@ -54,16 +55,25 @@ class QAFeature:
 
 @dataclass
 class ReadReport:
-    """Answers that could not be placed in their context (skipped from training), for one clear message."""
+    """Questions read with a problem, for one clear message a file: training answers that could not be placed in
+    their context (skipped from training), and questions whose context is empty (kept outside training)."""
 
     failures: list[str] = field(default_factory=list)
+    empty_contexts: list[str] = field(default_factory=list)
 
     def warn(self, path: Path) -> None:
         if self.failures:
             shown = "; ".join(self.failures[:3])
             print(
-                f"warning: {path}: skipped {len(self.failures)} training question(s) whose answer is not at its "
-                f"offsets ({shown}{' ...' if len(self.failures) > 3 else ''})",
+                f"warning: {path}: skipped {len(self.failures)} training question(s) whose answer is missing or "
+                f"not at its offsets ({shown}{' ...' if len(self.failures) > 3 else ''})",
+                file=sys.stderr,
+            )
+        if self.empty_contexts:
+            print(
+                f"warning: {path}: {len(self.empty_contexts)} question(s) have an empty context "
+                f"({', '.join(self.empty_contexts[:3])}{' ...' if len(self.empty_contexts) > 3 else ''}): they are "
+                'answered "", which scores 0 unless the question has no answer',
                 file=sys.stderr,
             )
 
@@ -90,76 +100,144 @@ def split_context(text: str) -> tuple[list[str], list[int]]:
     return words, char_to_word
 
 
+def _gold_answers(qa: dict[str, Any], place: str) -> list[str]:
+    """Every annotated answer's text: SQuAD's {"text", "answer_start"} objects, or MRQA's strings."""
+    answers = qa.get("answers", [])
+    if not isinstance(answers, list):
+        raise UserError(f'{place}: "answers" must be a list')
+    texts = [
+        answer if isinstance(answer, str) else answer.get("text") if isinstance(answer, dict) else None
+        for answer in answers
+    ]
+    if any(not isinstance(text, str) for text in texts):
+        raise UserError(f'{place}: each answer needs its "text" as a string')
+    return texts
+
+
+def _training_answer(qa: dict[str, Any], place: str) -> tuple[str, int] | None:
+    """The first annotated answer and its character offset (None when there is none): SQuAD's answers[0] with
+    its answer_start, or MRQA's detected_answers[0] with the start of its first char_spans entry."""
+    if "detected_answers" in qa:  # MRQA
+        detected = qa["detected_answers"]
+        if not isinstance(detected, list) or not detected:
+            return None
+        answer = detected[0]
+        spans = answer.get("char_spans") if isinstance(answer, dict) else None
+        offset = spans[0][0] if isinstance(spans, list) and spans and isinstance(spans[0], list) and spans[0] else None
+    else:
+        answers = qa.get("answers")
+        if not isinstance(answers, list) or not answers:
+            return None
+        answer = answers[0]
+        offset = answer.get("answer_start") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or not isinstance(answer.get("text"), str) or not isinstance(offset, int):
+        raise UserError(f'{place}: the first answer needs a "text" string and an integer offset')
+    return answer["text"], offset
+
+
 def _examples_of_paragraph(
-    context: str, questions: list[dict[str, Any]], training: bool, v2: bool, report: ReadReport
+    context: Any, questions: Any, training: bool, v2: bool, report: ReadReport, where: str
 ) -> list[QAExample]:
+    """The examples of one context and its questions; `where` names them in errors (file and article, or line)."""
+    if not isinstance(context, str):
+        raise UserError(f'{where}: no "context" string')
+    if not isinstance(questions, list):
+        raise UserError(f'{where}: no "qas" list of questions')
     words, char_to_word = split_context(context)
     offsets = [
         index
         for index, word in enumerate(char_to_word)
         if word >= 0 and (index == 0 or char_to_word[index - 1] != word)
     ]
-    if not words:
-        report.failures.extend(f"{qa.get('qid', qa.get('id'))}: empty context" for qa in questions)
-        return []
     examples = []
-    for qa in questions:
-        qas_id = str(qa.get("qid", qa.get("id")))  # MRQA's official script keys by qid; SQuAD has only id
-        golds = [answer if isinstance(answer, str) else answer["text"] for answer in qa.get("answers", [])]
+    for number, qa in enumerate(questions, 1):
+        raw_id = qa.get("qid", qa.get("id")) if isinstance(qa, dict) else None  # MRQA's official script keys by qid
+        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+            raise UserError(f'{where}, question {number}: no "id" (MRQA: "qid"), which predictions are keyed by')
+        qas_id, place = str(raw_id), f"{where}, question {raw_id}"
+        if not isinstance(qa.get("question"), str):
+            raise UserError(f'{place}: no "question" string')
+        golds = _gold_answers(qa, place)
+        if not words:
+            if training:
+                report.failures.append(f"{qas_id}: empty context")
+                continue
+            report.empty_contexts.append(qas_id)
         example = QAExample(qas_id, qa["question"], words, gold_answers=golds, context=context, word_offsets=offsets)
-        if training:
-            example.is_impossible = bool(qa.get("is_impossible", False)) if v2 else False
-            if not example.is_impossible:
-                if "detected_answers" in qa:  # MRQA
-                    answer = qa["detected_answers"][0]
-                    offset = answer["char_spans"][0][0]
-                else:
-                    answer = qa["answers"][0]
-                    offset = answer["answer_start"]
-                text = answer["text"]
-                last = offset + len(text) - 1
-                if not text or last >= len(char_to_word) or offset < 0:
-                    report.failures.append(f"{qas_id}: answer offset {offset} outside the context")
-                    continue
-                start, end = char_to_word[offset], char_to_word[last]
-                found = " ".join(words[start : end + 1]).lower()
-                if " ".join(text.split()).lower() not in found:
-                    report.failures.append(f"{qas_id}: {text!r} is not at offset {offset}")
-                    continue
-                example.answer_text, example.start_word, example.end_word = text, start, end
+        example.is_impossible = bool(qa.get("is_impossible", False)) if v2 else False
+        if training and not example.is_impossible:
+            found = _training_answer(qa, place)
+            if found is None:
+                report.failures.append(f"{qas_id}: no answer")
+                continue
+            text, offset = found
+            last = offset + len(text) - 1
+            if not text or last >= len(char_to_word) or offset < 0:
+                report.failures.append(f"{qas_id}: answer offset {offset} outside the context")
+                continue
+            start, end = char_to_word[offset], char_to_word[last]
+            if " ".join(text.split()).lower() not in " ".join(words[start : end + 1]).lower():
+                report.failures.append(f"{qas_id}: {text!r} is not at offset {offset}")
+                continue
+            example.answer_text, example.start_word, example.end_word = text, start, end
         examples.append(example)
     return examples
 
 
-def read_squad(path: Path, training: bool, v2: bool) -> list[QAExample]:
-    """Examples of a SQuAD JSON file (`data` -> paragraphs -> qas)."""
+def _checked_for_scoring(examples: list[QAExample], path: Path, v2: bool) -> list[QAExample]:
+    """Evaluation examples need a unique id (predictions are keyed by it) and, unless SQuAD 2.0 marks them
+    unanswerable, a gold answer: the official scripts cannot score them otherwise."""
+    seen: set[str] = set()
+    for example in examples:
+        if example.qas_id in seen:
+            raise UserError(f"{path}: question id {example.qas_id!r} appears twice: give each question its own id")
+        seen.add(example.qas_id)
+        if not example.gold_answers and not example.is_impossible:
+            hint = 'mark it "is_impossible": true' if v2 else "SQuAD 2.0 data goes to the task squad"
+            raise UserError(f"{path}: question {example.qas_id!r} has no gold answer to score against ({hint})")
+    return examples
+
+
+def read_squad(path: Path, training: bool, v2: bool, scored: bool = False) -> list[QAExample]:
+    """Examples of a SQuAD JSON file (`data` -> paragraphs -> qas); `scored`: they will be scored (evaluation)."""
     try:
         data = json.loads(read_text(path))["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(f'{path} is not a SQuAD JSON file with a top-level "data" list ({error})') from None
+    if not isinstance(data, list):
+        raise UserError(f'{path}: "data" must be a list of articles')
     report = ReadReport()
-    examples = [
-        example
-        for article in data
-        for paragraph in article["paragraphs"]
-        for example in _examples_of_paragraph(paragraph["context"], paragraph["qas"], training, v2, report)
-    ]
+    examples = []
+    for article_number, article in enumerate(data, 1):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise UserError(f'{path}, article {article_number}: no "paragraphs" list')
+        for paragraph_number, paragraph in enumerate(paragraphs, 1):
+            where = f"{path}, article {article_number}, paragraph {paragraph_number}"
+            if not isinstance(paragraph, dict):
+                raise UserError(f"{where}: not a JSON object")
+            examples += _examples_of_paragraph(
+                paragraph.get("context"), paragraph.get("qas"), training, v2, report, where
+            )
     report.warn(path)
-    return examples
+    return _checked_for_scoring(examples, path, v2) if scored else examples
 
 
-def read_mrqa(path: Path, training: bool, rows: list[tuple[int, dict[str, Any]]] | None = None) -> list[QAExample]:
+def read_mrqa(
+    path: Path, training: bool, rows: list[tuple[int, dict[str, Any]]] | None = None, scored: bool = False
+) -> list[QAExample]:
     """Examples of an MRQA jsonl file (one context and its questions a line; a header line is skipped);
-    `rows`: the file's lines when the caller has already read them."""
+    `rows`: the file's lines when the caller has already read them; `scored`: they will be scored."""
     from electra.tasks import read_jsonl_rows
 
     report = ReadReport()
     examples = []
-    for _, record in rows if rows is not None else read_jsonl_rows(path):
+    for number, record in rows if rows is not None else read_jsonl_rows(path):
         if "header" not in record:
-            examples += _examples_of_paragraph(record["context"], record["qas"], training, False, report)
+            where = f"{path}:{number}"
+            examples += _examples_of_paragraph(record.get("context"), record.get("qas"), training, False, report, where)
     report.warn(path)
-    return examples
+    return _checked_for_scoring(examples, path, False) if scored else examples
 
 
 class QAFeaturizer:
@@ -180,8 +258,7 @@ class QAFeaturizer:
         self.max_seq_length = max_seq_length
         self.max_query_length = max_query_length
         self.doc_stride = doc_stride
-        self.truncated_questions = 0
-        self.truncation_reported = False  # said once per featurizer, not once per batch of examples
+        self.truncation_reported = False
 
     def _pieces(self, texts: list[str]) -> list[list[str]]:
         return [encoding.tokens for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -194,19 +271,20 @@ class QAFeaturizer:
             [example.doc_tokens for example in examples], is_pretokenized=True, add_special_tokens=False
         )
         features: list[QAFeature] = []
+        truncated = 0
         for index, (example, question, answer, document) in enumerate(
             zip(examples, questions, answers, documents, strict=True)
         ):
             if len(question) > self.max_query_length:
-                self.truncated_questions += 1
+                truncated += 1
                 question = question[: self.max_query_length]
             training = example.start_word >= 0 or example.is_impossible
             features += self._windows(index, example, question, answer, document.tokens, document.word_ids, training)
-        if self.truncated_questions and not self.truncation_reported:
+        if truncated and not self.truncation_reported:  # said once, not for every split or served batch
             self.truncation_reported = True
             print(
-                f"warning: {self.truncated_questions} question(s) longer than max_query_length "
-                f"({self.max_query_length} word pieces) were cut to it, as the reference does: raise "
+                f"warning: questions longer than max_query_length ({self.max_query_length} word pieces) are cut "
+                f"to it, as the reference does ({truncated} of the first {len(examples):,} read; said once): raise "
                 "max_query_length to keep them whole",
                 file=sys.stderr,
             )
@@ -300,14 +378,16 @@ def max_context_span(spans: list[tuple[int, int]], position: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- answers
-def get_final_text(predicted: str, original: str, normalizer: Any, pre_tokenizer: Any) -> str:
-    """The span of the original words that the (normalised, word-piece) prediction covers, as BERT does: align
-    the two texts without spaces and map the prediction's ends back, so "(1895-1943)." yields "1895". Falls
-    back to the original words when they cannot be aligned (e.g. accents stripped)."""
+def final_text_span(predicted: str, original: str, normalizer: Any, pre_tokenizer: Any) -> tuple[int, int]:
+    """[start, end) of the part of `original` (the predicted words, joined by spaces) that the normalised,
+    word-piece prediction covers, as BERT's get_final_text: align the two texts without spaces and map the
+    prediction's ends back, so "(1895-1943)." yields "1895". All of `original` when they cannot be aligned
+    (e.g. accents stripped)."""
+    whole = (0, len(original))
     normalised = " ".join(piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(original)))
     start = normalised.find(predicted)
     if start == -1:
-        return original
+        return whole
 
     def without_spaces(text: str) -> tuple[str, dict[int, int]]:
         kept = [(index, character) for index, character in enumerate(text) if character != " "]
@@ -316,12 +396,12 @@ def get_final_text(predicted: str, original: str, normalizer: Any, pre_tokenizer
     original_chars, original_map = without_spaces(original)
     normalised_chars, normalised_map = without_spaces(normalised)
     if len(original_chars) != len(normalised_chars):
-        return original
+        return whole
     to_compact = {old: new for new, old in normalised_map.items()}
     end = start + len(predicted) - 1
     if start not in to_compact or end not in to_compact:
-        return original
-    return original[original_map[to_compact[start]] : original_map[to_compact[end]] + 1]
+        return whole
+    return original_map[to_compact[start]], original_map[to_compact[end]] + 1
 
 
 def span_candidates(
@@ -416,26 +496,35 @@ def best_answer(
             if end not in feature.token_to_word or end < start or end - start + 1 > decoding.max_answer_length:
                 continue
             best = (score, feature, start, end)
-    best_text, best_word = "", -1
+    best_text, span = "", (-1, -1)
     if best is not None:
         _, feature, start, end = best
         pieces = " ".join(vocab[i] for i in feature.input_ids[start : end + 1])
         predicted = " ".join(pieces.replace(" ##", "").replace("##", "").split())
-        best_word = feature.token_to_word[start]
-        words = example.doc_tokens[best_word : feature.token_to_word[end] + 1]
-        best_text = get_final_text(predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer)
+        first_word = feature.token_to_word[start]
+        words = example.doc_tokens[first_word : feature.token_to_word[end] + 1]
+        begin, finish = final_text_span(predicted, " ".join(words), tokenizer.normalizer, tokenizer.pre_tokenizer)
+        # From the words joined by single spaces back to the context itself, whatever spaces or line breaks
+        # separate them there: word k of the span starts at its own offset.
+        joined_starts = np.cumsum([0] + [len(word) + 1 for word in words])
+
+        def in_context(position: int) -> int:
+            k = int(np.searchsorted(joined_starts, position, side="right")) - 1
+            return example.word_offsets[first_word + k] + position - int(joined_starts[k])
+
+        span = (in_context(begin), in_context(finish - 1) + 1)
+        best_text = example.context[span[0] : span[1]]
     best_score = best[0] if best is not None else -float("inf")
     odds = lowest_null if head.answerable_classifier else lowest_null - best_score
     answer = best_text
     if decoding.allow_no_answer and (best is None or odds > decoding.no_answer_threshold):
         answer = ""
-    start = example.context.find(answer, example.word_offsets[best_word]) if answer and example.word_offsets else -1
     return {
         "answer": answer,
         "no_answer_odds": odds,
         "score": best_score if answer else lowest_null,
-        "start": start,
-        "end": start + len(answer) if start >= 0 else -1,
+        "start": span[0] if answer else -1,
+        "end": span[1] if answer else -1,
         **({"best_span": best_text} if decoding.allow_no_answer else {}),
     }
 
@@ -450,9 +539,10 @@ def records_to_examples(path: Path | str, rows: list[tuple[int, dict[str, Any]]]
             raise UserError(f'{path}:{number}: each line needs a "context" and a "question" (strings)')
         if not row["question"].strip():
             raise UserError(f"{path}:{number}: the question is empty")
-        qa = {"id": str(row.get("id", number)), "question": row["question"], "answers": []}
-        found = _examples_of_paragraph(row["context"], [qa], False, False, report)
-        if not found:
+        if not split_context(row["context"])[0]:
             raise UserError(f"{path}:{number}: the context is empty")
-        examples += found
+        qa = {"id": str(row.get("id", number)), "question": row["question"], "answers": []}
+        (example,) = _examples_of_paragraph(row["context"], [qa], False, False, report, f"{path}:{number}")
+        example.source = f"{path}:{number}"
+        examples.append(example)
     return examples

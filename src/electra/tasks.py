@@ -369,10 +369,10 @@ class QATask(Task):
     def read_split(self, split: str) -> list[Any]:
         from electra.qa import read_mrqa, read_squad
 
-        training = split == "train"
+        training = split == "train"  # the others are scored against their gold answers
         if self.squad_format:
-            return read_squad(self.split_file(split, (".json",)), training, self.v2)
-        return read_mrqa(self.split_file(split, (".jsonl",)), training)
+            return read_squad(self.split_file(split, (".json",)), training, self.v2, scored=not training)
+        return read_mrqa(self.split_file(split, (".jsonl",)), training, scored=not training)
 
     def check_labels(self, examples: list[Any], labels: list[str], split: str, origin: str = "") -> None:
         return None  # answers are spans of the context, not labels
