@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from electra.errors import UserError
-from electra.qa import QAFeaturizer, max_context_span, read_mrqa, read_squad, split_context
+from electra.qa import QAFeaturizer, max_context_windows, read_mrqa, read_squad, split_context
 from electra.tokenization import SPECIAL_TOKENS
 
 WORDS = [
@@ -220,7 +220,8 @@ def test_malformed_qa_files_are_named_where_they_break(tmp_path: Path, capsys: p
 
 def test_max_context_prefers_centered_windows() -> None:
     # the reference's example: spans A [0,5), B [3,8), C [6,11); "bought" at 7 is best in C
-    assert max_context_span([(0, 5), (3, 5), (6, 5)], 7) == 2
+    assert max_context_windows([(0, 5), (3, 5), (6, 5)], 11)[7] == 2
+    assert max_context_windows([(0, 5), (3, 5), (6, 5)], 11) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
 
 
 def test_bad_answers_are_counted_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -332,6 +332,7 @@ class QAFeaturizer:
         if not spans:
             spans = [(0, 0)]
         prefix = [CLS, *question, SEP]
+        owner = max_context_windows(spans, len(pieces))
         features = []
         for window, (span_start, span_length) in enumerate(spans):
             tokens = prefix + pieces[span_start : span_start + span_length] + [SEP]
@@ -340,7 +341,7 @@ class QAFeaturizer:
             for i in range(span_length):
                 position = len(prefix) + i
                 token_to_word[position] = piece_words[span_start + i]
-                is_max[position] = max_context_span(spans, span_start + i) == window
+                is_max[position] = owner[span_start + i] == window
             feature = QAFeature(
                 index,
                 window,
@@ -365,15 +366,17 @@ def improve_answer_span(pieces: list[str], start: int, end: int, answer_pieces: 
     return start, end
 
 
-def max_context_span(spans: list[tuple[int, int]], position: int) -> int:
-    """The window in which a piece has the most context: the largest min(left, right) + 0.01 x length."""
-    best_score, best = -1.0, -1
-    for window, (start, length) in enumerate(spans):
-        end = start + length - 1
-        if start <= position <= end:
-            score = min(position - start, end - position) + 0.01 * length
-            if score > best_score:
-                best_score, best = score, window
+def max_context_windows(spans: list[tuple[int, int]], length: int) -> list[int]:
+    """For each of `length` pieces, the window in which it has the most context: the largest min(left, right) +
+    0.01 x the window's length (the first such window on a tie), as the reference's _check_is_max_context. One pass
+    over the windows: a long context's many windows would make asking window by window quadratic."""
+    best_score, best = [-1.0] * length, [-1] * length
+    for window, (start, span_length) in enumerate(spans):
+        end = start + span_length - 1
+        for position in range(start, end + 1):
+            score = min(position - start, end - position) + 0.01 * span_length
+            if score > best_score[position]:
+                best_score[position], best[position] = score, window
     return best
 
 
