@@ -456,11 +456,8 @@ class TableTask(Task):
         self._value_range: tuple[float, float] | None = None
 
     def check_labels(self, examples: list[Example], labels: list[str], split: str, origin: str = "") -> None:
-        super().check_labels(examples, labels, split, origin or self._label_origin)
-
-    @property
-    def _label_origin(self) -> str:
-        return "the task spec's labels" if self.labels is not None else "the labels learned from the training file"
+        learned = "the task spec's labels" if self.labels is not None else "the labels learned from the training file"
+        super().check_labels(examples, labels, split, origin or learned)
 
     @property
     def value_range(self) -> tuple[float, float]:  # type: ignore[override]
