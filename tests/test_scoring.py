@@ -151,6 +151,13 @@ def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path]
     capsys.readouterr()
     assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
     assert f"{source}:1: no text field 'text'" in capsys.readouterr().err
+    source.write_text('{"text": ""}\n{"text": "the zebra sat"}\n')  # what a score means little for is said
+    assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 0
+    empty, unknown = [json.loads(line) for line in (tmp_path / "texts.scores.jsonl").read_text().splitlines()]
+    assert (empty["score"], empty["tokens"], "unknown_tokens" in empty) == (0.0, [], False)
+    assert unknown["tokens"] == ["the", "[UNK]", "sat"] and unknown["unknown_tokens"] == 1
+    error = capsys.readouterr().err
+    assert "1 empty text(s) score 0, the highest" in error and "1 text(s) hold words the vocabulary lacks" in error
     source.write_text('{"text": "the cat", "score": -3.5}\n')  # a first-pass score: the results would replace it
     assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
     assert f"{source}:1: the field(s) score would be overwritten" in capsys.readouterr().err

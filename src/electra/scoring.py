@@ -33,7 +33,7 @@ from electra.errors import UserError
 from electra.fileio import choose_output_file, open_text, read_json, read_text, require_file, write_text_atomic
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
-from electra.tokenization import CLS, MASK, PAD, SEP, build_tokenizer, normalization_settings, read_vocab
+from electra.tokenization import CLS, MASK, PAD, SEP, UNK, build_tokenizer, normalization_settings, read_vocab
 from electra.trainer import resolve_precision
 
 METHODS = ("electric", "mlm")
@@ -102,7 +102,8 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
 @dataclass
 class TextScore:
     """Per-token log-likelihoods of one text (without [CLS] and [SEP]); `total` is its pseudo-log-likelihood.
-    A text longer than the model's window was scored in `windows` overlapping pieces."""
+    A text longer than the model's window was scored in `windows` overlapping pieces. Words the vocabulary lacks
+    are scored as [UNK], whatever they were: `unknown_tokens` counts them."""
 
     tokens: list[str]
     token_scores: np.ndarray
@@ -111,6 +112,10 @@ class TextScore:
     @property
     def total(self) -> float:
         return float(self.token_scores.sum())
+
+    @property
+    def unknown_tokens(self) -> int:
+        return self.tokens.count(UNK)
 
     def to_dict(self) -> dict[str, Any]:
         count = len(self.tokens)
@@ -121,10 +126,27 @@ class TextScore:
             "tokens": self.tokens,
             "token_scores": [round(float(value), 4) for value in self.token_scores],
             **({"windows": self.windows} if self.windows > 1 else {}),
+            **({"unknown_tokens": self.unknown_tokens} if self.unknown_tokens else {}),
         }
 
 
-RESULT_FIELDS = ("score", "num_tokens", "mean_score", "tokens", "token_scores", "windows")
+RESULT_FIELDS = ("score", "num_tokens", "mean_score", "tokens", "token_scores", "windows", "unknown_tokens")
+
+
+def _caveats(scores: list[TextScore]) -> list[str]:
+    """Notes on texts whose score means less than it seems: empty ones (0, the highest possible) and ones with
+    words the vocabulary lacks."""
+    notes = []
+    empty = sum(not score.tokens for score in scores)
+    if empty:
+        notes.append(f"note: {empty:,} empty text(s) score 0, the highest a text can score")
+    unknown = sum(score.unknown_tokens > 0 for score in scores)
+    if unknown:
+        notes.append(
+            f"note: {unknown:,} text(s) hold words the vocabulary lacks, scored as [UNK] (their rows count them as "
+            '"unknown_tokens"); a vocabulary trained on text like this scores it better'
+        )
+    return notes
 
 
 @dataclass
@@ -254,7 +276,7 @@ class TextScorer:
     def score(self, texts: list[str], batch_size: int = 64, verbose: bool = False) -> list[TextScore]:
         """Each text's per-token log-likelihoods, in the order of `texts`. `batch_size` counts windows for
         Electric and masked copies (one per token) for a masked LM. A text longer than max_seq_length is scored
-        in overlapping windows; `verbose` shows a progress bar and says how many texts that was."""
+        in overlapping windows; `verbose` shows a progress bar and notes long, empty and out-of-vocabulary texts."""
         pieces, windows = self.encode(texts)
         per_text = np.bincount([window.text for window in windows], minlength=len(texts))
         values = [np.zeros(len(ids), dtype=np.float32) for ids in pieces]
@@ -278,6 +300,8 @@ class TextScorer:
                 "windows of that length (--max-seq-length sets it)",
                 file=sys.stderr,
             )
+        for note in _caveats(results) if verbose else []:  # type: ignore[arg-type]
+            print(note, file=sys.stderr)
         return results  # type: ignore[return-value]
 
 
