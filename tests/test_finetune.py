@@ -695,6 +695,63 @@ def test_two_processes_with_gloo_fine_tune_as_one(tmp_path: Path, vocab_file: Pa
     assert losses("two") == pytest.approx(losses("one"), rel=1e-5)
 
 
+MULTITASK_RANKS = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from electra.config import ModelConfig
+from electra.finetune import Features, FinetuningModel, TaskHead, collate
+from electra.trainer import Trainer, TrainSettings, setup_processes
+
+
+class Rows:  # a global batch of 8: the first process's 4 rows all of task 0, the second's of both tasks
+    def __init__(self) -> None:
+        ids = np.array([2, 7, 8, 3], dtype=np.int32)
+        task_of = [0, 0, 0, 0, 0, 1, 0, 1]
+        self.rows = [Features(ids, np.zeros(4, np.int8), task_id=t, label=float(i % 2)) for i, t in enumerate(task_of)]
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        return np.arange(8)
+
+    def example_lengths(self, indices: np.ndarray) -> np.ndarray:
+        return np.full(len(indices), 4)
+
+    def make_batch(self, indices, rows, total, seed, device):
+        return collate([self.rows[i] for i in indices[rows]], 0, device)
+
+
+processes = setup_processes()
+torch.manual_seed(0)
+shape = ModelConfig(vocab_size=50, embedding_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32)
+model = FinetuningModel(shape, [TaskHead(name, "classification", ["x", "y"]) for name in ("a", "b")])
+settings = TrainSettings(learning_rate=1e-3, num_train_steps=3, batch_size=8, save_checkpoints_steps=100,
+                         precision="fp32")
+print("steps", Trainer(model, Rows(), settings, Path(sys.argv[1]), processes).train().step)
+"""
+
+
+def test_two_processes_fine_tune_several_tasks_when_one_lacks_a_task(tmp_path: Path) -> None:
+    """Multi-task fine-tuning under torchrun: a process whose rows hold no example of a task leaves that head without
+    a gradient; the processes must still reduce their gradients in step (they aborted or hung)."""
+    import subprocess
+
+    script = tmp_path / "ranks.py"
+    script.write_text(MULTITASK_RANKS)
+    done = subprocess.run(
+        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("steps 3") == 2
+
+
 def test_the_objective_is_the_batch_sum_as_in_the_reference(tmp_path: Path, vocab_file: Path) -> None:
     """run_finetuning.py minimises the sum of the examples' losses over a batch (clipping at 1.0 then acts on it);
     the log shows that objective as `loss` and the mean per example as `task_loss`."""

@@ -396,6 +396,9 @@ class FinetuningModel(nn.Module):
         init_weights(self, config.initializer_range)
         self.normalizers = {"task_loss": "examples"}  # the trainer divides each sum by its global count
         self.loss_weights = {"task_loss": 1.0}
+        # A process's micro-batch may hold no example of some task: that head then gets no gradient there, which
+        # distributed training must be told of, or the processes' gradient reductions fall out of step.
+        self.may_leave_parameters_unused = len(heads) > 1
 
     @staticmethod
     def counts(batch: FinetuningBatch) -> dict[str, torch.Tensor]:

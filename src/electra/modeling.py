@@ -377,7 +377,9 @@ class ElectraQuestionAnsweringHead(nn.Module):
 
     @staticmethod
     def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # A distinct value per masked position: beams that reach them are ordered alike in every runtime.
+        # A distinct value per masked position: beams that reach them are ordered alike in every runtime. In float32,
+        # whatever the autocast dtype: bf16 holds only 9 distinct values from -10000 to -10511.
+        logits = logits.float()
         positions = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
         return torch.where(mask, logits, MASKED_LOGIT - positions)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -118,7 +119,10 @@ def setup_processes() -> Processes:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # The first process evaluates and exports while the others wait in a collective: longer than NCCL's
+        # default 10 minutes on a large dev set (SQuAD), which would end the run.
+        timeout = datetime.timedelta(hours=2)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return Processes(rank=int(os.environ.get("RANK", "0")), world_size=world_size, device=device)
 
 
@@ -389,7 +393,11 @@ class Trainer:
         self.forward = self.model
         if processes.world_size > 1:
             device_ids = [processes.device.index] if processes.device.type == "cuda" else None
-            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=device_ids,
+                find_unused_parameters=getattr(self.model, "may_leave_parameters_unused", False),
+            )
         if settings.compile:
             mode = None if settings.compile is True else settings.compile
             self.forward = torch.compile(self.forward, mode=mode)
@@ -563,7 +571,9 @@ class _Window:
     def _add(target: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
             value = value.detach().float()
-            target[name] = target[name] + value if name in target else value
+            # A copy, never the output itself: under CUDA graphs ("compile": "reduce-overhead") the next step
+            # overwrites the graph's outputs in place.
+            target[name] = target[name] + value if name in target else value.clone()
 
     def add_local(self, values: dict[str, torch.Tensor]) -> None:
         self._add(self.local, values)
