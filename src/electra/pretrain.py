@@ -32,7 +32,15 @@ from electra.fileio import atomic_directory, folder_lock, read_json, read_weight
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
 from electra.pretrain_data import PretrainingData
 from electra.tokenization import CLS, MASK, PAD, SEP, normalization_settings, read_vocab, vocab_checksum
-from electra.trainer import Processes, Trainer, TrainSettings, checkpoint_dirs, load_weights, setup_processes
+from electra.trainer import (
+    Processes,
+    Trainer,
+    TrainSettings,
+    checkpoint_dirs,
+    load_checkpoint,
+    load_weights,
+    setup_processes,
+)
 
 # Batches are padded to their longest example rounded up to this: few distinct shapes for torch.compile,
 # and widths that suit tensor cores.
@@ -319,8 +327,7 @@ def open_pretrained(folder: Path) -> SavedPretraining:
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
     checkpoints = checkpoint_dirs(folder)
     if checkpoints:
-        load_weights(model, checkpoints[-1] / "model.safetensors")
-        state = torch.load(checkpoints[-1] / "trainer_state.pt", map_location="cpu", weights_only=True)
+        state = load_checkpoint(model, checkpoints[-1], "cpu")
         return SavedPretraining(model, int(state["step"]), state["optimizer"], vocab_file, config.do_lower_case, [])
     if not holds_weights(folder):
         raise UserError(

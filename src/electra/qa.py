@@ -542,10 +542,10 @@ def records_to_examples(path: Path | str, rows: list[tuple[int, dict[str, Any]]]
             raise UserError(f'{path}:{number}: each line needs a "context" and a "question" (strings)')
         if not row["question"].strip():
             raise UserError(f"{path}:{number}: the question is empty")
-        if not split_context(row["context"])[0]:
-            raise UserError(f"{path}:{number}: the context is empty")
         qa = {"id": str(row.get("id", number)), "question": row["question"], "answers": []}
         (example,) = _examples_of_paragraph(row["context"], [qa], False, False, report, f"{path}:{number}")
+        if not example.doc_tokens:
+            raise UserError(f"{path}:{number}: the context is empty")
         example.source = f"{path}:{number}"
         examples.append(example)
     return examples

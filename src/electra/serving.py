@@ -27,7 +27,7 @@ from typing import Any
 from electra.errors import UserError
 from electra.export import OnnxPredictor, open_predictor
 from electra.finetune import Predictor
-from electra.tasks import GLUE_TEXT_COLUMNS, Example
+from electra.tasks import GLUE_TEXT_COLUMNS, Example, encodable
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,6 @@ def text_input_kind(spec: dict[str, Any]) -> str | None:
     if spec.get("name") in GLUE_TEXT_COLUMNS:
         return "pairs" if GLUE_TEXT_COLUMNS[spec["name"]][1] else "texts"
     return None
-
-
-def encodable(text: str) -> bool:
-    """Whether `text` can be written as UTF-8, as the tokenizer needs: JSON escapes such as "\\ud800" decode to lone
-    surrogates, which cannot."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:

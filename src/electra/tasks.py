@@ -413,7 +413,16 @@ for _mrqa_name in ("newsqa", "naturalqs", "triviaqa", "searchqa", "hotpotqa"):
 
 
 # ----------------------------------------------------------------------------------------------- user tasks
-SPEC_KEYS = {"type", "text_column", "text_column_2", "label_column", "labels", "metrics", "header", "span_labels"}
+SPEC_TYPES: dict[str, type] = {  # every key a task spec may have, and the JSON type of its value
+    "type": str,
+    "text_column": str,
+    "text_column_2": str,
+    "label_column": str,
+    "labels": list,
+    "metrics": list,
+    "header": bool,
+    "span_labels": bool,
+}
 
 
 class TableTask(Task):
@@ -424,9 +433,9 @@ class TableTask(Task):
         super().__init__(name, folder, debug)
         if not isinstance(spec, dict):
             raise UserError(f'the spec of task {name!r} must be a JSON object such as {{"type": "classification"}}')
-        unknown = set(spec) - SPEC_KEYS
+        unknown = set(spec) - set(SPEC_TYPES)
         if unknown:
-            raise UserError(f"task {name!r}: unknown spec key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
+            raise UserError(f"task {name!r}: unknown spec key(s) {sorted(unknown)}; known: {sorted(SPEC_TYPES)}")
         _check_spec_types(name, spec)
         self.kind = spec.get("type", "classification")
         if self.kind not in KINDS:
@@ -538,22 +547,12 @@ class TableTask(Task):
 
 SPAN_TAG = re.compile(r"O|[BIES]-.+")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
-SPEC_TYPES: dict[str, tuple[type, ...]] = {
-    "type": (str,),
-    "text_column": (str,),
-    "text_column_2": (str,),
-    "label_column": (str,),
-    "labels": (list,),
-    "metrics": (list,),
-    "header": (bool,),
-    "span_labels": (bool,),
-}
 
 
 def _check_spec_types(name: str, spec: dict[str, Any]) -> None:
     for key, value in spec.items():
         if value is not None and not isinstance(value, SPEC_TYPES[key]):
-            shown = {str: "a string", list: "a list", bool: "true or false"}[SPEC_TYPES[key][0]]
+            shown = {str: "a string", list: "a list", bool: "true or false"}[SPEC_TYPES[key]]
             raise UserError(f"task {name!r}: spec key {key!r} must be {shown}, not {value!r:.60}")
 
 
@@ -585,12 +584,14 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     return rows
 
 
-def _encodable(row: dict[str, Any]) -> bool:
+def encodable(text: str) -> bool:
+    """Whether `text` can be written as UTF-8, as the tokenizer needs: JSON escapes such as "\\ud800" decode to lone
+    surrogates, which cannot."""
     try:
-        json.dumps(row, ensure_ascii=False).encode("utf-8")
-        return True
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    return True
 
 
 def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -605,7 +606,8 @@ def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-            if "\\ud" in line.lower() and not _encodable(row):  # an escaped half of a UTF-16 pair, alone
+            # an escaped half of a UTF-16 pair, alone: only lines with such an escape are checked
+            if "\\ud" in line.lower() and not encodable(json.dumps(row, ensure_ascii=False)):
                 raise UserError(f"{path}:{number}: an escape such as \\ud800 stands for no character: fix the text")
             rows.append((number, row))
     return rows

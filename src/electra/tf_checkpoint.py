@@ -439,7 +439,7 @@ def convert_tf_checkpoint(
     from electra.fileio import atomic_directory
     from electra.objectives import PretrainingModel
     from electra.pretrain import export_models
-    from electra.tokenization import read_vocab
+    from electra.tokenization import read_vocab, write_vocab
 
     checkpoint = TFCheckpoint(checkpoint_path)
     vocab_path = Path(vocab_file) if vocab_file else checkpoint.prefix.parent / "vocab.txt"
@@ -490,7 +490,7 @@ def convert_tf_checkpoint(
     with atomic_directory(model_dir) as tmp:  # whole or not at all: an interrupted conversion leaves nothing
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "pretrain_config.json").write_text(json.dumps(record, indent=2) + "\n")
-        (tmp / "vocab.txt").write_text(vocab_path.read_text(encoding="utf-8"), encoding="utf-8")
+        write_vocab(vocab, tmp / "vocab.txt")  # as vocab.txt, whatever file it was read from
         export_models(model, tmp, tmp / "vocab.txt")
     return model_dir
 

@@ -278,6 +278,15 @@ def damaged_checkpoint(folder: Path, error: Exception) -> UserError:
     )
 
 
+def load_checkpoint(model: nn.Module, folder: Path, map_location: torch.device | str) -> dict[str, Any]:
+    """The weights of checkpoint `folder` into `model`; returns the rest of it (optimizer state, step, ...)."""
+    load_weights(model, folder / "model.safetensors")
+    try:
+        return torch.load(folder / "trainer_state.pt", map_location=map_location, weights_only=True)
+    except Exception as error:  # cut off or overwritten after it was renamed into place (a copy, a bad disk)
+        raise damaged_checkpoint(folder, error) from None
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Weights from a safetensors file into `model`, with a clear error when shapes or names differ."""
     try:
@@ -432,11 +441,10 @@ class Trainer:
         if not found:
             return 0
         latest = found[-1]
-        load_weights(self.model, latest / "model.safetensors")
+        state = load_checkpoint(self.model, latest, self.processes.device)
         try:
-            state = torch.load(latest / "trainer_state.pt", map_location=self.processes.device, weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
-        except Exception as error:  # cut off or overwritten after it was renamed into place (a copy, a bad disk)
+        except Exception as error:  # a state that is not this optimizer's: damaged
             raise damaged_checkpoint(latest, error) from None
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return int(state["step"])
