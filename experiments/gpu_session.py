@@ -4,13 +4,14 @@ In order, each stage with its own time limit inside an overall deadline, so a sl
   1. tests/test_gpu.py in the background (parity with `transformers` on CUDA, fused attention, bf16 and
      torch.compile against float32 eager, `electra pretrain` / `finetune` / `predict` on the GPU);
   2. a compact Chinese ELECTRA (4 layers, hidden 128: the ticket router's shape) pre-trained for --zh-seconds
-     on the staged Chinese data (pretrain_zh plus unlabelled reviews);
-  3. ELECTRA-Small (the reference's preset and recipe, batch 256) pre-trained for --en-seconds on the staged
-     English data;
-  4. SQuAD 1.1 learning check (finetune_learning_check.py) from the English model and from random weights;
-  5. benchmarks/pretrain_step.py on the GPU (ours against the `transformers` peer, bf16), then
-     benchmarks/pretrain_padding.py (length_groups 1, 2, 4 on the staged Chinese data), then both steps compiled;
-  6. the CoLA and MRPC learning checks, if time is left.
+     on the staged Chinese data (pretrain_zh plus unlabelled reviews; skipped with --zh-seconds 0);
+  3. ELECTRA-Small (the reference's preset and recipe; --en-batch and --en-learning-rate change its batch and
+     peak learning rate) pre-trained for --en-seconds on the staged English data;
+  4. benchmarks/pretrain_step.py on the GPU, eager (ours against the `transformers` peer, bf16) at batches 128
+     and 512, then our step compiled, and with CUDA graphs;
+  5. SQuAD 1.1 learning check (finetune_learning_check.py) from the English model and from random weights;
+  6. benchmarks/pretrain_padding.py (length_groups 1, 2, 4 on the staged Chinese data) and the CoLA and MRPC
+     learning checks, if time is left.
 Each pre-training first runs 60 steps to measure the trainer's speed, then sets num_train_steps to fill its
 seconds, so the learning-rate schedule runs to its end. Models come back as tar files (split into 15 MB parts)
 and every stage's output goes to <out>/session.log.
@@ -241,6 +242,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
     parser.add_argument("--zh-seconds", type=float, default=70)
     parser.add_argument("--en-seconds", type=float, default=200)
+    parser.add_argument("--en-batch", type=int, default=EN_RECIPE["train_batch_size"])
+    parser.add_argument("--en-learning-rate", type=float, default=EN_RECIPE["learning_rate"])
     parser.add_argument(
         "--compile", nargs="?", const=True, default=False, help='pre-train with "compile": true, or with a mode'
     )
@@ -274,10 +277,17 @@ def main() -> None:
         )
         session.say("GPU tests started in the background")
         compile_flag = {"compile": args.compile} if args.compile else {}
-        zh_model = pretrain(session, work / "zh", "zh-compact-gpu", {**ZH_RECIPE, **compile_flag}, args.zh_seconds)
-        if zh_model:
-            pack(session, zh_model)
-        en_recipe = {**EN_RECIPE, **compile_flag}
+        if args.zh_seconds > 0:
+            zh_recipe = {**ZH_RECIPE, **compile_flag}
+            zh_model = pretrain(session, work / "zh", "zh-compact-gpu", zh_recipe, args.zh_seconds)
+            if zh_model:
+                pack(session, zh_model)
+        en_recipe = {
+            **EN_RECIPE,
+            "train_batch_size": args.en_batch,
+            "learning_rate": args.en_learning_rate,
+            **compile_flag,
+        }
         if (args.stage / "en" / "init").is_dir():  # staged with --en-init: continue that model
             en_recipe["init_checkpoint"] = str((args.stage / "en" / "init").resolve())
             session.say(f"English model continues from {en_recipe['init_checkpoint']}")
@@ -304,18 +314,20 @@ def main() -> None:
         "--shared-data",
         str(args.stage.resolve() / "data"),
     ]
+    benchmark = [sys.executable, "benchmarks/pretrain_step.py", "--device", "cuda", "--size", "small"]
+    eager = ["--steps", "30", "--variants", "peer-bf16,ours-bf16"]
+    for batch in ("128", "512"):  # eager steps of small models are bound by launches: does a bigger batch pay?
+        session.run(f"pre-training step benchmark, batch {batch}", [*benchmark, "--batch", batch, *eager], 60)
+    # Compiling a training step of ELECTRA-Small takes most of a minute per variant on that machine (session 6).
+    compiled = ["--batch", "128", "--steps", "30", "--variants", "ours-bf16-compile,ours-bf16-graphs"]
+    session.run("compiled step benchmark", [*benchmark, *compiled], 200)
     if en_model:
         session.run(
             "SQuAD 1.1 learning check", [*check, "--workdir", str(work / "ft-squad"), "--tasks", "squadv1"], 200
         )
-    benchmark = [sys.executable, "benchmarks/pretrain_step.py", "--device", "cuda", "--size", "small", "--batch", "128"]
-    session.run("pre-training step benchmark", [*benchmark, "--steps", "20", "--variants", "peer-bf16,ours-bf16"], 60)
     # Does length_groups pay on a GPU too? The CPU default is 4 pieces, the GPU's 1 (unmeasured until then).
     padding = ["benchmarks/pretrain_padding.py", "--data-dir", str(work / "zh"), "--shape", "small", "--batch", "256"]
     session.run("length_groups benchmark", [sys.executable, *padding, "--groups", "1,2,4", "--steps", "30"], 90)
-    # Compiling a training step of ELECTRA-Small takes most of a minute per variant on that machine (session 6).
-    compiled = "ours-bf16-compile,peer-bf16-compile"
-    session.run("compiled step benchmark", [*benchmark, "--steps", "20", "--variants", compiled], 200)
     if en_model:
         session.run(
             "CoLA and MRPC learning check", [*check, "--workdir", str(work / "ft-glue"), "--tasks", "cola,mrpc"], 200

@@ -84,6 +84,7 @@ from electra.trainer import (
     is_first_process,
     resolve_precision,
     setup_processes,
+    to_device,
 )
 
 IGNORE_INDEX = -100  # token label of positions that are not the first piece of a word
@@ -315,13 +316,12 @@ def collate(features: list[Features], pad_id: int, device: torch.device, pad_to:
         token_type_ids[row, :n] = item.token_type_ids
         if item.token_labels is not None:
             token_labels[row, :n] = item.token_labels
-    tensors = [torch.from_numpy(array).to(device) for array in (input_ids, attention_mask, token_type_ids)]
     return FinetuningBatch(
-        *tensors,
-        task_ids=torch.tensor([item.task_id for item in features], device=device),
-        labels=torch.tensor([item.label for item in features], dtype=torch.float32, device=device),
-        token_labels=torch.from_numpy(token_labels).to(device),
-        spans=torch.tensor([item.span for item in features], dtype=torch.long, device=device),
+        *(to_device(array, device) for array in (input_ids, attention_mask, token_type_ids)),
+        task_ids=to_device(np.array([item.task_id for item in features], dtype=np.int64), device),
+        labels=to_device(np.array([item.label for item in features], dtype=np.float32), device),
+        token_labels=to_device(token_labels, device),
+        spans=to_device(np.array([item.span for item in features], dtype=np.int64).reshape(size, 2), device),
     )
 
 

@@ -40,6 +40,7 @@ from electra.trainer import (
     load_checkpoint,
     load_weights,
     setup_processes,
+    to_device,
 )
 
 # Batches are padded to their longest example rounded up to this: few distinct shapes for torch.compile,
@@ -96,11 +97,13 @@ class PretrainingTask:
         mask = self.data.attention_mask(ids)
         width = min(ids.shape[1], -(-int(mask.sum(1).max(initial=1)) // PAD_WIDTH_MULTIPLE) * PAD_WIDTH_MULTIPLE)
         segments = self.data.segment_ids(ids)
-        tensors = [torch.from_numpy(array[:, :width].copy()).to(device) for array in (ids, mask, segments)]
+        tensors = [to_device(array[:, :width], device) for array in (ids, mask, segments)]
         noise = torch.Generator(device=device).manual_seed(noise_seed)
+        if self.special_ids.device != device:
+            self.special_ids = self.special_ids.to(device)
         return mask_batch(
             *tensors,
-            special_ids=self.special_ids.to(device),
+            special_ids=self.special_ids,
             mask_id=self.mask_id,
             mask_prob=self.config.mask_prob,
             max_predictions=self.config.max_predictions_per_seq,

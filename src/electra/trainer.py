@@ -85,6 +85,16 @@ class TrainingTask(Protocol):
         """The examples at positions `rows` of the step's global batch `indices` (`total_rows` long)."""
 
 
+def to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A batch array on the device. To a GPU through pinned memory and without waiting: a copy from pageable
+    memory makes the host wait until the GPU has finished all queued work, so the next step could not be
+    launched while this one runs."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 # ----------------------------------------------------------------------------------------------- processes
 @dataclass
 class Processes:
