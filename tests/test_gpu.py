@@ -184,3 +184,27 @@ def test_pretrain_and_finetune_commands_run_on_cuda_with_bf16_and_compile(
         main(["predict", "--model-dir", str(finetuned_classifier), "--input", str(lines), "--output", str(output)]) == 0
     )
     assert [json.loads(line)["label"] for line in output.read_text().splitlines()] == ["pos", "neg"]
+
+
+def test_pretraining_under_cuda_graphs_logs_what_eager_pretraining_logs(pretrain_data_dir: Path):
+    """`"compile": "reduce-overhead"` replays CUDA graphs, which overwrite their outputs at the next replay and
+    record a graph for each batch width: every step's logged losses must still be its own, as eager computes
+    them (float32 and no dropout, so both runs compute the same function)."""
+    hparams = {
+        "debug": True,
+        "num_train_steps": 12,
+        "num_warmup_steps": 2,
+        "learning_rate": 1e-3,
+        "log_every_steps": 1,
+        "precision": "fp32",
+        "model_hparam_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    }
+    losses = {}
+    for name, compile_mode in (("eager", False), ("graphs", "reduce-overhead")):
+        arguments = json.dumps({**hparams, "compile": compile_mode})
+        command = ["pretrain", "--data-dir", str(pretrain_data_dir), "--model-name", name, "--hparams", arguments]
+        assert main(command) == 0
+        metrics = (pretrain_data_dir / "models" / name / "logs" / "metrics.jsonl").read_text().splitlines()
+        losses[name] = torch.tensor([[json.loads(line)[key] for key in ("mlm_loss", "disc_loss")] for line in metrics])
+    assert losses["graphs"].shape == (12, 2)
+    assert relative_error(losses["graphs"], losses["eager"]) < 2e-3
