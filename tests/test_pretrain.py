@@ -442,7 +442,12 @@ def test_casing_goes_from_the_data_to_the_model_fine_tuning_scoring_and_export(t
         tmp_path, "m", {"task_names": ["tickets"], "tasks": {"tickets": {}}, **dict.fromkeys(cased, True)}
     )
     assert given.config.do_lower_case and given.config.strip_accents  # what the user sets still wins
+    # the exported discriminator/ alone holds no record of its own: the run's record beside it still counts
+    task = {"task_names": ["tickets"], "tasks": {"tickets": {}}}
+    part = prepare_finetuning(tmp_path, "other", {**task, "init_checkpoint": str(model_dir / "discriminator")})
+    assert (part.config.do_lower_case, part.config.strip_accents) == (False, False)
     assert locate_scoring_model(model_dir).normalization == cased
+    assert locate_scoring_model(model_dir / "generator").normalization == cased
     exported = export_hf(model_dir, tmp_path / "hf")[0]
     tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
     assert (tokenizer_config["do_lower_case"], tokenizer_config["strip_accents"]) == (False, False)

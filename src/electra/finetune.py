@@ -732,13 +732,15 @@ def _pretrained_encoder(model_dir: Path) -> Path | None:
 
 def _inherited_normalization(folder: Path) -> dict[str, bool]:
     """How the weights in `folder` read text (do_lower_case, strip_accents), from the record of the run that trained
-    them (pre-training, or fine-tuning for a fine-tuned model), else from a Hugging Face tokenizer_config.json."""
+    them (pre-training, or fine-tuning for a fine-tuned model), else from a Hugging Face tokenizer_config.json. An
+    exported discriminator/ of a pre-training run holds no record: the run's, beside it, counts (as for scoring)."""
     records = [
         folder / "pretrain_config.json",
         folder / TASK_FILE,
         *sorted(folder.glob(f"*/{TASK_FILE}")),
         folder / "tokenizer_config.json",
         folder / "discriminator" / "tokenizer_config.json",
+        *([folder.parent / "pretrain_config.json"] if folder.name in ("discriminator", "generator") else []),
     ]
     found = next((path for path in records if path.is_file()), None)
     return normalization_settings(read_json(found)) if found else {}
