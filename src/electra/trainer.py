@@ -479,9 +479,10 @@ class Trainer:
         consecutive_bad, last_metrics = 0, {}
         last_good = checkpoint_dirs(self.run_dir)[-1] if checkpoint_dirs(self.run_dir) else None
         self.forward.train()
+        upcoming = self._micro_batches(step) if step < settings.num_train_steps else []
         while step < settings.num_train_steps:
             torch.manual_seed(derived_seed(settings.seed, step, processes.rank))  # dropout
-            batches = self._micro_batches(step)
+            batches = upcoming
             counts = self._global_counts(batches)
             for index, batch in enumerate(batches):
                 last = index == len(batches) - 1
@@ -496,6 +497,9 @@ class Trainer:
                 loss.backward()
                 window.add_local({**sums, "loss": loss / processes.world_size})
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            # The next step's batch is read and queued before this step's gradient norm is awaited: on a GPU the host
+            # prepares it while the device finishes the backward pass. (Batches draw no global random numbers.)
+            upcoming = self._micro_batches(step + 1) if step + 1 < settings.num_train_steps else []
             if torch.isfinite(grad_norm):
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate_at(step, settings)
