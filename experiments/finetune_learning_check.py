@@ -173,12 +173,12 @@ def main() -> None:
     parser.add_argument("--shape-hparams", type=json.loads, default=COMPACT_SHAPE, help="JSON: the model's shape")
     parser.add_argument("--shared-data", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = parser.parse_args()
-    shared = args.shared_data
+    shared = args.shared_data.resolve()  # the task folders are linked to it: a relative link would dangle
     if not shared.exists():
         sys.exit(f"{shared} is absent")
     workdir = Path(args.workdir)
     english = workdir / "en"
-    source = Path(args.pretrain_workdir)
+    source = Path(args.pretrain_workdir).resolve()
     link(source / "vocab.txt", english / "vocab.txt")
     link(source / "models" / args.model_name, english / "models" / "en_pretrained")
     for task in ("sst", "cola", "mrpc"):
