@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -176,7 +177,7 @@ def test_invalid_utf8_is_replaced_counted_and_reported(tmp_path: Path, vocab_fil
     assert PretrainingData(tmp_path / "out").metadata["counts"]["invalid_utf8"] == 3
 
 
-def test_split_sentences_keeps_long_lines_that_the_reference_cuts(tmp_path: Path):
+def test_split_sentences_keeps_long_lines_that_the_reference_cuts(tmp_path: Path, capsys):
     """One article per line: the reference keeps one example's worth of each line; split_sentences keeps it all."""
     sentence = "数学家们拓展这些概念。"
     corpus = write_corpus(tmp_path / "corpus", [[sentence * 20], [sentence * 15]])
@@ -188,6 +189,13 @@ def test_split_sentences_keeps_long_lines_that_the_reference_cuts(tmp_path: Path
     corpus_characters = 35 * len(sentence)
     assert cut.tokens <= 2 * 32  # one example per line
     assert kept.tokens > 0.8 * corpus_characters  # (what is lost: the tail of a sentence that ends an example)
+    # what the reference's cut drops is counted (every token fed minus every text token kept) and warned about
+    cut_rows = all_rows(tmp_path / "cut")
+    text_tokens_kept = int((cut_rows > 4).sum())  # ids 0-4 are the special tokens
+    assert cut.dropped_tokens == corpus_characters - text_tokens_kept > 0.8 * corpus_characters
+    assert json.loads((tmp_path / "cut" / METADATA_FILE).read_text())["counts"]["dropped_tokens"] == cut.dropped_tokens
+    assert "did not fit into the examples and were dropped" in capsys.readouterr().err
+    assert kept.dropped_tokens < 0.2 * corpus_characters
     old = json.loads((tmp_path / "cut" / METADATA_FILE).read_text())["settings"]
     assert "split_sentences" not in old  # data built before the option existed still matches
 
@@ -203,6 +211,63 @@ def test_rebuild_refuses_other_settings_unless_overwrite(english_corpus: Path, v
     build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64), overwrite=True)
     assert PretrainingData(output).max_seq_length == 64
     assert all_files(output).keys() == before.keys()
+
+
+def test_rebuild_notices_a_corpus_file_changed_in_place(tmp_path: Path, vocab_file: Path):
+    """Same name, same size, other text (a typo fixed with sed): the data must be rebuilt, not kept."""
+    corpus = write_corpus(tmp_path / "corpus", [["the brown fox jumps.", "the lazy dog sleeps."]])
+    text_file = corpus / "corpus.txt"
+    build(corpus, vocab_file, tmp_path / "out")
+    text_file.write_text(text_file.read_text().replace("fox", "cat"))
+    status = text_file.stat()
+    os.utime(text_file, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # a later edit, whatever the clock
+    with pytest.raises(UserError, match=r"differing: the corpus files \(corpus.txt changed\)"):
+        build(corpus, vocab_file, tmp_path / "out")
+    (corpus / "more.txt").write_text("another document.\n")
+    with pytest.raises(UserError, match=r"the corpus files \(more.txt added\)"):
+        build(corpus, vocab_file, tmp_path / "out")
+
+
+def test_corpus_folders_links_and_file_names(tmp_path: Path, vocab_file: Path):
+    """A linked folder is read (once, however often it is linked, even in a loop); a file name that is not UTF-8
+    is recorded with its bytes escaped (pretrain_data.json could not be written before)."""
+    elsewhere = write_corpus(tmp_path / "wiki", [["first wiki doc."], ["second wiki doc."]])
+    corpus = write_corpus(tmp_path / "corpus", [["local text."]])
+    (corpus / "wiki").symlink_to(elsewhere)
+    (corpus / "wiki-again").symlink_to(elsewhere)
+    (elsewhere / "loop").symlink_to(corpus)
+    (corpus / os.fsdecode(b"caf\xe9.txt")).write_text("a latin-1 name.\n")
+    files = [path.relative_to(corpus).as_posix() for path in list_corpus_files(corpus)]
+    assert files == [os.fsdecode(b"caf\xe9.txt"), "corpus.txt", "wiki/corpus.txt"]
+    summary = build(corpus, vocab_file, tmp_path / "out", settings=BuildSettings(max_seq_length=32))
+    assert summary.documents == 4
+    recorded = json.loads((tmp_path / "out" / METADATA_FILE).read_text(encoding="utf-8"))["corpus"]
+    assert [entry["file"] for entry in recorded] == ["caf\\xe9.txt", "corpus.txt", "wiki/corpus.txt"]
+    assert build(corpus, vocab_file, tmp_path / "out", settings=BuildSettings(max_seq_length=32)).skipped
+
+
+def test_files_that_are_not_utf8_text_are_refused(tmp_path: Path):
+    corpus = write_corpus(tmp_path / "corpus", [["plain text here."]])
+    (corpus / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    with pytest.raises(UserError, match=r"photo.png is a PNG image, not text: move it out of the corpus folder"):
+        list_corpus_files(corpus)
+    (corpus / "photo.png").unlink()
+    (corpus / "gbk.txt").write_bytes("这是一个中文句子，用来测试编码。".encode("gbk") * 20)
+    with pytest.raises(UserError, match=r"gbk.txt:1: not UTF-8 text.*iconv -f GB18030 -t UTF-8"):
+        list_corpus_files(corpus)
+    (corpus / "gbk.txt").write_bytes("un café, deux cafés.\n".encode("latin-1") + b"plain ascii text.\n" * 20)
+    assert len(list_corpus_files(corpus)) == 2  # a stray Latin-1 accent: replaced and reported, as before
+
+
+def test_a_cased_vocabulary_with_lower_cased_data_is_warned_about(tmp_path: Path, capsys):
+    corpus = write_corpus(tmp_path / "corpus", ENGLISH_DOCUMENTS * 3)
+    vocab = tmp_path / "vocab.txt"
+    files = list_corpus_files(corpus)
+    write_vocab(train_vocab(files, vocab_size=300, do_lower_case=False, show_progress=False), vocab)
+    build(corpus, vocab, tmp_path / "cased", settings=BuildSettings(do_lower_case=False))
+    assert "hold capitals" not in capsys.readouterr().err
+    build(corpus, vocab, tmp_path / "lowered")
+    assert "hold capitals, which lower-cased text never produces" in capsys.readouterr().err
 
 
 def test_interrupted_build_leaves_nothing_that_looks_complete(english_corpus, vocab_file, tmp_path, monkeypatch):

@@ -135,6 +135,13 @@ def test_alphabet_keeps_every_common_character_of_a_large_script(tmp_path: Path)
     assert set(characters) <= set(tokens)
     tokenizer = build_tokenizer(tokens)
     assert "[UNK]" not in tokenizer.encode("".join(characters), add_special_tokens=False).tokens
+    # A vocabulary smaller than the script: every entry is a character (they need no "##" pieces), the most
+    # frequent first; half of it was left empty before, and small sizes overshot by their "##" pieces.
+    weighted = write_corpus(tmp_path / "weighted", [[characters[index] * (1500 - index) for index in range(600)]])
+    tokens = train_on(weighted, vocab_size=300)
+    assert len(tokens) == 300
+    assert tokens[5:] == characters[:295]
+    assert len(train_on(write_corpus(tmp_path / "small", [["the brown fox jumps over the dog."]]), 20)) == 20
 
 
 def test_real_text_matches_reference(tmp_path: Path) -> None:
@@ -169,6 +176,10 @@ def test_read_vocab_rejects_missing_file_and_missing_special_tokens(tmp_path: Pa
     tokenizer_json.write_text('{"model": {"type": "BPE", "vocab": {"a": 0}}}')
     with pytest.raises(UserError, match="holds no WordPiece vocabulary"):
         read_vocab(tokenizer_json)
+    doubled = tmp_path / "doubled.txt"
+    doubled.write_text("\n".join([*SPECIAL_TOKENS, "hello", "[PAD]"]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"holds \[PAD\] 2 times \(lines 1, 7\): keep one"):
+        read_vocab(doubled)
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"[PAD]\n\xff\xfe\n")
     with pytest.raises(UserError, match="not UTF-8"):

@@ -171,7 +171,7 @@ def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus-dir", required=True, help="folder of raw text; blank lines separate documents")
     parser.add_argument("--vocab-file", required=True, help="WordPiece vocab.txt")
     parser.add_argument("--output-dir", required=True, help="where to write the shards")
-    parser.add_argument("--max-seq-length", type=_at_least(3), default=128, help="tokens per example (default: 128)")
+    parser.add_argument("--max-seq-length", type=_at_least(8), default=128, help="tokens per example (default: 128)")
     parser.add_argument(
         "--num-processes",
         type=_at_least(1),

@@ -25,12 +25,26 @@ from pathlib import Path
 from typing import Any
 
 from electra.errors import UserError
+from electra.fileio import is_utf8, not_utf8_message
 
 UNIT_BYTES = 1 << 20
 DAMAGED = (OSError, EOFError, lzma.LZMAError, tarfile.TarError)  # what truncated or corrupt packed files raise
 UNSUPPORTED_MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7z"}
 # Without a blank line this far past the target, cut at a line end so one huge document cannot serialise work.
 MAX_UNIT_STRETCH = 4
+NOT_TEXT_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x7fELF": "a program",
+    b"\x93NUMPY": "a NumPy array",
+    b"SQLite format 3": "an SQLite database",
+}
+# Beyond this share of invalid UTF-8 sequences in its first HEAD_BYTES a file is in another encoding (or not text):
+# decoding it anyway would train on mojibake. Fewer (a stray Latin-1 accent) are replaced and reported.
+MOSTLY_NOT_UTF8 = 0.2
+HEAD_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -92,19 +106,52 @@ def list_corpus_files(corpus_dir: str | os.PathLike) -> list[Path]:
         raise UserError(f"corpus folder {root} does not exist: {hint}")
     if not root.is_dir():
         raise UserError(f"{root} is a file, not a folder: put it in a folder of its own and {hint}")
-    files = sorted(
-        (
-            path
-            for path in root.rglob("*")
-            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
-        ),
-        key=lambda path: path.relative_to(root).as_posix(),
-    )
+    files = []
+    seen: set[str] = set()  # real paths: a linked folder or file that is also in the corpus is read once
+    for path in sorted(_walk(root), key=lambda path: path.relative_to(root).as_posix()):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            files.append(path)
     if not files:
         raise UserError(f"corpus folder {root} holds no files: {hint}")
     if all(path.stat().st_size == 0 for path in files):
         raise UserError(f"all {len(files)} file(s) in corpus folder {root} are empty: {hint}")
+    for path in files:
+        _require_text(path)
     return files
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file under `root`, following linked folders (each real folder once, so a link loop ends); hidden
+    files and folders are skipped."""
+    visited: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # which alias wins: stable
+        for name in names:
+            path = Path(folder, name)
+            if not name.startswith(".") and path.is_file():
+                yield path
+
+
+def _require_text(path: Path) -> None:
+    """A UserError for a file that is not text, or whose text is not UTF-8: both would become training text."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    kind = next((kind for magic, kind in NOT_TEXT_MAGIC.items() if head.startswith(magic)), None)
+    if kind:
+        raise UserError(f"{path} is {kind}, not text: move it out of the corpus folder")
+    if not head or compression(head) or head[257:262] == b"ustar" or is_utf8(head):
+        return
+    decoded = head.decode("utf-8", errors="replace")
+    invalid = len(decoded) - len(head.decode("utf-8", errors="ignore"))
+    if invalid > MOSTLY_NOT_UTF8 * len(decoded):
+        raise UserError(not_utf8_message(path) + " (or move it out of the corpus folder if it is not text)")
 
 
 def plan_units(files: list[Path], unit_bytes: int = UNIT_BYTES, at_blank_lines: bool = True) -> list[CorpusUnit]:

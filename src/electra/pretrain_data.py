@@ -45,6 +45,8 @@ SINGLE_SEGMENT_PROB = 0.1
 RANDOM_LENGTH_PROB = 0.05
 MIN_RANDOM_LENGTH = 5
 UNKNOWN_WARNING_SHARE = 0.01
+DROPPED_WARNING_SHARE = 0.05
+CASED_VOCAB_SHARE = 0.02  # of a vocabulary's tokens with capitals: it was built from cased text
 
 
 class ExampleBuilder:
@@ -122,6 +124,7 @@ class UnitResult:
     lines: int
     tokens: int
     unknown_tokens: int
+    dropped_tokens: int  # of lines longer than the room left in an example: cut off, as in the reference
     bytes: int
     invalid_utf8: int
     first_invalid_line: int
@@ -134,6 +137,7 @@ class BuildSummary:
     examples: int = 0
     tokens: int = 0
     unknown_tokens: int = 0
+    dropped_tokens: int = 0
     lines: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -175,6 +179,7 @@ class _UnitBuilder:
             lines = [line for line in lines if line]
         encodings = self.tokenizer.encode_batch_fast([line for line in lines if line], add_special_tokens=False)
         token_ids = (encoding.ids for encoding in encodings)
+        fed_tokens = sum(len(encoding.ids) for encoding in encodings)
         rng = random.Random(f"{settings.seed}:{unit_index}")
         builder = ExampleBuilder(settings.max_seq_length, rng)
         rows = []
@@ -188,12 +193,15 @@ class _UnitBuilder:
             if segments is not None:
                 rows.append(self._row(*segments))
         array = np.stack(rows) if rows else np.empty((0, settings.max_seq_length), self.dtype)
+        tokens = int((array != self.pad_id).sum())
+        special_tokens = int((array == self.cls_id).sum() + (array == self.sep_id).sum())
         return UnitResult(
             rows=array,
             documents=documents,
             lines=sum(1 for line in lines if line),
-            tokens=int((array != self.pad_id).sum()),
+            tokens=tokens,
             unknown_tokens=int((array == self.unk_id).sum()),
+            dropped_tokens=fed_tokens - (tokens - special_tokens),
             bytes=unit.size,
             invalid_utf8=decoded.invalid_utf8,
             first_invalid_line=decoded.first_invalid_line,
@@ -309,6 +317,29 @@ def _our_files(output_dir: Path) -> list[Path]:
     ]
 
 
+def corpus_entry(path: Path, root: Path) -> dict:
+    """How pretrain_data.json records a corpus file: its name (JSON-safe: a name that is not UTF-8 keeps its bytes
+    as \\x escapes), size and modification time, so that a rebuild notices a file changed in place."""
+    status = path.stat()
+    name = os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", errors="backslashreplace")
+    return {"file": name, "bytes": status.st_size, "modified_ns": status.st_mtime_ns}
+
+
+def corpus_change(before: list, now: list[dict]) -> str | None:
+    """What differs between a recorded corpus and the present one, naming a file; None if nothing does. A record
+    written before modification times were kept matches on names and sizes."""
+    old = {entry.get("file"): entry for entry in before if isinstance(entry, dict)}
+    new = {entry["file"]: entry for entry in now}
+    added, removed = [name for name in new if name not in old], [name for name in old if name not in new]
+    if added or removed:
+        return f"{(added or removed)[0]} {'added' if added else 'removed'}"
+    for name, entry in new.items():
+        recorded, modified = old[name], entry["modified_ns"]
+        if recorded.get("bytes") != entry["bytes"] or recorded.get("modified_ns", modified) != modified:
+            return f"{name} changed"
+    return None
+
+
 def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
     """Make `output_dir` ready for a build; False if it already holds this exact build."""
     metadata_path = output_dir / METADATA_FILE
@@ -324,6 +355,9 @@ def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
                 differing += [
                     f"{name} {before.get(name)!r} -> {now[name]!r}" for name in now if before.get(name) != now[name]
                 ]
+            elif key == "corpus":
+                change = corpus_change(before if isinstance(before, list) else [], now)
+                differing += [f"the corpus files ({change})"] if change else []
             elif before != now:
                 differing.append({"corpus": "the corpus files", "vocab_sha256": "the vocabulary"}.get(key, key))
         if not differing:
@@ -358,6 +392,13 @@ def build_pretraining_data(
     corpus_root, out = Path(corpus_dir), Path(output_dir)
     files = list_corpus_files(corpus_root)
     vocab = read_vocab(vocab_file)
+    capitalised = sum(1 for token in vocab if token not in SPECIAL_TOKENS and token != token.lower())
+    if settings.do_lower_case and capitalised > CASED_VOCAB_SHARE * len(vocab):
+        print(
+            f"warning: {capitalised:,} tokens of {vocab_file} hold capitals, which lower-cased text never produces: "
+            "if the vocabulary was built with --no-lower-case, build the data with --no-lower-case too",
+            file=sys.stderr,
+        )
     if settings.max_seq_length > 65535:
         raise UserError(f"--max-seq-length {settings.max_seq_length} is too long (at most 65535)")
     identity = {
@@ -367,7 +408,7 @@ def build_pretraining_data(
         "unit_bytes": unit_bytes,
         "vocab_size": len(vocab),
         "vocab_sha256": vocab_checksum(vocab),
-        "corpus": [{"file": path.relative_to(corpus_root).as_posix(), "bytes": path.stat().st_size} for path in files],
+        "corpus": [corpus_entry(path, corpus_root) for path in files],
     }
     if out.resolve().is_relative_to(corpus_root.resolve()):
         raise UserError(
@@ -401,6 +442,7 @@ def build_pretraining_data(
                 summary.examples += len(result.rows)
                 summary.tokens += result.tokens
                 summary.unknown_tokens += result.unknown_tokens
+                summary.dropped_tokens += result.dropped_tokens
                 summary.bytes += result.bytes
                 if result.invalid_utf8:
                     report.by_file.setdefault(unit.path, [0, result.first_invalid_line])[0] += result.invalid_utf8
@@ -423,6 +465,7 @@ def build_pretraining_data(
                 "examples": summary.examples,
                 "tokens": summary.tokens,
                 "unknown_tokens": summary.unknown_tokens,
+                "dropped_tokens": summary.dropped_tokens,
                 "bytes": summary.bytes,
                 "invalid_utf8": report.total,
             },
@@ -436,6 +479,19 @@ def build_pretraining_data(
                 f"warning: {summary.unknown_tokens / summary.tokens:.1%} of the tokens are {UNK}: check that "
                 "--do-lower-case/--no-lower-case matches how the vocabulary was built, and that the vocabulary "
                 "was trained on text like this corpus",
+                file=sys.stderr,
+            )
+        kept = summary.tokens - 2 * summary.examples  # less [CLS] and at least one [SEP] an example
+        if summary.dropped_tokens > DROPPED_WARNING_SHARE * (kept + summary.dropped_tokens):
+            share = summary.dropped_tokens / (kept + summary.dropped_tokens)
+            remedy = (
+                "lines this long are cut at the example length (as the reference does)"
+                if settings.split_sentences
+                else "the reference expects a sentence a line and cuts longer lines; --split-sentences keeps them"
+            )
+            print(
+                f"warning: {summary.dropped_tokens:,} tokens ({share:.0%} of the text) did not fit into the examples "
+                f"and were dropped: {remedy}",
                 file=sys.stderr,
             )
         return summary

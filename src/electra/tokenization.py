@@ -46,6 +46,13 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
             f"vocabulary file {vocab_path} lacks the special token(s) {' '.join(missing)}: "
             f"a BERT-style vocab.txt needs all of {' '.join(SPECIAL_TOKENS)}, one token a line"
         )
+    for token in SPECIAL_TOKENS:  # readers disagree on which copy is the id: the data and the model would too
+        lines = [number for number, entry in enumerate(tokens, 1) if entry == token]
+        if len(lines) > 1:
+            raise UserError(
+                f"vocabulary file {vocab_path} holds {token} {len(lines)} times (lines "
+                f"{', '.join(map(str, lines))}): keep one and rebuild any data made with it"
+            )
     return tokens
 
 
@@ -132,8 +139,8 @@ def train_vocab(
 ) -> list[str]:
     """Train a WordPiece vocabulary on corpus files; special tokens take ids 0-4 ([PAD] is id 0).
 
-    `limit_alphabet=None` keeps the most frequent characters that cover 99.99% of the text (at most
-    half the vocabulary), so a Chinese corpus keeps its thousands of characters and an English one
+    `limit_alphabet=None` keeps the most frequent characters that cover 99.99% of the text (as many as fit in the
+    vocabulary with their "##" pieces), so a Chinese corpus keeps its thousands of characters and an English one
     does not spend entries on stray symbols. The alphabet is chosen here, ties broken by code point:
     the tokenizers trainer cuts its alphabet in hash order among equally frequent characters, which
     changes from run to run. That costs one extra streaming pass over the corpus.
@@ -161,9 +168,18 @@ def train_vocab(
         char_counts.pop(space, None)
     if not char_counts:
         raise UserError("the corpus holds no text to train a vocabulary on")
+    by_frequency = sorted(char_counts, key=lambda char: (-char_counts[char], char))
     if limit_alphabet is None:
-        limit_alphabet = min(alphabet_size_for_coverage(char_counts), vocab_size // 2)
-    alphabet = sorted(char_counts, key=lambda char: (-char_counts[char], char))[:limit_alphabet]
+        limit_alphabet = alphabet_size_for_coverage(char_counts)
+    # What fits: each character of the alphabet takes an entry, and one more for its "##" piece if it occurs inside
+    # words (Chinese characters, each a word of its own, do not). The trainer adds merges only in the room left.
+    room = vocab_size - len(SPECIAL_TOKENS)
+    alphabet: list[str] = []
+    for char in by_frequency[:limit_alphabet]:
+        room -= 2 if char in inner_chars else 1
+        if room < 0:
+            break
+        alphabet.append(char)
     # The trainer numbers the "##" pieces in hash order, and those numbers break ties between equally frequent
     # merges, so the vocabulary changed from run to run (huggingface/tokenizers#1794). Declared up front,
     # in a fixed order, the pieces get fixed numbers.
