@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from electra.config import ModelConfig, build_finetuning_config, encoder_config
 from electra.errors import UserError
@@ -635,8 +635,21 @@ def test_a_trial_is_not_reused_once_its_training_data_changed(tmp_path: Path, vo
     hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(vocab_file)}
     write_user_task(tmp_path, {"train": sentiment_rows(48, 0), "dev": sentiment_rows(16, 1)})
     first = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
+    leftover = first["trials"][0]["dir"] / "checkpoints" / "step-00000001"  # a kill after the export, before removal
+    leftover.mkdir(parents=True)
     again = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
     assert again["trials"][0]["scores"] == first["trials"][0]["scores"]  # reused as it is
+    assert not leftover.parent.exists()
+    # Nor after the weights it started from changed (pre-training went on): its scores would be another model's.
+    start = tmp_path / "start"
+    shutil.copytree(first["trials"][0]["model"], start)
+    from_start = {**hparams, "num_train_epochs": 1, "init_checkpoint": str(start)}
+    started = run_finetuning(tmp_path, "n", from_start)
+    assert run_finetuning(tmp_path, "n", from_start)["trials"][0]["scores"] == started["trials"][0]["scores"]
+    weights = load_file(str(start / "model.safetensors"))
+    save_file({name: value + 0.01 for name, value in weights.items()}, str(start / "model.safetensors"))
+    with pytest.raises(UserError, match=r"other settings \(the pre-trained weights differ\)"):
+        run_finetuning(tmp_path, "n", from_start)
     write_user_task(tmp_path, {"train": sentiment_rows(48, 2), "dev": sentiment_rows(16, 1)})
     with pytest.raises(UserError, match=r"other settings \(the training data differ\)"):
         run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})

@@ -15,6 +15,7 @@ batch but not what the model computes for each of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -103,6 +104,7 @@ GLUE_SUBMISSION_NAMES = {
 }
 TASK_FILE = "electra_task.json"
 # Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.
+RECORD_CHECKSUMS = {"train_data": "the training data", "init_weights": "the pre-trained weights"}
 RUN_INDEPENDENT_HPARAMS = {
     "do_train",
     "do_eval",
@@ -865,14 +867,30 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
         for key in set(previous) | set(record)
         if key not in RUN_INDEPENDENT_HPARAMS
         and previous.get(key) != record.get(key)
-        and (key != "train_data" or key in previous)  # trials recorded before the checksum existed
+        and (key not in RECORD_CHECKSUMS or key in previous)  # trials recorded before the checksum existed
     )
     if changed:
         raise UserError(
             f"{trial_dir} holds a run with other settings "
-            f"({', '.join('the training data' if key == 'train_data' else key for key in changed[:6])} differ): "
+            f"({', '.join(RECORD_CHECKSUMS.get(key, key) for key in changed[:6])} differ): "
             "delete that folder to start again, or restore the settings to resume it"
         )
+
+
+@functools.cache
+def _file_checksum(path: str, size: int, modified_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def weights_fingerprint(path: Path) -> str:
+    """A checksum of a weights file (computed once a run): a trial is not reused once what it started from has
+    changed, e.g. after pre-training went on."""
+    status = path.stat()
+    return _file_checksum(str(path.resolve()), status.st_size, status.st_mtime_ns)
 
 
 def train_trial(
@@ -887,6 +905,7 @@ def train_trial(
         "seed": seed,
         "labels": {item.head.name: item.head.labels for item in data},
         "train_data": {item.head.name: training_data_fingerprint(item.train) for item in data},
+        "init_weights": weights_fingerprint(run.init_checkpoint) if run.init_checkpoint is not None else None,
     }
     _check_trial_record(trial_dir, record)
     torch.manual_seed(seed)
@@ -895,6 +914,8 @@ def train_trial(
     exported = trial_dir / "model"
     if all((task_model_dir(exported, data, item) / "config.json").is_file() for item in data):
         _load_exported(model, exported, data)
+        if processes.is_main:  # left behind by an interruption between the export and its removal
+            shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)
         return model  # finished; an export cut short is redone from the final checkpoint, which is removed last
     if run.init_checkpoint is not None:
         load_encoder_weights(model, run.init_checkpoint)
