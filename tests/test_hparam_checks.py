@@ -22,6 +22,7 @@ from electra.config import (
     PretrainingConfig,
     build_finetuning_config,
     build_pretraining_config,
+    encoder_config,
     with_inherited_shape,
 )
 from electra.errors import UserError
@@ -275,3 +276,25 @@ def test_quickstart_needs_at_least_one_training_step(tmp_path: Path, capsys, ste
     assert exit_info.value.code == 2
     assert f"argument --train-steps: must be at least 1, not {steps}" in capsys.readouterr().err
     assert not (tmp_path / "qs").exists()
+
+
+def test_debug_shape_then_the_users_overrides_as_the_reference_orders_them():
+    """ "debug": true replaces the size's shape; model_hparam_overrides still apply on top (they were dropped)."""
+    debug = encoder_config(build_pretraining_config({"debug": True}), 300, 0)
+    assert (debug.hidden_size, debug.num_hidden_layers, debug.num_attention_heads, debug.intermediate_size) == (
+        144,
+        3,
+        4,
+        576,
+    )
+    wider = {"debug": True, "model_hparam_overrides": {"hidden_size": 256, "hidden_dropout_prob": 0.0}}
+    shape = encoder_config(build_pretraining_config(wider), 300, 0)
+    assert (shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads, shape.intermediate_size) == (
+        256,
+        3,
+        4,
+        1024,
+    )
+    assert shape.hidden_dropout_prob == 0.0
+    plain = encoder_config(build_pretraining_config({"model_hparam_overrides": {"hidden_size": 128}}), 300, 0)
+    assert (plain.num_hidden_layers, plain.num_attention_heads, plain.intermediate_size) == (12, 2, 512)

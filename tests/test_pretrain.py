@@ -152,6 +152,20 @@ def test_resuming_with_another_vocabulary_is_refused(pretrain_data_dir: Path, ca
     assert not (pretrain_data_dir / "models" / "vocab-a" / "checkpoints" / "step-00000004").exists()
 
 
+def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_data_dir: Path, capsys):
+    """Later steps of a run under another learning rate or seed would not be the run its record describes; going on
+    to more steps, or saving and logging differently, is how a run continues."""
+    assert pretrain(pretrain_data_dir, "resumed", num_train_steps=4) == 0
+    record_file = pretrain_data_dir / "models" / "resumed" / "pretrain_config.json"
+    record = record_file.read_text()
+    assert pretrain(pretrain_data_dir, "resumed", num_train_steps=8, learning_rate=1e-2, seed=5) == 2
+    error = capsys.readouterr().err
+    assert "holds checkpoints of a run with other settings (learning_rate 0.001 -> 0.01, seed 0 -> 5)" in error
+    assert "init_checkpoint" in error and record_file.read_text() == record
+    assert pretrain(pretrain_data_dir, "resumed", num_train_steps=8, log_every_steps=2, save_checkpoints_steps=8) == 0
+    assert json.loads(record_file.read_text())["num_train_steps"] == 8
+
+
 def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path):
     assert pretrain(pretrain_data_dir, "source", num_train_steps=4) == 0
     source = pretrain_data_dir / "models" / "source"

@@ -435,13 +435,13 @@ def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
 def encoder_config(config: PretrainingConfig | FinetuningConfig, vocab_size: int, pad_token_id: int) -> ModelConfig:
     """The reference's get_bert_config: hidden size and depth from model_size, the rest derived, then overrides."""
     hidden, layers = SIZE_SHAPES[config.model_size]
-    shape: dict[str, Any] = {"hidden_size": hidden, "num_hidden_layers": layers}
-    shape.update(config.model_hparam_overrides)
-    shape["num_attention_heads"] = max(1, shape["hidden_size"] // 64)
-    shape["intermediate_size"] = 4 * shape["hidden_size"]
-    shape.update(config.model_hparam_overrides)
-    if config.debug:
-        shape.update(DEBUG_SHAPE)
+    # The reference's precedence: the size's shape (or the debug shape), then the user's overrides.
+    overrides = config.model_hparam_overrides
+    shape: dict[str, Any] = dict(DEBUG_SHAPE) if config.debug else {"hidden_size": hidden, "num_hidden_layers": layers}
+    shape.update(overrides)
+    if "hidden_size" in overrides or not config.debug:  # heads and feed-forward follow the width unless given
+        shape["num_attention_heads"] = overrides.get("num_attention_heads", max(1, shape["hidden_size"] // 64))
+        shape["intermediate_size"] = overrides.get("intermediate_size", 4 * shape["hidden_size"])
     shape["embedding_size"] = config.embedding_size or shape["hidden_size"]
     positions = shape.pop("max_position_embeddings", max(512, config.max_seq_length))  # the reference: 512
     if positions < config.max_seq_length:

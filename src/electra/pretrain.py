@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
-from electra.config import ModelConfig, PretrainingConfig, build_pretraining_config, with_inherited_shape
+from electra.config import (
+    GENERATOR_SHAPE_HPARAMS,
+    SHAPE_HPARAMS,
+    ModelConfig,
+    PretrainingConfig,
+    build_pretraining_config,
+    with_inherited_shape,
+)
 from electra.errors import UserError
 from electra.fileio import atomic_directory, folder_lock, read_json, read_weights, write_text_atomic
 from electra.objectives import MaskedBatch, PretrainingModel, mask_batch
@@ -182,6 +189,8 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
                 "the new token ids as the old ones. Use the vocabulary and data it was trained with, or another "
                 "--model-name to start afresh"
             )
+        if config.do_train and checkpoint_dirs(model_dir):
+            _refuse_other_settings(model_dir, first_run, config)
     if held_out is None:
         held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
     if config.do_train and len(data) - held_out < config.train_batch_size:
@@ -194,6 +203,48 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     )
 
 
+def _refuse_other_settings(model_dir: Path, recorded: dict[str, Any], config: PretrainingConfig) -> None:
+    """Resuming continues the recorded run: hparams that change what it trains would apply to its later steps only
+    (and the record would claim them for all). Raising num_train_steps is how a run is continued; the hparams of
+    RESUME_SAFE_HPARAMS change how it runs, not what it learns. Hparams the record predates count as unchanged."""
+    current = json.loads(json.dumps(config.to_dict()))
+    changed = [
+        f"{key} {recorded[key]!r} -> {value!r}"
+        for key, value in current.items()
+        if key not in RESUME_SAFE_HPARAMS and key not in SHAPE_KEYS and key in recorded and recorded[key] != value
+    ]
+    if changed:
+        raise UserError(
+            f"{model_dir} holds checkpoints of a run with other settings ({', '.join(changed[:6])}): restore them to "
+            f"resume it, or start a new --model-name (with init_checkpoint {model_dir} to start from its weights)"
+        )
+
+
+# What may differ between an interrupted run and its resumption: how long, how often to save, log and evaluate, where
+# files are, and how each step is computed (precision, compiling, accumulation, length groups: the same loss).
+RESUME_SAFE_HPARAMS = {
+    "do_train",
+    "do_eval",
+    "num_train_steps",
+    "num_eval_steps",
+    "eval_batch_size",
+    "iterations_per_loop",
+    "save_checkpoints_steps",
+    "keep_checkpoint_max",
+    "log_every_steps",
+    "max_nonfinite_steps",
+    "precision",
+    "compile",
+    "gradient_accumulation_steps",
+    "length_groups",
+    "pretrain_data",
+    "vocab_file",
+    "model_dir",
+    "init_checkpoint",
+    "max_eval_share",
+}
+# A resumed run takes its shape from its checkpoints, and loading them says what differs.
+SHAPE_KEYS = {*SHAPE_HPARAMS, *GENERATOR_SHAPE_HPARAMS, "vocab_size"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # ours and newer Hugging Face folders; older releases
 
 
