@@ -655,6 +655,18 @@ def test_a_trial_is_not_reused_once_its_training_data_changed(tmp_path: Path, vo
         run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
 
 
+def test_keep_all_models_false_keeps_only_the_last_trials_model(tmp_path: Path, vocab_file: Path) -> None:
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(vocab_file)}
+    write_user_task(tmp_path, {"train": sentiment_rows(48, 0), "dev": sentiment_rows(16, 1)})
+    settings = {"num_train_epochs": 1, "num_trials": 2, "keep_all_models": False}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, **settings})
+    first, last = outcome["trials"]
+    assert not first["dir"].exists() and (last["model"] / "model.safetensors").is_file()
+    assert first["scores"]["tickets/dev"] and last["scores"]["tickets/dev"]
+    text = describe_finetuning(outcome)
+    assert "trial 1: model not kept (keep_all_models)" in text and f"trial 2: model in {last['model']}" in text
+
+
 def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:
     """ "do_train": false decodes with the saved model's labels, in its output order: a training file that has
     since gained a class (three labels for a two-way head) or renamed one (shifting every id) changes nothing, and

@@ -1185,7 +1185,8 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
 def describe_finetuning(outcome: dict[str, Any]) -> str:
     lines = []
     for trial, entry in enumerate(outcome["trials"], 1):
-        lines.append(f"trial {trial}: model in {entry['model']}")
+        where = f"model in {entry['model']}" if Path(entry["model"]).exists() else "model not kept (keep_all_models)"
+        lines.append(f"trial {trial}: {where}")
         for key, metrics in entry["scores"].items():
             lines.append(f"  {key}: " + ", ".join(f"{metric} {value:.2f}" for metric, value in metrics.items()))
     if len(outcome["trials"]) > 1 and "summary" in outcome:
