@@ -53,6 +53,9 @@ def write_stdlib_corpus(output_dir: str | os.PathLike, stdlib_dir: str | os.Path
             "pass --corpus-dir a folder of your own text"
         )
     path = Path(output_dir) / "python_stdlib_docstrings.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "\n\n".join(documents) + "\n")
+    text = "\n\n".join(documents) + "\n"
+    # Rewritten only when it differs: a rewrite's new modification time would tell build-data the corpus changed.
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
     return path
