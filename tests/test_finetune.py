@@ -661,10 +661,18 @@ def test_keep_all_models_false_keeps_only_the_last_trials_model(tmp_path: Path, 
     settings = {"num_train_epochs": 1, "num_trials": 2, "keep_all_models": False}
     outcome = run_finetuning(tmp_path, "m", {**hparams, **settings})
     first, last = outcome["trials"]
-    assert not first["dir"].exists() and (last["model"] / "model.safetensors").is_file()
+    assert not first["model"].exists() and (last["model"] / "model.safetensors").is_file()
     assert first["scores"]["tickets/dev"] and last["scores"]["tickets/dev"]
     text = describe_finetuning(outcome)
     assert "trial 1: model not kept (keep_all_models)" in text and f"trial 2: model in {last['model']}" in text
+    # Its scores stay with its record: the same command again (or after a kill in trial 2) does not retrain it.
+    recorded = (first["dir"] / "finetune_config.json").stat().st_mtime_ns  # training writes it again
+    again = run_finetuning(tmp_path, "m", {**hparams, **settings})
+    assert (first["dir"] / "finetune_config.json").stat().st_mtime_ns == recorded
+    assert [trial["scores"] for trial in again["trials"]] == [first["scores"], last["scores"]]
+    assert not first["model"].exists() and not (first["dir"] / "checkpoints").exists()
+    with pytest.raises(UserError, match=r"other settings.*learning_rate"):
+        run_finetuning(tmp_path, "m", {**hparams, **settings, "learning_rate": 5e-4})
 
 
 def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:

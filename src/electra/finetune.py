@@ -103,6 +103,7 @@ GLUE_SUBMISSION_NAMES = {
     "diagnostic": "AX",
 }
 TASK_FILE = "electra_task.json"
+SCORES_FILE = "scores.json"  # a trial's dev scores, kept when keep_all_models false deletes its model
 # Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.
 RECORD_CHECKSUMS = {"train_data": "the training data", "init_weights": "the pre-trained weights"}
 RUN_INDEPENDENT_HPARAMS = {
@@ -893,20 +894,25 @@ def weights_fingerprint(path: Path) -> str:
     return _file_checksum(str(path.resolve()), status.st_size, status.st_mtime_ns)
 
 
+def trial_record(run: FinetuningRun, data: list[TaskData], trial: int) -> dict[str, Any]:
+    """What a trial is trained from (written to its finetune_config.json): a trial is reused only if it matches."""
+    return {
+        **run.config.to_dict(),
+        "seed": run.config.seed + trial - 1,
+        "labels": {item.head.name: item.head.labels for item in data},
+        "train_data": {item.head.name: training_data_fingerprint(item.train) for item in data},
+        "init_weights": weights_fingerprint(run.init_checkpoint) if run.init_checkpoint is not None else None,
+    }
+
+
 def train_trial(
     run: FinetuningRun, data: list[TaskData], trial: int, featurizer: Featurizer, processes: Processes
 ) -> FinetuningModel:
     """Train one trial (resuming it if it was interrupted), export it, and return the trained model."""
     config = run.config
     trial_dir = run.trial_dir(trial)
-    seed = config.seed + trial - 1
-    record = {
-        **config.to_dict(),
-        "seed": seed,
-        "labels": {item.head.name: item.head.labels for item in data},
-        "train_data": {item.head.name: training_data_fingerprint(item.train) for item in data},
-        "init_weights": weights_fingerprint(run.init_checkpoint) if run.init_checkpoint is not None else None,
-    }
+    record = trial_record(run, data, trial)
+    seed = record["seed"]
     _check_trial_record(trial_dir, record)
     torch.manual_seed(seed)
     model_config = encoder_config(config, len(run.vocab), featurizer.pad_id)
@@ -1145,6 +1151,12 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
     for trial in range(1, config.num_trials + 1):
         trial_dir = run.trial_dir(trial)
         exported = run.finetuned_model or trial_dir / "model"
+        kept_scores = trial_dir / SCORES_FILE
+        if config.do_train and not config.keep_all_models and kept_scores.is_file() and not exported.exists():
+            _check_trial_record(trial_dir, trial_record(run, data, trial))
+            scores.append(read_json(kept_scores))
+            outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": scores[-1]})
+            continue
         if config.do_train:
             model = train_trial(run, data, trial, featurizer, processes)
         else:
@@ -1173,7 +1185,10 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
                                 write_test_outputs(run, item, split, trial, decoded)
                             )
         if not config.keep_all_models and trial < config.num_trials and processes.is_main:
-            shutil.rmtree(trial_dir, ignore_errors=True)
+            # The model goes, its record and scores stay: a re-run (or one resumed after an interruption in a
+            # later trial) reuses them instead of training this trial again.
+            write_text_atomic(kept_scores, json.dumps(trial_scores, indent=2) + "\n")
+            shutil.rmtree(exported, ignore_errors=True)
         scores.append(trial_scores)
         outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": trial_scores})
     if config.do_eval and processes.is_main:
