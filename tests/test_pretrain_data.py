@@ -320,6 +320,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, english_corpus: Path, vo
     assert "no text found" in error_of(
         "--corpus-dir", str(tmp_path / "blank"), "--vocab-file", str(vocab_file), "--output-dir", out
     )
+    assert not Path(out).exists()  # the folder it made to hold its lock is gone again
     partial = tmp_path / "partial_vocab.txt"
     partial.write_text("[PAD]\n[UNK]\nfox\n")
     assert "[CLS] [SEP] [MASK]" in error_of(

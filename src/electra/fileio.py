@@ -87,6 +87,7 @@ def folder_lock(folder: Path, command: str, name: str = ".lock") -> Iterator[Non
     except ImportError:  # not a POSIX system: no lock
         yield
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a+", encoding="utf-8") as handle:
         try:
@@ -102,7 +103,12 @@ def folder_lock(folder: Path, command: str, name: str = ".lock") -> Iterator[Non
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:  # a run that failed before writing anything leaves no folder behind that it made for its lock
+            if created and [path.name for path in folder.iterdir()] == [name]:
+                (folder / name).unlink()
+                folder.rmdir()
 
 
 def check_replaceable(folder: Path, marker: str, inputs: list[Path], ours: list[str]) -> None:
