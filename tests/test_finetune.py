@@ -673,6 +673,10 @@ def test_keep_all_models_false_keeps_only_the_last_trials_model(tmp_path: Path, 
     assert not first["model"].exists() and not (first["dir"] / "checkpoints").exists()
     with pytest.raises(UserError, match=r"other settings.*learning_rate"):
         run_finetuning(tmp_path, "m", {**hparams, **settings, "learning_rate": 5e-4})
+    # Evaluating a named model with these settings deletes nothing: it trained no trial here.
+    evaluation = {**hparams, **settings, "do_train": False, "init_checkpoint": str(last["model"])}
+    assert len(run_finetuning(tmp_path, "m", evaluation)["trials"]) == 2
+    assert (last["model"] / "model.safetensors").is_file()
 
 
 def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:

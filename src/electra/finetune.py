@@ -1184,7 +1184,7 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
                             outcome.setdefault("test_outputs", []).append(
                                 write_test_outputs(run, item, split, trial, decoded)
                             )
-        if not config.keep_all_models and trial < config.num_trials and processes.is_main:
+        if config.do_train and not config.keep_all_models and trial < config.num_trials and processes.is_main:
             # The model goes, its record and scores stay: a re-run (or one resumed after an interruption in a
             # later trial) reuses them instead of training this trial again.
             write_text_atomic(kept_scores, json.dumps(trial_scores, indent=2) + "\n")
