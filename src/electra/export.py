@@ -42,6 +42,7 @@ from electra.finetune import (
     run_in_length_order,
     write_task_spec,
 )
+from electra.pretrain import WEIGHT_FILES
 from electra.tasks import Example
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings, read_vocab
 
@@ -75,7 +76,7 @@ def tokenizer_files(folder: Path, normalization: dict[str, bool], max_length: in
 
 def _copy_model_folder(source: Path, target: Path, normalization: dict[str, bool]) -> None:
     check_replaceable(target, "config.json", [source], [path.name for path in source.iterdir()] + TOKENIZER_FILES)
-    for weights in (source / "model.safetensors", source / "pytorch_model.bin"):
+    for weights in (source / name for name in WEIGHT_FILES):
         if weights.is_file():
             read_weights(weights)  # a damaged file is refused here rather than copied on
     with atomic_directory(target) as tmp:

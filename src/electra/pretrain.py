@@ -203,23 +203,6 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     )
 
 
-def _refuse_other_settings(model_dir: Path, recorded: dict[str, Any], config: PretrainingConfig) -> None:
-    """Resuming continues the recorded run: hparams that change what it trains would apply to its later steps only
-    (and the record would claim them for all). Raising num_train_steps is how a run is continued; the hparams of
-    RESUME_SAFE_HPARAMS change how it runs, not what it learns. Hparams the record predates count as unchanged."""
-    current = json.loads(json.dumps(config.to_dict()))
-    changed = [
-        f"{key} {recorded[key]!r} -> {value!r}"
-        for key, value in current.items()
-        if key not in RESUME_SAFE_HPARAMS and key not in SHAPE_KEYS and key in recorded and recorded[key] != value
-    ]
-    if changed:
-        raise UserError(
-            f"{model_dir} holds checkpoints of a run with other settings ({', '.join(changed[:6])}): restore them to "
-            f"resume it, or start a new --model-name (with init_checkpoint {model_dir} to start from its weights)"
-        )
-
-
 # What may differ between an interrupted run and its resumption: how long, how often to save, log and evaluate, where
 # files are, and how each step is computed (precision, compiling, accumulation, length groups: the same loss).
 RESUME_SAFE_HPARAMS = {
@@ -245,6 +228,25 @@ RESUME_SAFE_HPARAMS = {
 }
 # A resumed run takes its shape from its checkpoints, and loading them says what differs.
 SHAPE_KEYS = {*SHAPE_HPARAMS, *GENERATOR_SHAPE_HPARAMS, "vocab_size"}
+
+
+def _refuse_other_settings(model_dir: Path, recorded: dict[str, Any], config: PretrainingConfig) -> None:
+    """Resuming continues the recorded run: hparams that change what it trains would apply to its later steps only
+    (and the record would claim them for all). Raising num_train_steps is how a run is continued; the hparams of
+    RESUME_SAFE_HPARAMS change how it runs, not what it learns. Hparams the record predates count as unchanged."""
+    current = json.loads(json.dumps(config.to_dict()))
+    changed = [
+        f"{key} {recorded[key]!r} -> {value!r}"
+        for key, value in current.items()
+        if key not in RESUME_SAFE_HPARAMS and key not in SHAPE_KEYS and key in recorded and recorded[key] != value
+    ]
+    if changed:
+        raise UserError(
+            f"{model_dir} holds checkpoints of a run with other settings ({', '.join(changed[:6])}): restore them to "
+            f"resume it, or start a new --model-name (with init_checkpoint {model_dir} to start from its weights)"
+        )
+
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # ours and newer Hugging Face folders; older releases
 
 

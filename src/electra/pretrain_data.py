@@ -359,7 +359,7 @@ def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
                 change = corpus_change(before if isinstance(before, list) else [], now)
                 differing += [f"the corpus files ({change})"] if change else []
             elif before != now:
-                differing.append({"corpus": "the corpus files", "vocab_sha256": "the vocabulary"}.get(key, key))
+                differing.append("the vocabulary" if key == "vocab_sha256" else key)
         if not differing:
             return False
         raise BuiltWithOtherSettings(output_dir, differing)
