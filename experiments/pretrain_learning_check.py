@@ -45,7 +45,7 @@ def evaluate_checkpoints(data_dir: Path, model_name: str, hparams: dict) -> list
     from electra.objectives import PretrainingModel
     from electra.pretrain import evaluate
     from electra.tokenization import PAD, read_vocab
-    from electra.trainer import checkpoint_dirs, load_weights
+    from electra.trainer import checkpoint_dirs, checkpoint_step, load_weights
 
     run = prepare_run(data_dir, model_name, hparams)
     vocab = read_vocab(run.vocab_file)
@@ -53,7 +53,7 @@ def evaluate_checkpoints(data_dir: Path, model_name: str, hparams: dict) -> list
     found = []
     for folder in checkpoint_dirs(run.model_dir):
         load_weights(model, folder / "model.safetensors")
-        found.append((int(folder.name.split("-")[1]), evaluate(model, run, torch.device("cpu"))))
+        found.append((checkpoint_step(folder), evaluate(model, run, torch.device("cpu"))))
     return found
 
 

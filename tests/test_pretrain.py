@@ -164,6 +164,10 @@ def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_
     assert "init_checkpoint" in error and record_file.read_text() == record
     assert pretrain(pretrain_data_dir, "resumed", num_train_steps=8, log_every_steps=2, save_checkpoints_steps=8) == 0
     assert json.loads(record_file.read_text())["num_train_steps"] == 8
+    capsys.readouterr()
+    assert pretrain(pretrain_data_dir, "resumed", num_train_steps=4) == 0  # fewer steps than trained: nothing to do
+    assert "already trained to step 8: nothing left to train" in capsys.readouterr().out
+    assert json.loads(record_file.read_text())["num_train_steps"] == 8  # what the model holds, not what was asked
 
 
 def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path):

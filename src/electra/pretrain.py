@@ -44,6 +44,7 @@ from electra.trainer import (
     Trainer,
     TrainSettings,
     checkpoint_dirs,
+    checkpoint_step,
     load_checkpoint,
     load_weights,
     setup_processes,
@@ -527,8 +528,9 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     vocab = read_vocab(run.vocab_file)
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
     # Weights first: a checkpoint or init_checkpoint that does not fit stops the run before anything is written.
-    if checkpoint_dirs(run.model_dir):
-        load_weights(model, checkpoint_dirs(run.model_dir)[-1] / "model.safetensors")  # training resumes from it
+    checkpoints = checkpoint_dirs(run.model_dir)
+    if checkpoints:
+        load_weights(model, checkpoints[-1] / "model.safetensors")  # training resumes from it
     elif config.init_checkpoint:
         random_parts = load_init_checkpoint(model, config.init_checkpoint)  # weights only, fresh optimizer
         if random_parts and processes.is_main:
@@ -546,6 +548,8 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
         record = {
             **{key: earlier[key] for key in ("converted_from",) if key in earlier},
             **config.to_dict(),
+            # A re-run asking for fewer steps than were trained trains none: the model holds the steps it reached.
+            "num_train_steps": max(config.num_train_steps, checkpoint_step(checkpoints[-1]) if checkpoints else 0),
             "vocab_size": len(vocab),
             "vocab_sha256": run.data.metadata["vocab_sha256"],
             "eval_examples": len(run.eval_range),
@@ -587,7 +591,7 @@ def describe(outcome: dict[str, Any]) -> str:
         if metrics:
             lines.append(f"trained to step {result.step:,} ({result.skipped_steps} skipped): {metrics}")
         else:  # the same command again after it finished
-            lines.append(f"already trained to step {result.step:,} (num_train_steps): nothing left to train")
+            lines.append(f"already trained to step {result.step:,}: nothing left to train (raise num_train_steps)")
         lines += [f"exported {path}" for path in outcome.get("exported", [])]
     if "eval" in outcome:
         lines.append("evaluation on held-out data:")

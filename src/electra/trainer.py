@@ -247,7 +247,12 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [path for path in root.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX)]
-    return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder (from `checkpoint_dirs`) was saved at."""
+    return int(folder.name[len(CHECKPOINT_PREFIX) :])
 
 
 def save_checkpoint(
