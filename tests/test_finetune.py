@@ -135,11 +135,13 @@ def test_sentence_pairs_and_an_empty_second_text(vocab_file: Path) -> None:
     vocab = vocab_file.read_text().split()
     featurizer = Featurizer(vocab, max_seq_length=40)
     head = TaskHead("c", "classification", ["0", "1"])
-    pair, empty = featurizer.features([Example(0, "good film", "bad"), Example(1, "good film", "")], head, 0)
+    examples = [Example(0, "good film", "bad"), Example(1, "good film", ""), Example(2, "good film", " \t")]
+    pair, empty, blank = featurizer.features(examples, head, 0)
     cls, sep, good, film, bad = (vocab.index(token) for token in ("[CLS]", "[SEP]", "good", "film", "bad"))
     assert pair.input_ids.tolist() == [cls, good, film, sep, bad, sep]
     assert pair.token_type_ids.tolist() == [0, 0, 0, 0, 1, 1]
-    assert empty.input_ids.tolist() == [cls, good, film, sep] and not empty.token_type_ids.any()
+    for single in (empty, blank):  # a blank second text has no tokens: one segment too (it gave [SEP] [SEP])
+        assert single.input_ids.tolist() == [cls, good, film, sep] and not single.token_type_ids.any()
 
 
 def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) -> None:
@@ -163,6 +165,10 @@ def test_finetune_config_precedence() -> None:
     large = build_finetuning_config({"task_names": ["sst"], "model_size": "large"})
     assert (large.learning_rate, large.layerwise_lr_decay) == (5e-5, 0.9)
     assert build_finetuning_config({"task_names": "sst,cola", "learning_rate": 3e-4}).learning_rate == 3e-4
+    # Several tasks: batches mix them as the reference's shuffle does (length buckets gave most batches one task).
+    assert build_finetuning_config({"task_names": ["sst"]}).length_bucketing
+    assert not build_finetuning_config({"task_names": ["cola", "mrpc"]}).length_bucketing
+    assert build_finetuning_config({"task_names": ["cola", "mrpc"], "length_bucketing": True}).length_bucketing
     with pytest.raises(UserError, match="did you mean 'layerwise_lr_decay'"):
         build_finetuning_config({"layerwise_lr_decy": 0.8})
     with pytest.raises(UserError, match=r"'raw_data_dir' sets one of the reference's paths; here .*--data-dir"):
@@ -201,6 +207,17 @@ def test_glue_layouts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert mnli.examples("dev")[0].label == "contradiction"
     with pytest.raises(UserError, match=r"sst/train\.tsv not found.*finetuning_data/<task>/"):
         get_task("sst", root, {}).examples("train")
+    # A label the task cannot have is refused with its row (it was skipped, so dev scores covered fewer rows).
+    (root / "cola" / "dev.tsv").write_text("gj04\t1\t\tThe dog barked.\ngj04\t2\t\tDog the barked.\n")
+    with pytest.raises(UserError, match=r"cola/dev\.tsv:2: label '2' is not one of cola's labels \(0, 1\)"):
+        get_task("cola", root, {}).examples("dev")
+    (root / "sts").mkdir()
+    sts_header = "\t".join(["index", *[f"c{i}" for i in range(6)], "sentence1", "sentence2", "score"]) + "\n"
+    for score in ("7.5", "nan", "-1"):  # the reference asserts 0 <= score <= 5; nan trained as skipped steps
+        row = "\t".join(["0", *["x"] * 6, "A man sleeps.", "A man is asleep.", score])
+        (root / "sts" / "train.tsv").write_text(f"{sts_header}{row}\n")
+        with pytest.raises(UserError, match=rf"sts/train\.tsv:2: score {score} is outside sts's range 0 to 5"):
+            get_task("sts", root, {}).examples("train")
     with pytest.raises(UserError, match="did you mean 'cola'"):
         get_task("colla", root, {})
 
@@ -508,13 +525,14 @@ def test_glue_task_writes_submission_file(tmp_path: Path, vocab_file: Path) -> N
     for split, count, seed in (("train", 320, 0), ("dev", 64, 1)):
         rows = "".join(f"{text}\t{labels[label]}\n" for text, label in sentiment_rows(count, seed))
         (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
-    (folder / "test.tsv").write_text("index\tsentence\n0\tthe film was great\n1\tan awful plot\n")
+    # the row of index 1 is malformed: skipped, and the next keeps its own index (GLUE scores by it)
+    (folder / "test.tsv").write_text("index\tsentence\n0\tthe film was great\n1\n2\tan awful plot\n")
     hparams = {**TINY_MODEL, "task_names": ["sst"], "vocab_file": str(vocab_file), "write_test_outputs": True}
     outcome = run_finetuning(tmp_path, "m", hparams)
     assert outcome["trials"][0]["scores"]["sst/dev"]["accuracy"] > 90
     submission = tmp_path / "models" / "m" / "test_predictions" / "sst_1" / "SST-2.tsv"
     assert outcome["test_outputs"] == [submission]
-    assert submission.read_text() == "index\tprediction\n0\t1\n1\t0\n"
+    assert submission.read_text() == "index\tprediction\n0\t1\n2\t0\n"
     # `electra predict` knows GLUE's column names and reads quotes as text, as GLUE's files need.
     (folder / "quoted.tsv").write_text('sentence\tlabel\n"the film was great\t1\nan awful plot "\t0\n')
     done = run_prediction(

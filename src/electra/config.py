@@ -337,7 +337,7 @@ class FinetuningConfig:
     max_nonfinite_steps: int = 20
     adam_bias_correction: bool = True
     keep_checkpoint_max: int = 1
-    length_bucketing: bool = True  # batch examples of similar length together (training only)
+    length_bucketing: bool = True  # batch examples of similar length together (training only; one task's default)
     max_grad_norm: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,6 +422,8 @@ def build_finetuning_config(hparams: dict[str, Any]) -> FinetuningConfig:
             resolved.update(max_seq_length=512, num_train_epochs=2.0, write_test_outputs=False)
         elif task == "chunk":
             resolved["max_seq_length"] = 256
+    else:  # the reference shuffles the tasks' examples together; length buckets would give each batch one task
+        resolved["length_bucketing"] = False
     if size == "large":
         resolved.update(learning_rate=5e-5, layerwise_lr_decay=0.9)
     elif size == "small":

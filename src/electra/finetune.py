@@ -229,9 +229,9 @@ class Featurizer:
                 for window in self.qa.features(examples)  # type: ignore[arg-type]
             ]
         firsts = self._pieces([example.text_a for example in examples])
-        paired = [bool(example.text_b) for example in examples]  # an empty second text: one segment, as the reference
         second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b]))
-        seconds = [next(second_pieces) if pair else [] for pair in paired]
+        seconds = [next(second_pieces) if example.text_b else [] for example in examples]
+        paired = [bool(second) for second in seconds]  # a second text without tokens: one segment, as the reference
         label_ids = {label: i for i, label in enumerate(head.labels)}
         low, high = head.value_range
         features = []
@@ -1007,8 +1007,8 @@ def evaluate_task(
     featurizer: Featurizer,
     run: FinetuningRun,
     device: torch.device,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Scores of one split (empty for unlabelled test splits) and the decoded predictions."""
+) -> tuple[dict[str, float], list[Any], list[dict[str, Any]]]:
+    """Scores of one split (empty for unlabelled test splits), its examples and their decoded predictions."""
     examples = item.evaluation[split] if split in item.evaluation else item.task.examples(split)
     features = featurizer.features(examples, item.head, task_id)
     outputs = predict_features(
@@ -1018,12 +1018,13 @@ def evaluate_task(
         decoding = QADecoding.from_config(run.config, getattr(item.task, "v2", False))
         decoded = decode_answers(examples, features, outputs, featurizer, item.head.qa, decoding)
         write_qa_files(run, item.task.name, split, decoded)
-        return item.task.score(examples, decoded, [], no_answer_threshold=decoding.no_answer_threshold), decoded
+        scores = item.task.score(examples, decoded, [], no_answer_threshold=decoding.no_answer_threshold)
+        return scores, examples, decoded
     decoded = [decode(item.head, output, feature) for output, feature in zip(outputs, features, strict=True)]
     if any(example.label is None for example in examples):
-        return {}, decoded
+        return {}, examples, decoded
     key = {"classification": "label", "regression": "value", "tagging": "tags"}[item.head.kind]
-    return item.task.score(examples, [entry[key] for entry in decoded], item.head.labels), decoded
+    return item.task.score(examples, [entry[key] for entry in decoded], item.head.labels), examples, decoded
 
 
 def decode_answers(
@@ -1067,14 +1068,18 @@ def write_qa_files(run: FinetuningRun, task_name: str, split: str, decoded: list
     write_text_atomic(folder / f"{task_name}{suffix}_null_odds.json", json.dumps(odds, indent=1))
 
 
-def write_test_outputs(run: FinetuningRun, item: TaskData, split: str, trial: int, decoded: list[dict]) -> Path:
+def write_test_outputs(
+    run: FinetuningRun, item: TaskData, split: str, trial: int, examples: list[Any], decoded: list[dict]
+) -> Path:
     folder = run.model_dir / "test_predictions" / f"{run.tasks_name}_{trial}"
     folder.mkdir(parents=True, exist_ok=True)
     glue_name = GLUE_SUBMISSION_NAMES.get(split) or GLUE_SUBMISSION_NAMES.get(item.task.name)
     if glue_name and item.head.kind != "tagging":
         path = folder / f"{glue_name}.tsv"
         key = "value" if item.head.kind == "regression" else "label"
-        text = "index\tprediction\n" + "".join(f"{i}\t{entry[key]}\n" for i, entry in enumerate(decoded))
+        # GLUE's index is the row's place in the test file (a skipped malformed row keeps the others in theirs)
+        rows = zip(examples, decoded, strict=True)
+        text = "index\tprediction\n" + "".join(f"{example.eid}\t{entry[key]}\n" for example, entry in rows)
     else:
         path = folder / f"{item.task.name}_{split}.jsonl"
         text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in decoded)
@@ -1175,14 +1180,16 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         if processes.is_main:
             for task_id, item in enumerate(data):
                 for split in item.task.eval_splits() if config.do_eval else []:
-                    found, _ = evaluate_task(model, item, task_id, split, featurizer, run, processes.device)
+                    found, _, _ = evaluate_task(model, item, task_id, split, featurizer, run, processes.device)
                     trial_scores[f"{item.task.name}/{split}"] = found
                 if config.write_test_outputs and trial <= config.n_writes_test:
                     for split in item.task.test_splits():
                         if item.task.has_split(split):
-                            _, decoded = evaluate_task(model, item, task_id, split, featurizer, run, processes.device)
+                            _, examples, decoded = evaluate_task(
+                                model, item, task_id, split, featurizer, run, processes.device
+                            )
                             outcome.setdefault("test_outputs", []).append(
-                                write_test_outputs(run, item, split, trial, decoded)
+                                write_test_outputs(run, item, split, trial, examples, decoded)
                             )
         if config.do_train and not config.keep_all_models and trial < config.num_trials and processes.is_main:
             # The model goes, its record and scores stay: a re-run (or one resumed after an interruption in a

@@ -7,8 +7,9 @@ reference reports them.
 
 One deliberate difference: the reference's chunk scorer reads predicted spans its own way (only B, S or O
 end a span; a type change inside one does not split it), while conlleval, the task's official scorer, ends a
-span at E and at a type change. The two agree on well-formed predictions and differ by tenths of a point on
-a model that emits broken sequences.
+span at E and at a type change. The two agree on well-formed predictions and differ on broken ones: with 2% of
+the gold tags of CoNLL-2000 dev replaced at random, F1 is 96.5 read the reference's way and 95.3 by conlleval; with
+5%, 91.2 and 88.6 (measured in session 12).
 """
 
 from __future__ import annotations

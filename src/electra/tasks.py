@@ -199,7 +199,8 @@ class Columns:
 
 class GlueTask(Task):
     """A GLUE task in the layout of `download_glue_data.py`, read as the reference reads it: malformed rows
-    (the official QQP and MNLI files have a few) are skipped with a warning naming them."""
+    (the official QQP and MNLI files have a few) are skipped with a warning naming them; a label outside the task's
+    (or an STS score outside 0-5) is an error naming its row."""
 
     columns: Columns
     test_columns: Columns
@@ -223,7 +224,7 @@ class GlueTask(Task):
                 if label is not None and self.kind == "regression":
                     label = float(label)
                 example = Example(
-                    eid=len(examples),
+                    eid=number - 1 - int(columns.skip_header),  # the row's index in the file, as GLUE's
                     text_a=row[columns.text_a],
                     text_b=row[columns.text_b] if columns.text_b is not None else None,
                     label=label,
@@ -232,19 +233,35 @@ class GlueTask(Task):
             except (IndexError, ValueError):
                 skipped.append(number)
                 continue
-            if self.labels is not None and label is not None and label not in self.labels:
-                skipped.append(number)
-                continue
+            self.check_glue_label(label, path, number)
             examples.append(example)
         if skipped:
             lines = ", ".join(str(number) for number in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
             print(f"warning: {path}: skipped {len(skipped)} malformed row(s), line(s) {lines}", file=sys.stderr)
         if split == "train" and self.swap_in_training and self.double_unordered:
+            after = examples[-1].eid + 1 if examples else 0
             examples += [
-                Example(len(examples) + i, e.text_b or "", e.text_a, label=e.label, source=e.source)
+                Example(after + i, e.text_b or "", e.text_a, label=e.label, source=e.source)
                 for i, e in enumerate(examples)
             ]
         return examples
+
+    def check_glue_label(self, label: Any, path: Path, number: int) -> None:
+        """A label the task cannot have would be trained on (or scored) as something else: refused, as the
+        reference refuses it (with a KeyError or an assertion)."""
+        if label is None:
+            return
+        if self.labels is not None and label not in self.labels:
+            raise UserError(
+                f"{path}:{number}: label {label!r} is not one of {self.name}'s labels ({', '.join(self.labels)}); "
+                "correct or remove that row"
+            )
+        low, high = self.value_range
+        if self.kind == "regression" and not low <= label <= high:
+            raise UserError(
+                f"{path}:{number}: score {label:g} is outside {self.name}'s range {low:g} to {high:g}; "
+                "correct or remove that row"
+            )
 
 
 def _glue(
