@@ -124,7 +124,7 @@ class UnitResult:
     lines: int
     tokens: int
     unknown_tokens: int
-    dropped_tokens: int  # of lines longer than the room left in an example: cut off, as in the reference
+    dropped_tokens: int  # past the room left in an example by the line that fills it: cut off, as in the reference
     bytes: int
     invalid_utf8: int
     first_invalid_line: int
@@ -485,7 +485,8 @@ def build_pretraining_data(
         if summary.dropped_tokens > DROPPED_WARNING_SHARE * (kept + summary.dropped_tokens):
             share = summary.dropped_tokens / (kept + summary.dropped_tokens)
             remedy = (
-                "lines this long are cut at the example length (as the reference does)"
+                "the sentence that fills an example is cut at its end, as the reference builds examples (a longer "
+                "--max-seq-length loses less)"
                 if settings.split_sentences
                 else "the reference expects a sentence a line and cuts longer lines; --split-sentences keeps them"
             )
