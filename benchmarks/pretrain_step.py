@@ -1,17 +1,17 @@
 """Pre-training step speed and memory: ours vs a peer built from `transformers` ELECTRA classes.
 
-The peer is what popular PyTorch ports do: an `ElectraForMaskedLM` generator and an
-`ElectraForPreTraining` discriminator sharing embeddings, generator logits at every position,
-Gumbel-max sampling, loss = MLM + 50 x replaced-token detection, torch AdamW. Ours is
-`electra.objectives.PretrainingModel` with the reference's masking, one training step as the
-trainer runs it. Same shapes (ELECTRA-Small by default), batch, sequence length and threads; each
-variant runs in its own process so peak memory is its own. A variant is `ours` or `peer`, a precision
+The peer is what popular PyTorch ports do: an `ElectraForMaskedLM` generator and an `ElectraForPreTraining`
+discriminator sharing embeddings, generator logits at every position, Gumbel-max sampling, loss = MLM + 50 x
+replaced-token detection, torch AdamW. Ours is `electra.objectives.PretrainingModel` with the reference's masking,
+one training step as the trainer runs it. Same shapes (ELECTRA-Small by default), batch, sequence length and
+threads; each variant runs in its own process so peak memory is its own. A variant is `ours` or `peer`, a precision
 (`fp32`, `bf16` autocast) and optionally `-compile` (torch.compile of the model) or `-graphs` (torch.compile's
-"reduce-overhead" mode: CUDA graphs). Steps are timed in a row, as training runs them: the host may queue the
-next step while the device runs this one, so a step that makes the host wait for the device (the peer's
-boolean indexing does) pays for it. On CUDA the peak memory is the GPU's and the MFU basis is the device's
-measured bf16 (or fp32) matrix-product rate. Prints a table, then one JSON line; a variant that fails is
-reported and left out.
+"reduce-overhead" mode: CUDA graphs). Ours keeps freed memory for the next step as `electra`'s commands do
+(`retain_freed_memory`); `-glibc` leaves glibc's defaults, as the peer runs. Steps are timed in a row, as training
+runs them: the host may queue the next step while the device runs this one, so a step that makes the host wait for
+the device (the peer's boolean indexing does) pays for it. On CUDA the peak memory is the GPU's and the MFU basis is
+the device's measured bf16 (or fp32) matrix-product rate. Prints a table, then one JSON line; a variant that fails
+is reported and left out.
 Usage: python benchmarks/pretrain_step.py [--size small|tiny] [--batch 32] [--steps 6] [--threads 2]
        [--device cpu|cuda] [--variants peer-fp32,ours-fp32,ours-bf16,ours-bf16-compile]
 """
@@ -183,9 +183,16 @@ def peer_step(size: str, batch: int, precision: str, device: torch.device, compi
 def measure(variant: str, size: str, batch: int, steps: int, threads: int, device: torch.device) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    name, precision, *compile_flag = variant.split("-")
-    build = ours_step if name == "ours" else peer_step
-    step = build(size, batch, precision, device, compiled=COMPILE_MODES[compile_flag[0]] if compile_flag else None)
+    name, precision, *flags = variant.split("-")
+    unknown = set(flags) - {*COMPILE_MODES, "glibc"}
+    if unknown:
+        raise SystemExit(f"variant {variant}: unknown modifier(s) {', '.join(sorted(unknown))}")
+    if name == "ours" and "glibc" not in flags:
+        from electra.cli import retain_freed_memory
+
+        retain_freed_memory()  # as `electra`'s commands do
+    compiled = next((COMPILE_MODES[flag] for flag in flags if flag in COMPILE_MODES), None)
+    step = (ours_step if name == "ours" else peer_step)(size, batch, precision, device, compiled=compiled)
     started = time.perf_counter()
     for seed in range(3):  # warm-up: the first steps allocate, pick kernels and (with -compile) compile
         step(seed)
