@@ -48,6 +48,15 @@ def link(target: Path, link_path: Path) -> None:
         link_path.symlink_to(target)
 
 
+def link_model(source: Path, target: Path) -> None:
+    """A model folder of its own whose pre-trained files are links to `source`'s: fine-tuning writes its trials
+    and results inside the model folder, and runs on other data must not meet those of `source`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.resolve().iterdir():
+        if entry.name not in ("finetuning_models", "results", "test_predictions") and not entry.name.startswith("."):
+            link(entry, target / entry.name)
+
+
 def split_waimai(shared: Path, folder: Path) -> None:
     """waimai_10k.csv (label,review) -> train.csv / dev.csv, 80/20 with a fixed seed."""
     if (folder / "dev.csv").exists():
@@ -183,7 +192,7 @@ def main() -> None:
     english = workdir / "en"
     source = Path(args.pretrain_workdir).resolve()
     link(source / "vocab.txt", english / "vocab.txt")
-    link(source / "models" / args.model_name, english / "models" / "en_pretrained")
+    link_model(source / "models" / args.model_name, english / "models" / "en_pretrained")
     for task in ("sst", "cola", "mrpc"):
         link(shared / task, english / "finetuning_data" / task)
     tasks = args.tasks.split(",")
@@ -201,7 +210,7 @@ def main() -> None:
             full = data_dir
             data_dir = workdir / f"{prefix}-{args.train_examples}-examples"
             link((full / "vocab.txt").resolve(), data_dir / "vocab.txt")
-            link((full / "models" / f"{prefix}_pretrained").resolve(), data_dir / "models" / f"{prefix}_pretrained")
+            link_model(full / "models" / f"{prefix}_pretrained", data_dir / "models" / f"{prefix}_pretrained")
             source = (full / "finetuning_data" / task).resolve()
             sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
         pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args)
