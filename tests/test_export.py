@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import electra.export
 from electra.errors import UserError
 from electra.export import export_hf, export_onnx
 from electra.finetune import Predictor, collate
@@ -35,7 +36,9 @@ def test_hugging_face_export_of_a_fine_tuned_model(finetuned_classifier: Path, t
     assert (finetuned_classifier / "model.safetensors").is_file()
 
 
-def test_hugging_face_export_of_a_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:
+def test_hugging_face_export_of_a_pretrained_model(
+    pretrain_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from transformers import AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
@@ -52,6 +55,27 @@ def test_hugging_face_export_of_a_pretrained_model(pretrain_data_dir: Path, tmp_
     assert AutoTokenizer.from_pretrained(written[0])("a fox")["input_ids"][0] == 2  # [CLS]
     with pytest.raises(UserError, match="neither a fine-tuned model folder"):
         export_hf(data_dir, tmp_path / "nothing")
+    # Stopped between the two parts, a new export leaves the earlier pair whole (it left a new discriminator/ beside
+    # the old generator/ until re-run); a folder of other files is never replaced.
+    before = {path.relative_to(tmp_path): path.read_bytes() for path in (tmp_path / "hf").rglob("*") if path.is_file()}
+    run_pretraining(data_dir, "tiny", {"debug": True, "num_train_steps": 3})  # new weights to export
+    copy_part = electra.export._copy_model_folder
+
+    def stopped_at_the_generator(source: Path, target: Path, normalization: dict) -> None:
+        if source.name == "generator":
+            raise KeyboardInterrupt
+        copy_part(source, target, normalization)
+
+    monkeypatch.setattr(electra.export, "_copy_model_folder", stopped_at_the_generator)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(data_dir / "models" / "tiny", tmp_path / "hf")
+    after = {path.relative_to(tmp_path): path.read_bytes() for path in (tmp_path / "hf").rglob("*") if path.is_file()}
+    assert after == before and sorted(path.name for path in tmp_path.iterdir()) == ["data", "hf"]
+    monkeypatch.undo()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already holds other files"):
+        export_hf(data_dir / "models" / "tiny", tmp_path / "mine")
 
 
 def test_onnx_export_matches_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:

@@ -111,9 +111,12 @@ def export_hf(model_dir: str | Path, output: str | Path) -> list[Path]:
         )
     record = source / "pretrain_config.json"
     normalization = normalization_settings(read_json(record) if record.is_file() else {})
-    target.mkdir(parents=True, exist_ok=True)
-    for name in parts:
-        _copy_model_folder(source / name, target / name, normalization)
+    # The pair as one folder, renamed into place whole: an interrupted export leaves the earlier pair (or none),
+    # never a new discriminator beside an old generator.
+    check_replaceable(target, parts[0], [source], ["discriminator", "generator"])
+    with atomic_directory(target) as staging:
+        for name in parts:
+            _copy_model_folder(source / name, staging / name, normalization)
     return [target / name for name in parts]
 
 
