@@ -104,8 +104,9 @@ GLUE_SUBMISSION_NAMES = {
 }
 TASK_FILE = "electra_task.json"
 SCORES_FILE = "scores.json"  # a trial's dev scores, kept when keep_all_models false deletes its model
-# Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.
+# Checksums in a trial's record of what it was trained from, by how an error names them.
 RECORD_CHECKSUMS = {"train_data": "the training data", "init_weights": "the pre-trained weights"}
+# Hparams that do not change what a trial trains, so a finished trial is reused when only they differ.
 RUN_INDEPENDENT_HPARAMS = {
     "do_train",
     "do_eval",

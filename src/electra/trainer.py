@@ -482,9 +482,13 @@ class Trainer:
         )
         window = _Window()
         consecutive_bad, last_metrics = 0, {}
-        last_good = checkpoint_dirs(self.run_dir)[-1] if checkpoint_dirs(self.run_dir) else None
+        last_good = next(reversed(checkpoint_dirs(self.run_dir)), None)
         self.forward.train()
-        upcoming = self._micro_batches(step) if step < settings.num_train_steps else []
+
+        def batches_of(at: int) -> list[Any]:  # none past the last step
+            return self._micro_batches(at) if at < settings.num_train_steps else []
+
+        upcoming = batches_of(step)
         while step < settings.num_train_steps:
             torch.manual_seed(derived_seed(settings.seed, step, processes.rank))  # dropout
             batches = upcoming
@@ -504,7 +508,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             # The next step's batch is read and queued before this step's gradient norm is awaited: on a GPU the host
             # prepares it while the device finishes the backward pass. (Batches draw no global random numbers.)
-            upcoming = self._micro_batches(step + 1) if step + 1 < settings.num_train_steps else []
+            upcoming = batches_of(step + 1)
             if torch.isfinite(grad_norm):
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate_at(step, settings)
