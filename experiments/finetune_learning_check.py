@@ -10,10 +10,14 @@ on N training examples drawn with seed 0 (the same ones for both starting points
 pre-training should matter most; pair it with `--epochs` so the few examples get enough steps. Every run is
 `electra finetune` with `--trials` seeds (1 by default; the table gives the median and, with several, the
 range); prints a table and a final JSON line and appends nothing anywhere else (record it in experiments/RESULTS.md).
-`--shape-hparams` gives the model's shape when it is not the tiny one (e.g. '{"model_size": "small"}' for
-ELECTRA-Small); `--shared-data` where the data is when it is not ../shared/data beside the repository.
+Random weights get the shape of the pre-trained model they are compared with (`--shape-hparams` overrides it);
+`--zh-model` fine-tunes a Chinese model pre-trained elsewhere (a model folder of `electra pretrain`, e.g.
+ELECTRA-Small on a GPU) instead of pre-training the tiny one here; `--parallel N` runs N fine-tuning runs at once
+(on a GPU, where a small model's step is bound by kernel launches, not arithmetic; each run's output then goes to
+<workdir>/logs/); `--shared-data` where the data is when it is not ../shared/data beside the repository.
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
-       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500] [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1]
+       [--workdir /tmp/electra-finetune-check] [--zh-steps 1500 | --zh-model DIR]
+       [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1] [--parallel 1]
        [--train-examples N --epochs E] [--finetune-hparams '{"layerwise_lr_decay": 1.0}']
        [--shape-hparams '{"model_size": "small"}'] [--shared-data DIR]
 """
@@ -23,13 +27,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from electra.config import COMPACT_SHAPE
+from electra.config import COMPACT_SHAPE, inherited_shape
 from electra.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
@@ -140,16 +148,53 @@ def pretrain_chinese(shared: Path, workdir: Path, steps: int) -> None:
     electra("pretrain", "--data-dir", str(zh), "--model-name", "zh_pretrained", "--hparams", json.dumps(hparams))
 
 
-def finetune(
-    data_dir: Path, model_name: str, task: str, pretrained: bool, args: argparse.Namespace
-) -> tuple[dict, float]:
-    """(headline score's median, min and max over the trials, minutes) of one `electra finetune` run."""
+@dataclass
+class Run:
+    """One `electra finetune` of the comparison: a task from pre-trained or from random weights."""
+
+    task: str
+    pretrained: bool
+    data_dir: Path
+    model_name: str
+    hparams: dict[str, Any]
+    minutes: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}-{'pretrained' if self.pretrained else 'random'}"
+
+    def execute(self, log_dir: Path | None, threads: int) -> None:
+        """Fine-tune; with `log_dir` (runs side by side) the output goes to a log file of its own and the run gets
+        `threads` of the CPU's cores."""
+        command = [sys.executable, "-m", "electra.cli", "finetune", "--data-dir", str(self.data_dir)]
+        command += ["--model-name", self.model_name, "--hparams", json.dumps(self.hparams)]
+        started = time.time()
+        if log_dir is None:
+            subprocess.run(command, check=True)
+        else:
+            log = log_dir / f"{self.label}.log"
+            environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            with open(log, "w", encoding="utf-8") as handle:
+                done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+            if done.returncode:
+                sys.exit(f"{self.label} failed (exit {done.returncode}): see {log}")
+        self.minutes = (time.time() - started) / 60
+
+    def score(self) -> dict[str, float]:
+        """The headline score's median, mean, min and max over the trials."""
+        results = self.data_dir / "models" / self.model_name / "results" / f"{self.task}_results.json"
+        return json.loads(results.read_text())["summary"][f"{self.task}/dev {HEADLINE[self.task]}"]
+
+
+def plan_run(
+    data_dir: Path, model_name: str, task: str, pretrained: bool, shape: dict[str, Any], args: argparse.Namespace
+) -> Run:
     hparams = {
         **BUDGET,
         "num_trials": args.trials,
         "task_names": [task],
         "num_train_epochs": args.epochs or EPOCHS[task],
-        **args.shape_hparams,
+        **shape,
         **args.finetune_hparams,
     }
     if task == "waimai":
@@ -158,11 +203,18 @@ def finetune(
         hparams["max_seq_length"] = 256
     if not pretrained:
         hparams["init_checkpoint"] = None
-    started = time.time()
-    electra("finetune", "--data-dir", str(data_dir), "--model-name", model_name, "--hparams", json.dumps(hparams))
-    minutes = (time.time() - started) / 60
-    results = json.loads((data_dir / "models" / model_name / "results" / f"{task}_results.json").read_text())
-    return results["summary"][f"{task}/dev {HEADLINE[task]}"], minutes
+    return Run(task, pretrained, data_dir, model_name, hparams)
+
+
+def run_all(runs: list[Run], parallel: int, log_dir: Path) -> None:
+    cores = os.cpu_count() or 1
+    if parallel == 1:
+        for run in runs:
+            run.execute(None, cores)
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(parallel) as pool:  # spinning OpenMP threads stall when runs share cores: split them
+        list(pool.map(lambda run: run.execute(log_dir, max(1, cores // parallel)), runs))
 
 
 def cell(stats: dict) -> str:
@@ -177,12 +229,16 @@ def main() -> None:
     parser.add_argument("--model-name", required=True, help="--model-name of pretrain_learning_check.py")
     parser.add_argument("--workdir", default="/tmp/electra-finetune-check")
     parser.add_argument("--zh-steps", type=int, default=1500)
+    parser.add_argument("--zh-model", type=Path, help="a pre-trained Chinese model folder, instead of --zh-steps here")
     parser.add_argument("--tasks", default="sst,cola,mrpc,waimai")
     parser.add_argument("--trials", type=int, default=1, help="fine-tuning seeds per cell (num_trials)")
+    parser.add_argument("--parallel", type=int, default=1, help="fine-tuning runs at once")
     parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
     parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
     parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for both runs")
-    parser.add_argument("--shape-hparams", type=json.loads, default=COMPACT_SHAPE, help="JSON: the model's shape")
+    parser.add_argument(
+        "--shape-hparams", type=json.loads, help="JSON: the model's shape (default: the pre-trained model's)"
+    )
     parser.add_argument("--shared-data", type=Path, default=HERE.parents[1] / "shared" / "data")
     args = parser.parse_args()
     shared = args.shared_data.resolve()  # the task folders are linked to it: a relative link would dangle
@@ -199,13 +255,19 @@ def main() -> None:
     if "squadv1" in tasks:
         split_squad(shared, english / "finetuning_data" / "squadv1")
     if "waimai" in tasks:
-        pretrain_chinese(shared, workdir, args.zh_steps)
+        if args.zh_model:
+            link((args.zh_model / "discriminator" / "vocab.txt").resolve(), workdir / "zh" / "vocab.txt")
+            link_model(args.zh_model, workdir / "zh" / "models" / "zh_pretrained")
+        else:
+            pretrain_chinese(shared, workdir, args.zh_steps)
         split_waimai(shared, workdir / "zh" / "finetuning_data" / "waimai")
     if args.train_examples and "squadv1" in tasks:
         sys.exit("--train-examples samples classification sets; leave squadv1 out of --tasks")
-    rows = []
+    runs = []
     for task in tasks:
         data_dir, prefix = (workdir / "zh", "zh") if task == "waimai" else (english, "en")
+        # Random weights take the shape of the model they are compared with.
+        shape = args.shape_hparams or inherited_shape(data_dir / "models" / f"{prefix}_pretrained")
         if args.train_examples:
             full = data_dir
             data_dir = workdir / f"{prefix}-{args.train_examples}-examples"
@@ -213,18 +275,20 @@ def main() -> None:
             link_model(full / "models" / f"{prefix}_pretrained", data_dir / "models" / f"{prefix}_pretrained")
             source = (full / "finetuning_data" / task).resolve()
             sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
-        pretrained, minutes = finetune(data_dir, f"{prefix}_pretrained", task, True, args)
-        random_init, random_minutes = finetune(data_dir, f"{prefix}_random", task, False, args)
-        rows.append((task, HEADLINE[task], pretrained, random_init, minutes, random_minutes))
+        for pretrained in (True, False):
+            model_name = f"{prefix}_{'pretrained' if pretrained else 'random'}"
+            runs.append(plan_run(data_dir, model_name, task, pretrained, shape, args))
+    run_all(runs, args.parallel, workdir / "logs")
     print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
-    for task, metric, with_pretraining, without, minutes, random_minutes in rows:
+    medians = {}
+    for with_pretraining, without in zip(runs[::2], runs[1::2], strict=True):
+        task = with_pretraining.task
+        scores = with_pretraining.score(), without.score()
         print(
-            f"{task:<8} | {metric:<8} | {cell(with_pretraining):>21} | {cell(without):>21} | "
-            f"{minutes:6.1f} / {random_minutes:<6.1f}"
+            f"{task:<8} | {HEADLINE[task]:<8} | {cell(scores[0]):>21} | {cell(scores[1]):>21} | "
+            f"{with_pretraining.minutes:6.1f} / {without.minutes:<6.1f}"
         )
-    medians = {
-        task: {"pretrained": round(p["median"], 2), "random": round(r["median"], 2)} for task, _, p, r, *_ in rows
-    }
+        medians[task] = {"pretrained": round(scores[0]["median"], 2), "random": round(scores[1]["median"], 2)}
     settings = {"trials": args.trials, "train_examples": args.train_examples or "all", **args.finetune_hparams}
     print(json.dumps({**settings, **medians}))
 
