@@ -296,6 +296,58 @@ def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
         get_task("chunk", tmp_path / "finetuning_data", {}).examples("train")
 
 
+def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> None:
+    from electra.tasks import read_table_rows
+
+    table = tmp_path / "t.tsv"
+    # A TSV whose text starts with a quote mark: read as CSV quoting, the rows ran together into one.
+    table.write_text('text\tlabel\n"Wow she said\tpos\nhe said "no" ok\tneg\nthird\tneg\n')
+    rows = read_table_rows(table, header=True)
+    assert [(n, r["text"]) for n, r in rows] == [(2, '"Wow she said'), (3, 'he said "no" ok'), (4, "third")]
+    table.write_text('text\tlabel\nfine\tneg\n"an unclosed quote\tpos\n')
+    assert [r["text"] for _, r in read_table_rows(table, header=True)] == ["fine", '"an unclosed quote']
+    # What csv and pandas write (quoted tabs, line breaks, doubled quotes) still reads as written.
+    table.write_text('text\tlabel\n"a\ttab"\tpos\n"two\nlines"\tneg\n"said ""no"""\tneg\nlast\tpos\n')
+    rows = read_table_rows(table, header=True)
+    assert [(n, r["text"]) for n, r in rows] == [(2, "a\ttab"), (3, "two\nlines"), (5, 'said "no"'), (6, "last")]
+    # A CSV record over several lines is numbered by the line it starts on; header names lose stray spaces.
+    table = tmp_path / "t.csv"
+    table.write_text('text , label \n"first\nsecond",pos\nthird,neg\n')
+    assert [(n, sorted(r)) for n, r in read_table_rows(table, header=True)] == [
+        (2, ["label", "text"]),
+        (4, ["label", "text"]),
+    ]
+    table.write_text("text,text,label\na,b,pos\n")
+    with pytest.raises(UserError, match=r"t\.csv:1: the header names column 'text' twice"):
+        read_table_rows(table, header=True)
+    # Labels lose stray spaces too ("good, pos" is class "pos"), and JSON true is no text.
+    write_user_task(tmp_path, {"train": [("good film", " pos"), ("bad", "neg")]})
+    task = get_task("tickets", tmp_path / "finetuning_data", {"tickets": {}})
+    assert task.label_list() == ["neg", "pos"]
+    (tmp_path / "finetuning_data" / "tickets" / "train.csv").unlink()
+    (tmp_path / "finetuning_data" / "tickets" / "train.jsonl").write_text('{"text": "fine", "label": true}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:1: the label in column 'label' must be a string or number"):
+        task.examples("train")
+
+
+def test_fixed_labels_are_checked_on_training_rows_and_name_a_taggers_tags(tmp_path: Path, vocab_file: Path) -> None:
+    write_user_task(tmp_path, {"train": [*sentiment_rows(30, 0), ("meh film", "neutral")], "dev": sentiment_rows(8, 1)})
+    spec = {"tickets": {"labels": ["neg", "pos"]}}
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": spec, "vocab_file": str(vocab_file)}
+    with pytest.raises(UserError, match=r"train\.csv:32: label 'neutral' of the train split .* task spec's labels"):
+        run_finetuning(tmp_path, "m", hparams)
+    # A tagger's "labels" name the corpus's tags; the model learns their BIOES forms.
+    write_tagging(tmp_path, "chunk", 20, 0, "train")
+    tags = {"chunk": {"type": "tagging", "labels": ["O", "B-NP", "I-NP", "B-VP"]}}
+    task = get_task("chunk", tmp_path / "finetuning_data", tags)
+    labels = task.label_list()
+    assert labels == ["B-NP", "B-VP", "E-NP", "E-VP", "I-NP", "I-VP", "O", "S-NP", "S-VP"]
+    task.check_labels(task.examples("train"), labels, "train")
+    narrow = get_task("chunk", tmp_path / "finetuning_data", {"chunk": {"type": "tagging", "labels": ["O", "B-NP"]}})
+    with pytest.raises(UserError, match=r"train\.txt:\d+: label 'B-VP' .* \(chunk types NP\)"):
+        narrow.check_labels(narrow.examples("train"), narrow.label_list(), "train")
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 def sentiment_rows(count: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
@@ -323,12 +375,17 @@ TINY_MODEL = {
 
 
 def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path) -> None:
-    write_user_task(tmp_path, {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1)})
+    splits = {"train": sentiment_rows(320, 0), "dev": sentiment_rows(64, 1), "test": sentiment_rows(5, 2)}
+    write_user_task(tmp_path, splits)
     hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {"type": "classification"}}}
-    hparams["vocab_file"] = str(vocab_file)
+    hparams.update(vocab_file=str(vocab_file), write_test_outputs=True)
     outcome = run_finetuning(tmp_path, "m", hparams)
     accuracy = outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"]
     assert accuracy > 90
+    written = tmp_path / "models" / "m" / "test_predictions" / "tickets_1" / "tickets_test.jsonl"
+    test_rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [row["line"] for row in test_rows] == [2, 3, 4, 5, 6]  # each prediction maps back to its row
+    assert {row["label"] for row in test_rows} <= {"neg", "pos"}
     exported = tmp_path / "models" / "m" / "finetuning_models" / "tickets_model_1" / "model"
     assert not (exported.parent / "checkpoints").exists()
     results = (tmp_path / "models" / "m" / "results" / "tickets_results.txt").read_text()
@@ -400,6 +457,15 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
         run_prediction(finetuned_classifier, source, columns=columns, show_progress=False)
     with pytest.raises(UserError, match=r"labelled\.tsv:2: no 'label' value"):
         run_prediction(finetuned_classifier, source, columns={**columns, "label_column": "label"}, show_progress=False)
+    # JSON values that are no text are refused, as fine-tuning refuses them; an upper-case suffix is still a table.
+    source = tmp_path / "odd.jsonl"
+    source.write_text('{"text": "good film"}\n{"text": null}\n')
+    with pytest.raises(UserError, match=r"odd\.jsonl:2: the text in column 'text' must be a string or number"):
+        run_prediction(finetuned_classifier, source, show_progress=False)
+    source = tmp_path / "upper.CSV"
+    source.write_text("text,label\ngood film,pos\n")
+    done = run_prediction(finetuned_classifier, source, show_progress=False)
+    assert done.count == 1 and json.loads(done.path.read_text())["line"] == 2
 
 
 def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path, capsys) -> None:
@@ -429,12 +495,20 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
     source.write_text("the movie was\n")
     path = run_prediction(model_dir / "chunk", source, tmp_path / "out.jsonl", show_progress=False).path
     assert json.loads(path.read_text())["tags"] == ["B-NP", "I-NP", "B-VP"]
+    assert json.loads(path.read_text())["words"] == ["the", "movie", "was"]
     assert "untagged_words" not in json.loads(path.read_text())
+    source.write_text("北京 很好\n")  # Chinese: a character a word, as tagging corpora have them
+    row = json.loads(run_prediction(model_dir / "chunk", source, tmp_path / "zh.jsonl").path.read_text())
+    assert row["words"] == ["北", "京", "很", "好"] and len(row["tags"]) == 4
     source.write_text("the movie was " * 30 + "\n")  # 90 words, one piece each: 62 fit in max_seq_length 64
     path = run_prediction(model_dir / "chunk", source, tmp_path / "long.jsonl", show_progress=False).path
     row = json.loads(path.read_text())
     assert len(row["tags"]) == 90 and row["untagged_words"] == 28 and row["tags"][62:] == ["O"] * 28
     assert "1 sentence(s) were longer than the model's max_seq_length 64" in capsys.readouterr().err
+    table = tmp_path / "scored.csv"
+    table.write_text("text,score\ngood film,4.5\nbad film,nan\n")
+    with pytest.raises(UserError, match=r"scored\.csv:3: score 'nan' is not a finite number"):
+        run_prediction(model_dir / "scores", table, columns={"label_column": "score"}, show_progress=False)
     from transformers import ElectraForTokenClassification
 
     hf = ElectraForTokenClassification.from_pretrained(model_dir / "chunk")

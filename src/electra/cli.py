@@ -599,7 +599,7 @@ def _run_predict(args: argparse.Namespace) -> None:
 
     columns = {"text_column": args.text_column, "text_column_2": args.text_column_2, "label_column": args.label_column}
     done = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision)
-    print(f"wrote {done.count:,} predictions to {done.path}")
+    print(f"wrote {done.count:,} prediction{'s' * (done.count != 1)} to {done.path}")
     if done.scores is not None:
         listed = ", ".join(f"{name} {value:.2f}" for name, value in done.scores.items())
         print(f"against {args.label_column}: {listed} (written to {done.path.with_suffix('.scores.json')})")

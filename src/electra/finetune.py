@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import re
 import shutil
 import statistics
@@ -70,12 +71,22 @@ from electra.tasks import (
     TABLE_SUFFIXES,
     Example,
     Task,
+    cell_text,
     get_task,
     label_scores,
     read_jsonl_rows,
     read_table_rows,
 )
-from electra.tokenization import CLS, PAD, SEP, build_tokenizer, normalization_settings, read_vocab, write_vocab
+from electra.tokenization import (
+    CLS,
+    PAD,
+    SEP,
+    build_tokenizer,
+    normalization_settings,
+    read_vocab,
+    split_words,
+    write_vocab,
+)
 from electra.trainer import (
     NO_DECAY_MARKERS,
     Processes,
@@ -647,6 +658,12 @@ def predict_features(
     return run_in_length_order(features, batch_size, run_batch, show_progress)
 
 
+def input_line(example: Any) -> dict[str, int]:
+    """{"line": N}: where an example was read (its source, "file:line"), so that an output maps back to its row."""
+    source = getattr(example, "source", "")
+    return {"line": int(source.rsplit(":", 1)[1])} if source else {}
+
+
 def decode_predictions(
     head: TaskHead,
     spec: dict[str, Any],
@@ -665,7 +682,10 @@ def decode_predictions(
             head.qa,
             QADecoding.from_record(spec),
         )
-    return [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+    decoded = [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
+    if head.kind == "tagging":  # what each tag belongs to: the words as split (Chinese: characters)
+        decoded = [{"words": example.words, **tags} for example, tags in zip(examples, decoded, strict=True)]
+    return decoded
 
 
 def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]:
@@ -840,7 +860,8 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
         train = task.examples("train") if need_train else []
         labels = task.label_list(train) if need_train and task.kind != "regression" else []
         evaluation = {split: task.examples(split) for split in (task.eval_splits() if run.config.do_eval else [])}
-        for split, examples in evaluation.items() if need_train else ():
+        # Training too: with the task spec's "labels", a training row may name another.
+        for split, examples in {"train": train, **evaluation}.items() if need_train else ():
             task.check_labels(examples, labels, split)
         value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
         head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels, qa_head_config(run, task))
@@ -1083,7 +1104,8 @@ def write_test_outputs(
         text = "index\tprediction\n" + "".join(f"{example.eid}\t{entry[key]}\n" for example, entry in rows)
     else:
         path = folder / f"{item.task.name}_{split}.jsonl"
-        text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in decoded)
+        entries = [{**input_line(example), **entry} for example, entry in zip(examples, decoded, strict=True)]
+        text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
     write_text_atomic(path, text)
     return path
 
@@ -1237,33 +1259,40 @@ def read_prediction_inputs(
     text_column = given or (glue[0] if glue else "tokens" if tagging else "text")
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
     label_column = columns.get("label_column")
-    if label_column and (head.kind not in ("classification", "regression") or path.suffix not in TABLE_SUFFIXES):
+    suffix = path.suffix.lower()
+    if label_column and (head.kind not in ("classification", "regression") or suffix not in TABLE_SUFFIXES):
         raise UserError(
             "--label-column scores classification and regression models on CSV/TSV/JSONL files; fine-tune with "
             '"do_train": false to evaluate taggers and question answering on their task folders'
         )
     examples = []
-    if path.suffix in TABLE_SUFFIXES:
-        if path.suffix == ".jsonl":
+    if suffix in TABLE_SUFFIXES:
+        if suffix == ".jsonl":
             rows = read_jsonl_rows(path)
         else:
-            rows = read_table_rows(path, header=True, literal_quotes=glue is not None and path.suffix == ".tsv")
+            rows = read_table_rows(path, header=True, literal_quotes=glue is not None and suffix == ".tsv")
         for number, row in rows:
+            where = f"{path}:{number}"
             if text_column not in row or (text_column_2 and text_column_2 not in row):
                 missing = text_column if text_column not in row else text_column_2
                 raise UserError(
-                    f"{path}:{number}: no column {missing!r} (columns: {', '.join(map(str, row))}); "
+                    f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))}); "
                     "name the text column with --text-column"
                 )
             value = row[text_column]
             if tagging:
-                words = value if isinstance(value, list) else str(value).split()
-                examples.append(Example(len(examples), words=[str(w) for w in words], source=f"{path}:{number}"))
+                words = (
+                    [cell_text(word, where, text_column, "word") for word in value]
+                    if isinstance(value, list)
+                    else split_words(cell_text(value, where, text_column))
+                )
+                examples.append(Example(len(examples), words=words, source=where))
             else:
-                second = str(row[text_column_2]) if text_column_2 else None
-                examples.append(Example(len(examples), text_a=str(value), text_b=second, source=f"{path}:{number}"))
+                first = cell_text(value, where, text_column)
+                second = cell_text(row[text_column_2], where, text_column_2) if text_column_2 else None
+                examples.append(Example(len(examples), text_a=first, text_b=second, source=where))
             if label_column:
-                examples[-1].label = gold_label(head, row, label_column, f"{path}:{number}")
+                examples[-1].label = gold_label(head, row, label_column, where)
         return examples
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -1271,7 +1300,7 @@ def read_prediction_inputs(
             if not line.strip():
                 continue
             if tagging:
-                examples.append(Example(len(examples), words=line.split(), source=f"{path}:{number}"))
+                examples.append(Example(len(examples), words=split_words(line), source=f"{path}:{number}"))
             else:
                 first, _, second = line.partition("\t")
                 examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
@@ -1282,15 +1311,18 @@ def gold_label(head: TaskHead, row: dict[str, Any], column: str, where: str) -> 
     """The true label of a row given to `electra predict --label-column`, checked against what the model knows."""
     if column not in row or row[column] in (None, ""):
         raise UserError(f"{where}: no {column!r} value (columns: {', '.join(map(str, row))}); see --label-column")
-    value = row[column]
+    value = cell_text(row[column], where, column, "label").strip()
     if head.kind == "regression":
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: {column} {value!r} is not a number") from None
-    if str(value) not in head.labels:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise UserError(f"{where}: {column} {value!r} is not a finite number") from None
+        return number
+    if value not in head.labels:
         raise UserError(f"{where}: label {value!r} is not one the model was trained on ({', '.join(head.labels)})")
-    return str(value)
+    return value
 
 
 def prediction_scores(head: TaskHead, examples: list[Example], predictions: list[dict]) -> dict[str, float]:
@@ -1381,9 +1413,7 @@ def run_prediction(
         )
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, prediction in zip(examples, predictions, strict=True):
-            position = {"line": int(example.source.rsplit(":", 1)[1])} if getattr(example, "source", "") else {}
-            entry = {**position, **prediction}
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            handle.write(json.dumps({**input_line(example), **prediction}, ensure_ascii=False) + "\n")
     scores = None
     if (columns or {}).get("label_column"):
         scores = prediction_scores(predictor.head, examples, predictions)

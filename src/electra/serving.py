@@ -28,6 +28,7 @@ from electra.errors import UserError
 from electra.export import OnnxPredictor, open_predictor
 from electra.finetune import Predictor
 from electra.tasks import GLUE_TEXT_COLUMNS, Example, encodable
+from electra.tokenization import split_words
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
         if tokens is not None:
             return [Example(i, words=list(words)) for i, words in enumerate(tokens)]
         if kind == "tagging":
-            return [Example(i, words=text.split()) for i, text in enumerate(texts or [])]
+            return [Example(i, words=split_words(text)) for i, text in enumerate(texts or [])]
         if pairs is not None:
             return [Example(i, text_a=a, text_b=b) for i, (a, b) in enumerate(pairs)]
         return [Example(i, text_a=text) for i, text in enumerate(texts or [])]

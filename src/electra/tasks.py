@@ -92,6 +92,8 @@ class Task:
     def label_list(self, train: list[Example] | None = None) -> list[str]:
         """Class names (classification) or tags (tagging, BIOES-encoded when `span_labels`), in id order."""
         if self.labels is not None:
+            if self.kind == "tagging" and self.span_labels:  # the spec names the corpus's tags; the model learns BIOES
+                return sorted({"O"} | {f"{edge}-{kind}" for kind in span_types(self.labels) for edge in "BIES"})
             return list(self.labels)
         train = train if train is not None else self.examples("train")
         if self.kind == "tagging":  # as the reference's tagging tasks: the tags of every labelled split
@@ -112,17 +114,22 @@ class Task:
         split: str,
         origin: str = "the labels learned from the training file",
     ) -> None:
-        known = set(labels)
+        # Span tags are compared by chunk type, so that a message names a tag of the file, not its BIOES form.
+        spans = self.kind == "tagging" and self.span_labels
+        known = span_types(labels) if spans else set(labels)
+        shown = ("chunk types " + ", ".join(sorted(known)[:20])) if spans else ", ".join(labels[:20])
         for example in examples:
             if example.label is None or self.kind == "regression":
                 continue
-            found = self.training_tags(example.label) if self.kind == "tagging" else [str(example.label)]
-            unknown = [tag for tag in found if tag not in known]
+            if spans:
+                unknown = [tag for tag in example.label if tag != "O" and tag[2:] not in known]
+            else:
+                found = example.label if self.kind == "tagging" else [str(example.label)]
+                unknown = [tag for tag in found if tag not in known]
             if unknown:
                 raise UserError(
                     f"{example.source}: label {unknown[0]!r} of the {split} split of task {self.name!r} is not "
-                    f"among {origin} ({', '.join(labels[:20])}): fix the row, or list every label in the task "
-                    'spec\'s "labels"'
+                    f'among {origin} ({shown}): fix the row, or list every label in the task spec\'s "labels"'
                 )
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -521,11 +528,11 @@ class TableTask(Task):
                 f"{path}:{number}: no {what} in column {column!r} (columns: {available}); set the task spec's "
                 '"text_column" / "label_column" to the right names, or fill the cell'
             )
-        expected = list if self.kind == "tagging" else (str, int, float)
-        if not isinstance(value, expected):
-            kind = "a list" if self.kind == "tagging" else "a string or number"
-            raise UserError(f"{path}:{number}: the {what} in column {column!r} must be {kind}, not {value!r:.60}")
-        if self.kind == "tagging" and not all(isinstance(item, (str, int, float)) for item in value):
+        if self.kind != "tagging":
+            return cell_text(value, f"{path}:{number}", column, what)
+        if not isinstance(value, list):
+            raise UserError(f"{path}:{number}: the {what} in column {column!r} must be a list, not {value!r:.60}")
+        if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in value):
             raise UserError(f"{path}:{number}: column {column!r} must list strings, not {value!r:.60}")
         return value
 
@@ -552,17 +559,25 @@ class TableTask(Task):
                 raise UserError(
                     f"{source}: label {row[self.label_column]!r} is not a finite number, as a regression task needs"
                 )
-        text_b = str(self._field(path, number, row, self.text_column_2)) if self.text_column_2 else None
+        text_b = self._field(path, number, row, self.text_column_2) if self.text_column_2 else None
         return Example(
             index,
-            text_a=str(self._field(path, number, row, self.text_column)),
+            text_a=self._field(path, number, row, self.text_column),
             text_b=text_b,
-            label=label if label is None or self.kind == "regression" else str(label),
+            # "good, pos" in a CSV file is the label " pos": the same class as "pos" to whoever wrote it
+            label=label if label is None or self.kind == "regression" else label.strip(),
             source=source,
         )
 
 
 SPAN_TAG = re.compile(r"O|[BIES]-.+")
+
+
+def span_types(tags: Sequence[str]) -> set[str]:
+    """The chunk types of span tags: {"NP", "VP"} of B-NP, I-NP, S-VP, O."""
+    return {tag[2:] for tag in tags if tag != "O"}
+
+
 CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
 
 
@@ -574,31 +589,74 @@ def _check_spec_types(name: str, spec: dict[str, Any]) -> None:
 
 
 def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0"). `literal_quotes`
-    reads quote characters as text, as GLUE's files need (the reference reads them so)."""
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open_text(path, newline="") as handle:
-        reader = csv.reader(
-            handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if literal_quotes else csv.QUOTE_MINIMAL
-        )
+    """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0"), each with the line
+    it starts on. `literal_quotes` reads quote characters as text, as GLUE's files need (the reference reads them
+    so). A TSV file is read with CSV quoting (as `csv` and pandas write fields holding tabs, quotes or line breaks)
+    unless that joins lines which, quotes read as text, are each a whole row: a hand-made file whose text merely
+    starts with a quote mark."""
+    tsv = path.suffix.lower() == ".tsv"
+    delimiter = "\t" if tsv else ","
+    if not tsv or literal_quotes:
+        lines = _parse_table(path, delimiter, literal_quotes)
+    else:
         try:
-            lines = [(reader.line_num, row) for row in reader]
-        except csv.Error as error:
-            raise UserError(f"{path}:{reader.line_num}: {error}") from None
+            lines = _parse_table(path, delimiter, literal=False)
+            doubtful = any(end > start for start, end, _ in lines) or not even(lines)
+        except UserError:
+            lines, doubtful = [], True
+        if doubtful:
+            literal = _parse_table(path, delimiter, literal=True)
+            if not lines or even(literal):
+                lines = literal
     if not lines:
         raise UserError(f"{path} is empty")
-    names = lines[0][1] if header else [str(i) for i in range(len(lines[0][1]))]
+    first = lines[0][2]
+    names = [name.strip() for name in first] if header else [str(i) for i in range(len(first))]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise UserError(
+            f"{path}:{lines[0][0]}: the header names column {repeated!r} twice: give each column its own name"
+        )
     rows = []
-    for number, row in lines[1:] if header else lines:
+    for number, _, row in lines[1:] if header else lines:
         if not row:
             continue
         if len(row) != len(names):
             raise UserError(
                 f"{path}:{number}: {len(row)} field(s) where the header has {len(names)}; quote fields that contain "
-                f"{'tabs' if delimiter == chr(9) else 'commas'}"
+                f"{'tabs' if tsv else 'commas'}"
             )
         rows.append((number, dict(zip(names, row, strict=True))))
     return rows
+
+
+def even(records: list[tuple[int, int, list[str]]]) -> bool:
+    """Whether every non-blank record has the same number of fields."""
+    return len({len(row) for _, _, row in records if row}) <= 1
+
+
+def _parse_table(path: Path, delimiter: str, literal: bool) -> list[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of each record."""
+    with open_text(path, newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if literal else csv.QUOTE_MINIMAL)
+        records = []
+        try:
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return records
+                records.append((start, reader.line_num, row))
+        except csv.Error as error:
+            raise UserError(f"{path}:{start}: {error}") from None
+
+
+def cell_text(value: Any, where: str, column: str, what: str = "text") -> str:
+    """A text or label cell as a string. JSONL cells can hold any JSON value; only strings and numbers are text
+    (true and false are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f"{where}: the {what} in column {column!r} must be a string or number, not {value!r:.60}")
+    return str(value)
 
 
 def encodable(text: str) -> bool:

@@ -103,6 +103,17 @@ def normalization_settings(record: dict[str, Any]) -> dict[str, bool]:
     return {"do_lower_case": bool(record.get("do_lower_case", True)), "strip_accents": strip is None or bool(strip)}
 
 
+_CJK_SPACING = normalizers.BertNormalizer(
+    clean_text=False, handle_chinese_chars=True, strip_accents=False, lowercase=False
+)
+
+
+def split_words(text: str) -> list[str]:
+    """The words of a line to tag: split at whitespace, and each CJK ideograph a word of its own, as the tokenizer
+    reads Chinese (one token per character) and as Chinese tagging corpora have one character a line."""
+    return _CJK_SPACING.normalize_str(text).split()
+
+
 def build_tokenizer(tokens: list[str], do_lower_case: bool = True, strip_accents: bool = True) -> Tokenizer:
     """A Rust WordPiece tokenizer with the reference's normalisation over the given vocabulary."""
     # Duplicate lines map to the last id, as the reference's load_vocab does.
