@@ -317,6 +317,8 @@ def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> Non
         (2, ["label", "text"]),
         (4, ["label", "text"]),
     ]
+    table.write_text(f"text,label\n{'word ' * 40_000},pos\n")  # 200,000 characters in a cell: csv's limit is 128 KiB
+    assert len(read_table_rows(table, header=True)[0][1]["text"]) == 200_000
     table.write_text("text,text,label\na,b,pos\n")
     with pytest.raises(UserError, match=r"t\.csv:1: the header names column 'text' twice"):
         read_table_rows(table, header=True)
@@ -330,12 +332,15 @@ def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> Non
         task.examples("train")
 
 
-def test_fixed_labels_are_checked_on_training_rows_and_name_a_taggers_tags(tmp_path: Path, vocab_file: Path) -> None:
+def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path: Path, vocab_file: Path) -> None:
     write_user_task(tmp_path, {"train": [*sentiment_rows(30, 0), ("meh film", "neutral")], "dev": sentiment_rows(8, 1)})
     spec = {"tickets": {"labels": ["neg", "pos"]}}
     hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": spec, "vocab_file": str(vocab_file)}
     with pytest.raises(UserError, match=r"train\.csv:32: label 'neutral' of the train split .* task spec's labels"):
         run_finetuning(tmp_path, "m", hparams)
+    write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
+    with pytest.raises(UserError, match="every training row has the label 'pos', and a classifier needs two"):
+        run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}})
     # A tagger's "labels" name the corpus's tags; the model learns their BIOES forms.
     write_tagging(tmp_path, "chunk", 20, 0, "train")
     tags = {"chunk": {"type": "tagging", "labels": ["O", "B-NP", "I-NP", "B-VP"]}}

@@ -859,6 +859,11 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
     for task in run.tasks:
         train = task.examples("train") if need_train else []
         labels = task.label_list(train) if need_train and task.kind != "regression" else []
+        if need_train and task.kind == "classification" and len(labels) == 1:
+            raise UserError(
+                f"task {task.name!r}: every training row has the label {labels[0]!r}, and a classifier needs two or "
+                'more: check the label column, or list the labels in the task spec\'s "labels"'
+            )
         evaluation = {split: task.examples(split) for split in (task.eval_splits() if run.config.do_eval else [])}
         # Training too: with the task spec's "labels", a training row may name another.
         for split, examples in {"train": train, **evaluation}.items() if need_train else ():

@@ -637,6 +637,7 @@ def even(records: list[tuple[int, int, list[str]]]) -> bool:
 
 def _parse_table(path: Path, delimiter: str, literal: bool) -> list[tuple[int, int, list[str]]]:
     """(first line, last line, fields) of each record."""
+    csv.field_size_limit(2**31 - 1)  # a whole document in a cell is text too (csv stops at 128 KiB by default)
     with open_text(path, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if literal else csv.QUOTE_MINIMAL)
         records = []
