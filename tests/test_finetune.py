@@ -471,6 +471,16 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     source.write_text("text,label\ngood film,pos\n")
     done = run_prediction(finetuned_classifier, source, show_progress=False)
     assert done.count == 1 and json.loads(done.path.read_text())["line"] == 2
+    # Plain text: a tab is a space to a model of one text, and separates a pair for a model of two.
+    from electra.finetune import load_task_model, read_prediction_inputs
+
+    _, head, spec = load_task_model(finetuned_classifier)
+    source = tmp_path / "plain.txt"
+    source.write_text("good film\twith a tab\n")
+    (single,) = read_prediction_inputs(source, head, spec, {})
+    assert (single.text_a, single.text_b) == ("good film\twith a tab", None)
+    (pair,) = read_prediction_inputs(source, head, {**spec, "text_column_2": "text_b"}, {})
+    assert (pair.text_a, pair.text_b) == ("good film", "with a tab")
 
 
 def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path, capsys) -> None:

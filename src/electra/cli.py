@@ -296,8 +296,8 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         "predict",
         help="run a fine-tuned model over a file",
         description="Predict with a fine-tuned model (a finetuning_models/<tasks>_model_<trial>/model folder) "
-        "over CSV/TSV/JSONL (named text columns) or plain text (one example a line, a tab between the two "
-        "texts of a pair); writes one JSON line per example.",
+        "over CSV/TSV/JSONL (named text columns) or plain text (one example a line; for a model of pairs, a tab "
+        "between the two texts); writes one JSON line per example.",
     )
     parser.add_argument("--model-dir", required=True, help="a fine-tuned model folder (holds electra_task.json)")
     parser.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain-text file")

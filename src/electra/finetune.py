@@ -1253,8 +1253,8 @@ def describe_finetuning(outcome: dict[str, Any]) -> str:
 def read_prediction_inputs(
     path: Path, head: TaskHead, spec: dict[str, Any], columns: dict[str, str | None]
 ) -> list[Example]:
-    """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; a tab
-    separates a pair's two texts; tagging splits the line into words at whitespace)."""
+    """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; for a model of
+    pairs a tab separates the two texts; tagging splits the line into words: see split_words)."""
     require_file(path, "input file")
     if head.kind == "qa":
         return read_questions(path)
@@ -1299,6 +1299,10 @@ def read_prediction_inputs(
             if label_column:
                 examples[-1].label = gold_label(head, row, label_column, where)
         return examples
+    name = spec.get("name", "")
+    # A model known to read one text (a single-sentence GLUE task, a user task without text_column_2) takes a
+    # line's tab as a space; any other model, a tab separates a pair's two texts.
+    one_text = GLUE_TEXT_COLUMNS.get(name, ("", "?"))[1] is None or ("text_column" in spec and not text_column_2)
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
@@ -1307,7 +1311,7 @@ def read_prediction_inputs(
             if tagging:
                 examples.append(Example(len(examples), words=split_words(line), source=f"{path}:{number}"))
             else:
-                first, _, second = line.partition("\t")
+                first, _, second = (line, "", "") if one_text else line.partition("\t")
                 examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
     return examples
 
