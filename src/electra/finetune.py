@@ -1299,10 +1299,10 @@ def read_prediction_inputs(
             if label_column:
                 examples[-1].label = gold_label(head, row, label_column, where)
         return examples
-    name = spec.get("name", "")
     # A model known to read one text (a single-sentence GLUE task, a user task without text_column_2) takes a
     # line's tab as a space; any other model, a tab separates a pair's two texts.
-    one_text = GLUE_TEXT_COLUMNS.get(name, ("", "?"))[1] is None or ("text_column" in spec and not text_column_2)
+    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
+    one_text = (glue_columns is not None and glue_columns[1] is None) or ("text_column" in spec and not text_column_2)
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
@@ -1327,7 +1327,7 @@ def gold_label(head: TaskHead, row: dict[str, Any], column: str, where: str) -> 
         except ValueError:
             number = math.nan
         if not math.isfinite(number):
-            raise UserError(f"{where}: {column} {value!r} is not a finite number") from None
+            raise UserError(f"{where}: {column} {value!r} is not a finite number")
         return number
     if value not in head.labels:
         raise UserError(f"{where}: label {value!r} is not one the model was trained on ({', '.join(head.labels)})")

@@ -601,12 +601,12 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     else:
         try:
             lines = _parse_table(path, delimiter, literal=False)
-            doubtful = any(end > start for start, end, _ in lines) or not even(lines)
+            doubtful = any(end > start for start, end, _ in lines) or not _even(lines)
         except UserError:
             lines, doubtful = [], True
         if doubtful:
             literal = _parse_table(path, delimiter, literal=True)
-            if not lines or even(literal):
+            if not lines or _even(literal):
                 lines = literal
     if not lines:
         raise UserError(f"{path} is empty")
@@ -630,7 +630,7 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     return rows
 
 
-def even(records: list[tuple[int, int, list[str]]]) -> bool:
+def _even(records: list[tuple[int, int, list[str]]]) -> bool:
     """Whether every non-blank record has the same number of fields."""
     return len({len(row) for _, _, row in records if row}) <= 1
 
