@@ -46,8 +46,12 @@ EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "squadv1": 2, "waimai": 3}
 HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "squadv1": "f1", "waimai": "accuracy"}
 
 
+def electra_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "electra.cli", *args]
+
+
 def electra(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "electra.cli", *args], check=True)
+    subprocess.run(electra_command(*args), check=True)
 
 
 def link(target: Path, link_path: Path) -> None:
@@ -166,8 +170,9 @@ class Run:
     def execute(self, log_dir: Path | None, threads: int) -> None:
         """Fine-tune; with `log_dir` (runs side by side) the output goes to a log file of its own and the run gets
         `threads` of the CPU's cores."""
-        command = [sys.executable, "-m", "electra.cli", "finetune", "--data-dir", str(self.data_dir)]
-        command += ["--model-name", self.model_name, "--hparams", json.dumps(self.hparams)]
+        hparams = json.dumps(self.hparams)
+        command = electra_command("finetune", "--data-dir", str(self.data_dir), "--model-name", self.model_name)
+        command += ["--hparams", hparams]
         started = time.time()
         if log_dir is None:
             subprocess.run(command, check=True)

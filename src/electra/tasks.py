@@ -528,13 +528,12 @@ class TableTask(Task):
                 f"{path}:{number}: no {what} in column {column!r} (columns: {available}); set the task spec's "
                 '"text_column" / "label_column" to the right names, or fill the cell'
             )
+        where = f"{path}:{number}"
         if self.kind != "tagging":
-            return cell_text(value, f"{path}:{number}", column, what)
+            return cell_text(value, where, column, what)
         if not isinstance(value, list):
-            raise UserError(f"{path}:{number}: the {what} in column {column!r} must be a list, not {value!r:.60}")
-        if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in value):
-            raise UserError(f"{path}:{number}: column {column!r} must list strings, not {value!r:.60}")
-        return value
+            raise UserError(f"{where}: the {what} in column {column!r} must be a list, not {value!r:.60}")
+        return [cell_text(item, where, column, f"item of the {what}") for item in value]
 
     def _example(self, index: int, path: Path, number: int, row: dict[str, Any], labelled: bool) -> Example:
         source = f"{path}:{number}"
@@ -547,9 +546,7 @@ class TableTask(Task):
                     f"{source}: {self.text_column!r} has {len(words)} words and {self.label_column!r} "
                     f"{len(tags)} tags: give one tag per word"
                 )
-            return Example(
-                index, words=[str(w) for w in words], label=[str(t) for t in tags] if tags else None, source=source
-            )
+            return Example(index, words=words, label=tags or None, source=source)
         if self.kind == "regression" and label is not None:
             try:
                 label = float(label)
