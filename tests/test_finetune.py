@@ -261,6 +261,10 @@ def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
     jsonl.write_text('{"text": "fine", "label": ["x"]}\n')
     with pytest.raises(UserError, match=r"train\.jsonl:1: the label in column 'label' must be a string or number"):
         task.examples("train")
+    # A whole number is one class however JSON writes it.
+    labels = ["1", "1.0", '"1"', "0.5"]
+    jsonl.write_text("".join(f'{{"text": "t", "label": {label}}}\n' for label in labels))
+    assert [example.label for example in task.examples("train")] == ["1", "1", "1", "0.5"]
     jsonl.write_text('{"text": {"a": 3}, "label": "pos"}\n')
     with pytest.raises(UserError, match=r"train\.jsonl:1: the text in column 'text' must be a string or number"):
         task.examples("train")

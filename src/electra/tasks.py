@@ -651,9 +651,12 @@ def _parse_table(path: Path, delimiter: str, literal: bool) -> list[tuple[int, i
 
 def cell_text(value: Any, where: str, column: str, what: str = "text") -> str:
     """A text or label cell as a string. JSONL cells can hold any JSON value; only strings and numbers are text
-    (true and false are not numbers here)."""
+    (true and false are not numbers here). A whole number reads the same however JSON wrote it: 1 and 1.0 are
+    one class, "1"."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise UserError(f"{where}: the {what} in column {column!r} must be a string or number, not {value!r:.60}")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 
