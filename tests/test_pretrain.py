@@ -47,7 +47,7 @@ def metrics(model_dir: Path) -> list[dict]:
 def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: Path, capsys):
     assert pretrain(pretrain_data_dir, "debug", num_train_steps=12, do_eval=True, keep_checkpoint_max=2) == 0
     out = capsys.readouterr().out
-    assert "trained to step 12" in out and "disc_auc" in out
+    assert "trained to step 12" in out and "disc_auc" in out and "not evaluated" not in out
     model_dir = pretrain_data_dir / "models" / "debug"
     assert sorted(path.name for path in (model_dir / "checkpoints").iterdir()) == ["step-00000008", "step-00000012"]
     logged = metrics(model_dir)
@@ -166,7 +166,9 @@ def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_
     assert json.loads(record_file.read_text())["num_train_steps"] == 8
     capsys.readouterr()
     assert pretrain(pretrain_data_dir, "resumed", num_train_steps=4) == 0  # fewer steps than trained: nothing to do
-    assert "already trained to step 8: nothing left to train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already trained to step 8: nothing left to train" in out
+    assert '"do_eval": true' in out and "not evaluated on held-out data" in out
     assert json.loads(record_file.read_text())["num_train_steps"] == 8  # what the model holds, not what was asked
 
 
