@@ -593,13 +593,13 @@ def describe(outcome: dict[str, Any]) -> str:
         else:  # the same command again after it finished
             lines.append(f"already trained to step {result.step:,}: nothing left to train (raise num_train_steps)")
         lines += [f"exported {path}" for path in outcome.get("exported", [])]
-        if "eval" not in outcome:  # do_eval defaults to false, as in the reference's run_pretraining.py
-            lines.append(
-                'not evaluated on held-out data: the same command with --hparams \'{"do_train": false, '
-                '"do_eval": true}\' does that (or add "do_eval": true to the training hparams)'
-            )
     if "eval" in outcome:
         lines.append("evaluation on held-out data:")
         lines += [f"  {key} = {value:.4f}" for key, value in sorted(outcome["eval"].items())]
         lines.append(f"results written to {outcome['results_file']}")
+    elif "train" in outcome:  # do_eval defaults to false, as in the reference's run_pretraining.py
+        lines.append(
+            'not evaluated on held-out data: the same command with --hparams \'{"do_train": false, '
+            '"do_eval": true}\' does that (or add "do_eval": true to the training hparams)'
+        )
     return "\n".join(lines) if lines else f"nothing to report for {outcome['model_dir']}"
