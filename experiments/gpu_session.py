@@ -15,7 +15,7 @@ In order, each stage with its own time limit inside an overall deadline, so a sl
      graphs) and benchmarks/pretrain_padding.py.
 Each pre-training first runs 60 steps to measure the trainer's speed, then sets num_train_steps to fill its
 seconds, so the learning-rate schedule runs to its end. Models come back as tar files (split into 15 MB parts), the
-fine-tuning results as <out>/finetuning/, and every stage's output goes to <out>/session.log.
+fine-tuning results as <out>/finetuning.tar, and every stage's output goes to <out>/session.log.
 
 First build the stage where ../shared/data is (minutes on a CPU), then run on the GPU machine from the
 repository root (the device tool: carry .gpu, which .git/info/exclude ignores):
@@ -143,13 +143,20 @@ def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any]
 
 
 def pack(session: Session, model_dir: Path) -> None:
-    """Both exported models, config, metrics and results as <out>/<name>.tar, split into parts the lease returns
-    (the generator too, so that a later lease can continue pre-training from the pair: --build-stage --en-init)."""
+    """Both exported models (in bfloat16: two ELECTRA-Smalls in float32 pass the lease's 64 MiB return limit),
+    config, metrics and results as <out>/<name>.tar, split into parts the lease returns (the generator too, so that a
+    later lease can continue pre-training from the pair: --build-stage --en-init)."""
+    half = session.out.parent / f"{model_dir.name}-bfloat16"
+    stage_init_model(model_dir, half)
     tar_path = session.out / f"{model_dir.name}.tar"
     with tarfile.open(tar_path, "w") as tar:
-        for relative in ("discriminator", "generator", "pretrain_config.json", "logs/metrics.jsonl", "results"):
+        for part in ("discriminator", "generator"):
+            if (half / part).exists():
+                tar.add(half / part, arcname=f"{model_dir.name}/{part}")
+        for relative in ("pretrain_config.json", "logs/metrics.jsonl", "results"):
             if (model_dir / relative).exists():
                 tar.add(model_dir / relative, arcname=f"{model_dir.name}/{relative}")
+    shutil.rmtree(half)
     data = tar_path.read_bytes()
     if len(data) > PART_BYTES:
         tar_path.unlink()
@@ -161,8 +168,9 @@ def pack(session: Session, model_dir: Path) -> None:
 
 
 def stage_init_model(source: Path, target: Path) -> None:
-    """A previous lease's model (discriminator/ and, when brought back, generator/) as bfloat16 Hugging Face
-    folders, half the size for the carry limit; `electra pretrain` continues from them (init_checkpoint)."""
+    """A model's discriminator/ and generator/ (where present) as bfloat16 Hugging Face folders, half the size for
+    the lease's carry and return limits; `electra pretrain` continues from them (init_checkpoint) and `electra
+    finetune` loads them into float32 weights."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -201,13 +209,12 @@ def build_stage(shared: Path, stage: Path, en_init: Path | None = None) -> None:
 
 
 def collect_results(session: Session, check_dir: Path) -> None:
-    """Every fine-tuning run's results and log into <out>/finetuning/, finished or not (a run stopped at the
-    deadline still has the trials it completed in its log)."""
-    target = session.out / "finetuning"
-    for path in [*check_dir.glob("*/models/*/results/*"), *check_dir.glob("logs/*.log")]:
-        relative = path.relative_to(check_dir)
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target / relative)
+    """Every fine-tuning run's results and log added to <out>/finetuning.tar, finished or not (a run stopped at the
+    deadline still has the trials it completed in its log); one file, as the lease returns at most 8, two folders
+    down."""
+    with tarfile.open(session.out / "finetuning.tar", "a") as tar:
+        for path in [*check_dir.glob("*/models/*/results/*"), *check_dir.glob("logs/*.log")]:
+            tar.add(path, arcname=f"{check_dir.name}/{path.relative_to(check_dir)}")
 
 
 def main() -> None:
