@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from electra.tasks import TASKS
 HERE = Path(__file__).resolve().parent
 BUDGET = {"learning_rate": 3e-4, "train_batch_size": 32, "eval_batch_size": 128, "log_every_steps": 100}
 EPOCHS = {"sst": 1, "cola": 3, "mrpc": 3, "squadv1": 2, "waimai": 3}
+SIDES = {"pretrained": True, "random": False}
 HEADLINE = {"sst": "accuracy", "cola": "mcc", "mrpc": "accuracy", "squadv1": "f1", "waimai": "accuracy"}
 
 
@@ -165,7 +167,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.task}-{'pretrained' if self.pretrained else 'random'}"
+        return f"{self.task}-{self.model_name}"  # the model's name tells runs of split trials apart
 
     def execute(self, log_dir: Path | None, threads: int) -> None:
         """Fine-tune; with `log_dir` (runs side by side) the output goes to a log file of its own and the run gets
@@ -185,15 +187,18 @@ class Run:
                 sys.exit(f"{self.label} failed (exit {done.returncode}): see {log}")
         self.minutes = (time.time() - started) / 60
 
-    def score(self) -> dict[str, float]:
-        """The headline score's median, mean, min and max over the trials."""
+    def trial_scores(self) -> list[float]:
+        """The headline score of each trial."""
         results = self.data_dir / "models" / self.model_name / "results" / f"{self.task}_results.json"
-        return json.loads(results.read_text())["summary"][f"{self.task}/dev {HEADLINE[self.task]}"]
+        trials = json.loads(results.read_text())["trials"]
+        return [trial[f"{self.task}/dev"][HEADLINE[self.task]] for trial in trials]
 
 
-def plan_run(
+def plan_runs(
     data_dir: Path, model_name: str, task: str, pretrained: bool, shape: dict[str, Any], args: argparse.Namespace
-) -> Run:
+) -> list[Run]:
+    """One run of `args.trials` trials, or with --split-trials one run a trial (seeds 0, 1, ...: the same seeds as
+    the trials of one run), each in a model folder of its own, so that they can run side by side."""
     hparams = {
         **BUDGET,
         "num_trials": args.trials,
@@ -208,7 +213,15 @@ def plan_run(
         hparams["max_seq_length"] = 256
     if not pretrained:
         hparams["init_checkpoint"] = None
-    return Run(task, pretrained, data_dir, model_name, hparams)
+    if not args.split_trials:
+        return [Run(task, pretrained, data_dir, model_name, hparams)]
+    runs = []
+    for seed in range(args.trials):
+        name = f"{model_name}_seed{seed}"
+        if pretrained:
+            link_model(data_dir / "models" / model_name, data_dir / "models" / name)
+        runs.append(Run(task, pretrained, data_dir, name, {**hparams, "num_trials": 1, "seed": seed}))
+    return runs
 
 
 def run_all(runs: list[Run], parallel: int, log_dir: Path) -> None:
@@ -222,10 +235,11 @@ def run_all(runs: list[Run], parallel: int, log_dir: Path) -> None:
         list(pool.map(lambda run: run.execute(log_dir, max(1, cores // parallel)), runs))
 
 
-def cell(stats: dict) -> str:
-    if stats["min"] == stats["max"]:
-        return f"{stats['median']:.2f}"
-    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
+def cell(scores: list[float]) -> str:
+    """The median of a cell's trials, and their range where they differ."""
+    if min(scores) == max(scores):
+        return f"{scores[0]:.2f}"
+    return f"{statistics.median(scores):.2f} ({min(scores):.2f}-{max(scores):.2f})"
 
 
 def main() -> None:
@@ -238,6 +252,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="sst,cola,mrpc,waimai")
     parser.add_argument("--trials", type=int, default=1, help="fine-tuning seeds per cell (num_trials)")
     parser.add_argument("--parallel", type=int, default=1, help="fine-tuning runs at once")
+    parser.add_argument(
+        "--split-trials", action="store_true", help="each trial a run of its own, so that --parallel runs them at once"
+    )
     parser.add_argument("--train-examples", type=int, help="fine-tune on this many training examples (seed 0)")
     parser.add_argument("--epochs", type=float, help="instead of each task's default epochs")
     parser.add_argument("--finetune-hparams", type=json.loads, default={}, help="JSON: overrides for both runs")
@@ -280,20 +297,22 @@ def main() -> None:
             link_model(full / "models" / f"{prefix}_pretrained", data_dir / "models" / f"{prefix}_pretrained")
             source = (full / "finetuning_data" / task).resolve()
             sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
-        for pretrained in (True, False):
-            model_name = f"{prefix}_{'pretrained' if pretrained else 'random'}"
-            runs.append(plan_run(data_dir, model_name, task, pretrained, shape, args))
+        for side, pretrained in SIDES.items():
+            runs.extend(plan_runs(data_dir, f"{prefix}_{side}", task, pretrained, shape, args))
     run_all(runs, args.parallel, workdir / "logs")
     print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
     medians = {}
-    for with_pretraining, without in zip(runs[::2], runs[1::2], strict=True):
-        task = with_pretraining.task
-        scores = with_pretraining.score(), without.score()
+    for task in tasks:
+        scores, minutes = {}, {}
+        for side, pretrained in SIDES.items():
+            cell_runs = [run for run in runs if run.task == task and run.pretrained == pretrained]
+            scores[side] = [score for run in cell_runs for score in run.trial_scores()]
+            minutes[side] = max(run.minutes for run in cell_runs)
         print(
-            f"{task:<8} | {HEADLINE[task]:<8} | {cell(scores[0]):>21} | {cell(scores[1]):>21} | "
-            f"{with_pretraining.minutes:6.1f} / {without.minutes:<6.1f}"
+            f"{task:<8} | {HEADLINE[task]:<8} | {cell(scores['pretrained']):>21} | {cell(scores['random']):>21} | "
+            f"{minutes['pretrained']:6.1f} / {minutes['random']:<6.1f}"
         )
-        medians[task] = {"pretrained": round(scores[0]["median"], 2), "random": round(scores[1]["median"], 2)}
+        medians[task] = {side: round(statistics.median(values), 2) for side, values in scores.items()}
     settings = {"trials": args.trials, "train_examples": args.train_examples or "all", **args.finetune_hparams}
     print(json.dumps({**settings, **medians}))
 
