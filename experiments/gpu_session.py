@@ -144,7 +144,7 @@ def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any]
 
 
 def pack(session: Session, model_dir: Path) -> None:
-    """Both exported models (in bfloat16: two ELECTRA-Smalls in float32 pass the lease's 64 MiB return limit),
+    """Both exported models (in bfloat16: two ELECTRA-Smalls in float32 exceed the lease's 64 MiB return limit),
     config, metrics and results as <out>/<name>.tar, split into parts the lease returns (the generator too, so that a
     later lease can continue pre-training from the pair: --build-stage --en-init)."""
     half = session.out.parent / f"{model_dir.name}-bfloat16"
