@@ -6,19 +6,22 @@ batches in random order, fp32, torch AdamW, the loss from `labels=`. Ours is `el
 (`FinetuningBatches`), the layer-wise AdamWeightDecay, gradient clipping at 1.0, in fp32 and in the
 default precision ("auto": bf16 autocast on CPUs with fast bf16). Both start from random weights of the
 same shape (ELECTRA-Small by default, a 30,522-row embedding table as the released models, whatever the
-size of the vocabulary the text is tokenised with) and see the same real SST-2 examples.
+size of the vocabulary the text is tokenised with) and see the same real SST-2 examples. With --device cuda the
+peer also runs under bf16 autocast (peer-bf16), as a PyTorch user on a GPU would, and "auto" is bf16 there.
 
 Training examples/s counts whole steps (forward, backward, clipping, optimizer) over --train-steps after
 2 warm-up steps; bucketed batches vary in length, so it is total examples over total time, not a
 median step. Evaluation examples/s is one pass over the first --eval-examples dev examples without
 gradients, after a warm-up pass over two batches. Ours is timed through `predict_features`, the
 function `electra finetune` evaluates with (length-sorted batches padded per batch). The peer runs the
-dev examples in input order, padded to 128. Each variant runs in its own process, so its peak memory is its own.
+dev examples in input order, padded to 128. Each variant runs in its own process, so its peak memory is its own
+(the process's resident memory on the CPU, the GPU's allocated peak on CUDA; timings wait for the GPU to finish).
 
 Without --vocab, a WordPiece vocabulary is trained on the SST-2 training sentences (a few seconds).
 Prints a table, then one JSON line of headline figures.
 Usage: python benchmarks/finetune.py [--size small|tiny] [--batch 32] [--train-steps 20] [--eval-examples 872]
-       [--threads 2] [--vocab VOCAB_TXT] [--data SST_FOLDER]
+       [--threads 2] [--vocab VOCAB_TXT] [--data SST_FOLDER] [--device cpu|cuda]
+       [--variants peer-fp32,ours-fp32,ours-auto]  (on CUDA add peer-bf16)
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from isolated import auto_precision_name, run_variants
+from isolated import auto_precision_name, run_variants, synchronize
 
 if TYPE_CHECKING:
     from electra.finetune import Features, TaskHead
@@ -46,7 +49,7 @@ SHAPES = {  # hidden, layers, heads, intermediate, embedding
     "tiny": (128, 4, 2, 512, 128),
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst"
-CPU = torch.device("cpu")
+PRECISIONS = {"ours": ("fp32", "bf16", "auto"), "peer": ("fp32", "bf16")}  # a variant is NAME-PRECISION
 
 
 def load_sst(data: Path, vocab_file: Path) -> tuple[list[Features], list[Features], TaskHead, int]:
@@ -85,7 +88,9 @@ def model_vocab_size(vocab_file: Path) -> int:
     return max(MODEL_VOCAB, len(read_vocab(vocab_file)))
 
 
-def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable, Callable]:
+def ours(
+    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device
+) -> tuple[Callable, Callable]:
     from electra.config import ModelConfig
     from electra.finetune import (
         FinetuningBatches,
@@ -97,16 +102,16 @@ def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) ->
 
     train, dev, head, pad_id = load_sst(data, vocab_file)
     config = ModelConfig(**model_shape(size, vocab_file, pad_id))
-    model = FinetuningModel(config, [head])
+    model = FinetuningModel(config, [head]).to(device)
     optimizer = AdamWeightDecay(layerwise_param_groups(model, 0.01, 0.8), lr=1e-4)
     params = [param for group in optimizer.param_groups for param in group["params"]]
     batches = FinetuningBatches(train, batch, seed=0, bucketing=True, pad_id=pad_id)
-    dtype = resolve_precision(precision, CPU)
+    dtype = resolve_precision(precision, device)
 
     def train_step(step: int) -> int:
         model.train()
-        inputs = batches.make_batch(batches.batch_indices(step), np.arange(batch), batch, 0, CPU)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        inputs = batches.make_batch(batches.batch_indices(step), np.arange(batch), batch, 0, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             sums = model(inputs)
         (sums["task_loss"] / batch).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -117,32 +122,36 @@ def ours(size: str, precision: str, vocab_file: Path, data: Path, batch: int) ->
         return inputs.input_ids.shape[1]
 
     def evaluate(count: int) -> None:
-        predict_features(model, dev[:count], 0, batch, CPU, pad_id, precision)
+        predict_features(model, dev[:count], 0, batch, device, pad_id, precision)
 
     return train_step, evaluate
 
 
-def peer(size: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable, Callable]:
+def peer(
+    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device
+) -> tuple[Callable, Callable]:
     import transformers
 
     from electra.finetune import collate
 
     train, dev, _, pad_id = load_sst(data, vocab_file)
     config = transformers.ElectraConfig(**model_shape(size, vocab_file, pad_id), num_labels=2)
-    model = transformers.ElectraForSequenceClassification(config)
+    model = transformers.ElectraForSequenceClassification(config).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     order = np.random.default_rng(0).permutation(len(train))
 
     def train_step(step: int) -> int:
         model.train()
         chosen = order[(step * batch + np.arange(batch)) % len(train)]
-        inputs = collate([train[i] for i in chosen], pad_id, CPU, pad_to=SEQ)
-        output = model(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            token_type_ids=inputs.token_type_ids,
-            labels=inputs.labels.long(),
-        )
+        inputs = collate([train[i] for i in chosen], pad_id, device, pad_to=SEQ)
+        with autocast:
+            output = model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                token_type_ids=inputs.token_type_ids,
+                labels=inputs.labels.long(),
+            )
         output.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -153,10 +162,13 @@ def peer(size: str, vocab_file: Path, data: Path, batch: int) -> tuple[Callable,
     def evaluate(count: int) -> None:
         model.eval()
         for start in range(0, count, batch):
-            inputs = collate(dev[start : min(start + batch, count)], pad_id, CPU, pad_to=SEQ)
-            model(
-                input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, token_type_ids=inputs.token_type_ids
-            )
+            inputs = collate(dev[start : min(start + batch, count)], pad_id, device, pad_to=SEQ)
+            with autocast:
+                model(
+                    input_ids=inputs.input_ids,
+                    attention_mask=inputs.attention_mask,
+                    token_type_ids=inputs.token_type_ids,
+                )
 
     return train_step, evaluate
 
@@ -165,24 +177,32 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     name, precision = variant.split("-")
-    if name == "ours":
-        train_step, evaluate = ours(args.size, precision, args.vocab, args.data, args.batch)
-    else:
-        train_step, evaluate = peer(args.size, args.vocab, args.data, args.batch)
+    device = torch.device(args.device)
+    train_step, evaluate = (ours if name == "ours" else peer)(
+        args.size, precision, args.vocab, args.data, args.batch, device
+    )
     for step in range(WARMUP_STEPS):
         train_step(step)
+    synchronize(device)
     started = time.perf_counter()
     padded = [train_step(step) for step in range(WARMUP_STEPS, WARMUP_STEPS + args.train_steps)]
+    synchronize(device)
     train_seconds = time.perf_counter() - started
     evaluate(2 * args.batch)
+    synchronize(device)
     started = time.perf_counter()
     evaluate(args.eval_examples)
+    synchronize(device)
     eval_seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return {
         "train_ex_s": args.train_steps * args.batch / train_seconds,
         "eval_ex_s": args.eval_examples / eval_seconds,
         "train_padded_len": float(np.mean(padded)),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_gb": peak_gb,
     }
 
 
@@ -205,10 +225,12 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     train, dev, _, _ = load_sst(args.data, args.vocab)
     train_tokens = np.mean([len(item.input_ids) for item in train])
     dev_tokens = np.mean([len(item.input_ids) for item in dev[: args.eval_examples]])
-    auto = resolve_precision("auto", CPU)
+    device = torch.device(args.device)
+    auto = resolve_precision("auto", device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(
         f"ELECTRA-{args.size} on SST-2, batch {args.batch}, {args.train_steps} timed steps, "
-        f"{args.eval_examples} dev examples, {args.threads} threads, torch {torch.__version__}; "
+        f"{args.eval_examples} dev examples, {where}, torch {torch.__version__}; "
         f'"auto" = {auto or "fp32"}'
     )
     print(
@@ -219,15 +241,16 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         if variant.startswith("ours"):
             print(f"{variant}: timed training batches padded to {row['train_padded_len']:.1f} tokens on average")
     peer_row = rows.get("peer-fp32")
+    memory = "peak GPU GB" if device.type == "cuda" else "peak RSS GB"
     print(
-        f"{'variant':<10} | {'train ex/s':>10} | {'eval ex/s':>10} | {'peak RSS GB':>11} | "
+        f"{'variant':<10} | {'train ex/s':>10} | {'eval ex/s':>10} | {memory:>11} | "
         f"{'train vs peer':>13} | {'eval vs peer':>12}"
     )
     for variant, row in rows.items():
         train_ratio = f"{row['train_ex_s'] / peer_row['train_ex_s']:.2f}x" if peer_row else "-"
         eval_ratio = f"{row['eval_ex_s'] / peer_row['eval_ex_s']:.2f}x" if peer_row else "-"
         print(
-            f"{variant:<10} | {row['train_ex_s']:10,.1f} | {row['eval_ex_s']:10,.1f} | {row['peak_rss_gb']:11.2f} | "
+            f"{variant:<10} | {row['train_ex_s']:10,.1f} | {row['eval_ex_s']:10,.1f} | {row['peak_gb']:11.2f} | "
             f"{train_ratio:>13} | {eval_ratio:>12}"
         )
 
@@ -250,6 +273,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         "ours_fp32_train_ratio": ratio("ours-fp32", "train_ex_s"),
         "ours_fp32_eval_ex_s": figure("ours-fp32", "eval_ex_s"),
         "ours_fp32_eval_ratio": ratio("ours-fp32", "eval_ex_s"),
+        "peer_bf16_train_ex_s": figure("peer-bf16", "train_ex_s"),
+        "peer_bf16_eval_ex_s": figure("peer-bf16", "eval_ex_s"),
         "mean_train_tokens": round(float(train_tokens), 1),
         "mean_dev_tokens": round(float(dev_tokens), 1),
     }
@@ -265,6 +290,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab", type=Path, default=None, help="vocab.txt; default: trained on SST-2 train")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding SST-2 train.tsv, dev.tsv")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--variants", default="peer-fp32,ours-fp32,ours-auto")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,14 +303,20 @@ def main() -> None:
     from electra.tasks import get_task
 
     variants = args.variants.split(",")
-    if auto_precision_name() == "fp32" and "ours-fp32" in variants and "ours-auto" in variants:
+    for variant in variants:
+        name, _, precision = variant.partition("-")
+        if precision not in PRECISIONS.get(name, ()):
+            known = ", ".join(f"{name}-{precision}" for name, options in PRECISIONS.items() for precision in options)
+            sys.exit(f"--variants: unknown variant {variant!r}; known: {known}")
+    cpu_auto_is_fp32 = args.device == "cpu" and auto_precision_name() == "fp32"
+    if cpu_auto_is_fp32 and "ours-fp32" in variants and "ours-auto" in variants:
         variants.remove("ours-auto")  # the same run twice on CPUs without fast bf16
         print('"auto" is fp32 on this CPU: ours-auto is ours-fp32', flush=True)
     args.eval_examples = min(args.eval_examples, len(get_task("sst", args.data.parent, {}).examples("dev")))
     with tempfile.TemporaryDirectory() as folder:
         if args.vocab is None:
             args.vocab = train_sst_vocab(args.data, Path(folder))
-        flags = ("vocab", "data", "size", "batch", "train_steps", "eval_examples", "threads")
+        flags = ("vocab", "data", "size", "batch", "train_steps", "eval_examples", "threads", "device")
         rows = run_variants(__file__, variants, args, flags)
         torch.set_num_threads(args.threads)
         report(args, rows)

@@ -8,6 +8,10 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def run_variants(script: str, variants: Sequence[str], args: argparse.Namespace, flags: Sequence[str]) -> dict:
@@ -23,6 +27,14 @@ def run_variants(script: str, variants: Sequence[str], args: argparse.Namespace,
             sys.exit(f"{variant} failed:\n{done.stderr}")
         rows[variant] = json.loads(done.stdout.splitlines()[-1])
     return rows
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timer read afterwards includes it."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def auto_precision_name() -> str:

@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from isolated import synchronize
 
 VOCAB, SEQ, MASK_ID = 30522, 128, 4
 COMPILE_MODES = {"compile": "default", "graphs": "reduce-overhead"}
@@ -48,11 +49,6 @@ def flops_per_token(size: str, masked_share: float) -> float:
     )
     discriminator = encoder(hidden, intermediate) + 2 * hidden * hidden + 2 * hidden
     return 3 * (generator + discriminator)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:

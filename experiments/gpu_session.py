@@ -12,7 +12,7 @@ In order, each stage with its own time limit inside an overall deadline, so a sl
      side by side (a small model's eager step is bound by kernel launches, so the GPU has room for several);
   4. the SQuAD 1.1 learning check, if time is left;
   5. with --benchmarks: benchmarks/pretrain_step.py on the GPU (eager at batches 128 and 512, compiled, CUDA
-     graphs) and benchmarks/pretrain_padding.py.
+     graphs), benchmarks/pretrain_padding.py and benchmarks/finetune.py (SST-2 fine-tuning and evaluation).
 Each pre-training first runs 60 steps to measure the trainer's speed, then sets num_train_steps to fill its
 seconds, so the learning-rate schedule runs to its end. Models come back as tar files (split into 15 MB parts), the
 fine-tuning results as <out>/finetuning.tar, and every stage's output goes to <out>/session.log.
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -80,13 +81,18 @@ class Session:
             return False
         self.say(f"{name}: {' '.join(command)[:300]} (limit {limit:.0f}s)")
         began = time.monotonic()
+        # A session of its own, so that a stop reaches the command's children too: the learning check's fine-tuning
+        # processes would otherwise go on using the GPU through the stages after it.
+        process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         try:
-            done = subprocess.run(command, stdout=self.log, stderr=subprocess.STDOUT, timeout=limit, cwd=REPO)
+            process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             self.say(f"{name}: stopped at its limit after {time.monotonic() - began:.0f}s")
             return False
-        self.say(f"{name}: exit {done.returncode} after {time.monotonic() - began:.0f}s")
-        return done.returncode == 0
+        self.say(f"{name}: exit {process.returncode} after {time.monotonic() - began:.0f}s")
+        return process.returncode == 0
 
 
 def electra(*args: str) -> list[str]:
@@ -327,6 +333,10 @@ def main() -> None:
         padding = ["benchmarks/pretrain_padding.py", "--data-dir", str(work / "zh"), "--shape", "small"]
         padding += ["--batch", "256", "--groups", "1,2,4", "--steps", "30"]
         session.run("length_groups benchmark", [sys.executable, *padding], 90)
+        finetuning = ["benchmarks/finetune.py", "--device", "cuda", "--train-steps", "50"]
+        finetuning += ["--vocab", str(work / "en" / "vocab.txt"), "--data", str(args.stage.resolve() / "data" / "sst")]
+        finetuning += ["--variants", "peer-fp32,peer-bf16,ours-fp32,ours-auto"]
+        session.run("fine-tuning benchmark", [sys.executable, *finetuning], 120)
     session.say("done")
 
 
