@@ -14,12 +14,14 @@ Random weights get the shape of the pre-trained model they are compared with (`-
 `--zh-model` fine-tunes a Chinese model pre-trained elsewhere (a model folder of `electra pretrain`, e.g.
 ELECTRA-Small on a GPU) instead of pre-training the tiny one here; `--parallel N` runs N fine-tuning runs at once
 (on a GPU, where a small model's step is bound by kernel launches, not arithmetic; each run's output then goes to
-<workdir>/logs/); `--shared-data` where the data is when it is not ../shared/data beside the repository.
+<workdir>/logs/); `--shared-data` where the data is when it is not ../shared/data beside the repository;
+`--report` runs nothing and prints the table of what the same command has finished so far (e.g. after it was
+stopped at a deadline: a cell then holds the trials that finished, "-" where none did).
 Usage: python experiments/finetune_learning_check.py --pretrain-workdir /tmp/lc/v8k --model-name b
        [--workdir /tmp/electra-finetune-check] [--zh-steps 1500 | --zh-model DIR]
        [--tasks sst,cola,mrpc,squadv1,waimai] [--trials 1] [--parallel 1]
        [--train-examples N --epochs E] [--finetune-hparams '{"layerwise_lr_decay": 1.0}']
-       [--shape-hparams '{"model_size": "small"}'] [--shared-data DIR]
+       [--shape-hparams '{"model_size": "small"}'] [--shared-data DIR] [--report]
 """
 
 from __future__ import annotations
@@ -188,8 +190,10 @@ class Run:
         self.minutes = (time.time() - started) / 60
 
     def trial_scores(self) -> list[float]:
-        """The headline score of each trial."""
+        """The headline score of each trial; none where the run has not finished."""
         results = self.data_dir / "models" / self.model_name / "results" / f"{self.task}_results.json"
+        if not results.is_file():
+            return []
         trials = json.loads(results.read_text())["trials"]
         return [trial[f"{self.task}/dev"][HEADLINE[self.task]] for trial in trials]
 
@@ -237,6 +241,8 @@ def run_all(runs: list[Run], parallel: int, log_dir: Path) -> None:
 
 def cell(scores: list[float]) -> str:
     """The median of a cell's trials, and their range where they differ."""
+    if not scores:
+        return "-"
     if min(scores) == max(scores):
         return f"{scores[0]:.2f}"
     return f"{statistics.median(scores):.2f} ({min(scores):.2f}-{max(scores):.2f})"
@@ -262,6 +268,7 @@ def main() -> None:
         "--shape-hparams", type=json.loads, help="JSON: the model's shape (default: the pre-trained model's)"
     )
     parser.add_argument("--shared-data", type=Path, default=HERE.parents[1] / "shared" / "data")
+    parser.add_argument("--report", action="store_true", help="run nothing: the table of the runs finished so far")
     args = parser.parse_args()
     shared = args.shared_data.resolve()  # the task folders are linked to it: a relative link would dangle
     if not shared.exists():
@@ -280,7 +287,7 @@ def main() -> None:
         if args.zh_model:
             link((args.zh_model / "discriminator" / "vocab.txt").resolve(), workdir / "zh" / "vocab.txt")
             link_model(args.zh_model, workdir / "zh" / "models" / "zh_pretrained")
-        else:
+        elif not args.report:
             pretrain_chinese(shared, workdir, args.zh_steps)
         split_waimai(shared, workdir / "zh" / "finetuning_data" / "waimai")
     if args.train_examples and "squadv1" in tasks:
@@ -299,7 +306,8 @@ def main() -> None:
             sample_training_set(source, data_dir / "finetuning_data" / task, task, args.train_examples)
         for side, pretrained in SIDES.items():
             runs.extend(plan_runs(data_dir, f"{prefix}_{side}", task, pretrained, shape, args))
-    run_all(runs, args.parallel, workdir / "logs")
+    if not args.report:
+        run_all(runs, args.parallel, workdir / "logs")
     print(f"{'task':<8} | {'metric':<8} | {'pre-trained':>21} | {'random init':>21} | {'minutes (each)':>14}")
     medians = {}
     for task in tasks:
@@ -307,12 +315,12 @@ def main() -> None:
         for side, pretrained in SIDES.items():
             cell_runs = [run for run in runs if run.task == task and run.pretrained == pretrained]
             scores[side] = [score for run in cell_runs for score in run.trial_scores()]
-            minutes[side] = max(run.minutes for run in cell_runs)
+            minutes[side] = f"{max(run.minutes for run in cell_runs):6.1f}" if not args.report else "     -"
         print(
             f"{task:<8} | {HEADLINE[task]:<8} | {cell(scores['pretrained']):>21} | {cell(scores['random']):>21} | "
-            f"{minutes['pretrained']:6.1f} / {minutes['random']:<6.1f}"
+            f"{minutes['pretrained']} / {minutes['random'].strip():<6}"
         )
-        medians[task] = {side: round(statistics.median(values), 2) for side, values in scores.items()}
+        medians[task] = {side: round(statistics.median(values), 2) for side, values in scores.items() if values}
     settings = {"trials": args.trials, "train_examples": args.train_examples or "all", **args.finetune_hparams}
     print(json.dumps({**settings, **medians}))
 

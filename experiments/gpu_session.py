@@ -317,7 +317,8 @@ def main() -> None:
         # Every trial a process of its own: run by run, SST-2's three 1-epoch trials alone outlasted session 16's
         # four minutes of fine-tuning, eight runs side by side (65 ms a step each).
         glue += ["--split-trials", "--parallel", str(FINETUNING_PROCESSES)]
-        session.run("learning check", glue, session.left() - 30)
+        if not session.run("learning check", glue, session.left() - 30):
+            session.run("learning check's table so far", [*glue, "--report"], 20)
         collect_results(session, work / "ft")
         squad = [*check, "--workdir", str(work / "ft-squad"), "--tasks", "squadv1", "--parallel", "2"]
         session.run("SQuAD 1.1 learning check", squad, 200)
