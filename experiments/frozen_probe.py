@@ -25,7 +25,15 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from electra.config import ModelConfig
-from electra.finetune import Features, Featurizer, FinetuningModel, TaskHead, collate, load_encoder_weights
+from electra.finetune import (
+    Features,
+    Featurizer,
+    FinetuningModel,
+    TaskHead,
+    collate,
+    load_encoder_weights,
+    run_in_length_order,
+)
 from electra.metrics import classification_scores
 from electra.tasks import get_task
 from electra.tokenization import read_vocab
@@ -40,17 +48,16 @@ def frozen_states(model: FinetuningModel, features: list[Features], pad_id: int,
     """[examples, 2 * hidden]: each example's final [CLS] state, then the mean of its final token states."""
     model.eval()
     dtype = resolve_precision("auto", CPU)
-    order = np.argsort([len(item.input_ids) for item in features], kind="stable")  # batches of similar length
-    states = np.zeros((len(features), 2 * model.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        chosen = order[start : start + batch_size]
-        batch = collate([features[i] for i in chosen], pad_id, CPU)
+
+    def run_batch(chosen: list[Features]) -> np.ndarray:
+        batch = collate(chosen, pad_id, CPU)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             hidden = model.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids).float()
         mask = batch.attention_mask.unsqueeze(-1).float()
         mean = (hidden * mask).sum(1) / mask.sum(1)
-        states[chosen] = torch.cat([hidden[:, 0], mean], dim=1).numpy()
-    return states
+        return torch.cat([hidden[:, 0], mean], dim=1).numpy()
+
+    return np.stack(run_in_length_order(features, batch_size, run_batch))
 
 
 def probe_score(
