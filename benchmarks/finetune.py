@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from isolated import auto_precision_name, run_variants, synchronize
+from isolated import auto_precision_name, peak_memory, run_variants, synchronize
 
 if TYPE_CHECKING:
     from electra.finetune import Features, TaskHead
@@ -194,15 +193,11 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     evaluate(args.eval_examples)
     synchronize(device)
     eval_seconds = time.perf_counter() - started
-    if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return {
         "train_ex_s": args.train_steps * args.batch / train_seconds,
         "eval_ex_s": args.eval_examples / eval_seconds,
         "train_padded_len": float(np.mean(padded)),
-        "peak_gb": peak_gb,
+        "peak_gb": peak_memory(device),
     }
 
 
@@ -241,7 +236,7 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
         if variant.startswith("ours"):
             print(f"{variant}: timed training batches padded to {row['train_padded_len']:.1f} tokens on average")
     peer_row = rows.get("peer-fp32")
-    memory = "peak GPU GB" if device.type == "cuda" else "peak RSS GB"
+    memory = "peak GPU GiB" if device.type == "cuda" else "peak RSS GB"
     print(
         f"{'variant':<10} | {'train ex/s':>10} | {'eval ex/s':>10} | {memory:>11} | "
         f"{'train vs peer':>13} | {'eval vs peer':>12}"

@@ -37,6 +37,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_memory(device: torch.device) -> float:
+    """The variant's peak memory: the GPU's allocated peak in GiB on CUDA, else the process's resident peak in GB."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def auto_precision_name() -> str:
     """What `"precision": "auto"` resolves to on this CPU: "bfloat16" or "fp32"."""
     import torch

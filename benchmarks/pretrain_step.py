@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
-from isolated import synchronize
+from isolated import peak_memory, synchronize
 
 VOCAB, SEQ, MASK_ID = 30522, 128, 4
 COMPILE_MODES = {"compile": "default", "graphs": "reduce-overhead"}
@@ -199,11 +198,7 @@ def measure(variant: str, size: str, batch: int, steps: int, threads: int, devic
         step(100 + seed)
     synchronize(device)
     seconds = (time.perf_counter() - started) / steps
-    if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return {"tok_s": batch * SEQ / seconds, "step_s": seconds, "peak_gb": peak_gb, "warmup_s": warmup_s}
+    return {"tok_s": batch * SEQ / seconds, "step_s": seconds, "peak_gb": peak_memory(device), "warmup_s": warmup_s}
 
 
 def main() -> None:

@@ -315,10 +315,10 @@ def main() -> None:
         for side, pretrained in SIDES.items():
             cell_runs = [run for run in runs if run.task == task and run.pretrained == pretrained]
             scores[side] = [score for run in cell_runs for score in run.trial_scores()]
-            minutes[side] = f"{max(run.minutes for run in cell_runs):6.1f}" if not args.report else "     -"
+            minutes[side] = "-" if args.report else f"{max(run.minutes for run in cell_runs):.1f}"
         print(
             f"{task:<8} | {HEADLINE[task]:<8} | {cell(scores['pretrained']):>21} | {cell(scores['random']):>21} | "
-            f"{minutes['pretrained']} / {minutes['random'].strip():<6}"
+            f"{minutes['pretrained']:>6} / {minutes['random']:<6}"
         )
         medians[task] = {side: round(statistics.median(values), 2) for side, values in scores.items() if values}
     settings = {"trials": args.trials, "train_examples": args.train_examples or "all", **args.finetune_hparams}
