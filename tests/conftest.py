@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,22 @@ def write_corpus(directory: Path, documents: list[list[str]], name: str = "corpu
     directory.mkdir(parents=True, exist_ok=True)
     (directory / name).write_text("\n\n".join("\n".join(doc) for doc in documents) + "\n", encoding="utf-8")
     return directory
+
+
+def run_torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Two processes on this machine's CPUs (gloo), one thread each. On failure, the assertion shows what the
+    processes themselves printed: torchrun's own report of a failed rank is a long traceback that says only how
+    the process ended."""
+    done = subprocess.run(
+        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+    )
+    ranks_said = re.split(r"^.*\] failed \(exitcode: ", done.stderr, maxsplit=1, flags=re.MULTILINE)[0]
+    assert done.returncode == 0, f"torchrun exited with {done.returncode}; the processes printed:\n{ranks_said[-4000:]}"
+    return done
 
 
 def shared_data(relative: str) -> Path:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from electra.finetune import (
 )
 from electra.tasks import get_task
 from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
+from tests.conftest import run_torchrun
 
 WORDS = [
     "good",
@@ -827,13 +827,7 @@ def test_two_processes_with_gloo_fine_tune_as_one(tmp_path: Path, vocab_file: Pa
     hparams["precision"] = "fp32"  # "auto" is bf16 on CPUs with AMX, whose rounding differs with each process's padding
     base = ["-m", "electra.cli", "finetune", "--data-dir", str(tmp_path), "--hparams", json.dumps(hparams)]
     subprocess.run([sys.executable, *base, "--model-name", "one"], check=True, capture_output=True)
-    two = subprocess.run(
-        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", *base, "--model-name", "two"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    two = run_torchrun(*base, "--model-name", "two")
     assert two.stdout.count("tickets/dev: accuracy") == 1
 
     def losses(name: str) -> list[float]:
@@ -888,18 +882,9 @@ steps = Trainer(model, Rows(), settings, Path(sys.argv[1]), processes).train().s
 def test_two_processes_fine_tune_several_tasks_when_one_lacks_a_task(tmp_path: Path) -> None:
     """Multi-task fine-tuning under torchrun: a process whose rows hold no example of a task leaves that head without
     a gradient; the processes must still reduce their gradients in step (they aborted or hung)."""
-    import subprocess
-
     script = tmp_path / "ranks.py"
     script.write_text(MULTITASK_RANKS)
-    done = subprocess.run(
-        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_torchrun(str(script), str(tmp_path / "run"))
     assert [(tmp_path / f"steps-{rank}").read_text() for rank in (0, 1)] == ["3", "3"]
 
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from electra.errors import UserError
 from electra.pretrain import PAD_WIDTH_MULTIPLE, run_pretraining
 from electra.pretrain_data import PretrainingData
 from electra.trainer import AdamWeightDecay, TrainSettings, learning_rate_at
+from tests.conftest import run_torchrun
 
 FAST = {
     "debug": True,
@@ -299,16 +299,9 @@ def test_length_groups_train_exactly_as_full_padding(pretrain_data_dir: Path):
 
 def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
     no_dropout = {**NO_DROPOUT, "num_train_steps": 4, "gradient_accumulation_steps": 2}
-    torchrun = shutil.which("torchrun")
-    assert torchrun
     base = ["-m", "electra.cli", "pretrain", "--data-dir", str(pretrain_data_dir), "--hparams", hparams(**no_dropout)]
     subprocess.run([sys.executable, *base, "--model-name", "one"], check=True, capture_output=True)
-    subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", *base, "--model-name", "two"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    run_torchrun(*base, "--model-name", "two")
     assert json.loads((pretrain_data_dir / "models" / "two" / "pretrain_config.json").read_text())["processes"] == 2
     one, two = metrics(pretrain_data_dir / "models" / "one"), metrics(pretrain_data_dir / "models" / "two")
     for a, b in zip(one, two, strict=True):
