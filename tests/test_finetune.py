@@ -128,6 +128,34 @@ def test_dynamic_padding_equals_static_padding(vocab_file: Path) -> None:
         torch.testing.assert_close(dynamic, static, atol=1e-5, rtol=1e-5)
 
 
+def test_multi_task_heads_absent_from_a_batch_get_a_zero_gradient_as_in_the_reference() -> None:
+    """The reference runs every task's head on every example and masks the other tasks' losses out, so a head whose
+    task is missing from a batch gets a zero gradient (and Adam still moves it), never none. Every head kind here,
+    including both question-answering heads, with only the classification task's rows in the batch."""
+    from electra.finetune import Features
+    from electra.modeling import QAHeadConfig
+
+    heads = [
+        TaskHead("c", "classification", ["0", "1"]),
+        TaskHead("r", "regression", []),
+        TaskHead("t", "tagging", ["B", "I", "O"]),
+        TaskHead("q", "qa", []),
+        TaskHead("q2", "qa", [], qa=QAHeadConfig(joint_prediction=True, answerable_classifier=True)),
+    ]
+    torch.manual_seed(0)
+    model = FinetuningModel(small_config(), heads)
+    ids = np.array([2, 7, 8, 9, 3], dtype=np.int32)
+    rows = [Features(ids, np.zeros(5, np.int8), task_id=0, label=float(i % 2)) for i in range(4)]
+    loss = model(collate(rows, 0, torch.device("cpu")))["task_loss"]
+    loss.backward()
+    assert loss.item() > 0
+    for name, param in model.heads.named_parameters():
+        assert param.grad is not None, name
+        if not name.startswith("c."):
+            assert not param.grad.any(), name
+    assert any(param.grad.any() for param in model.heads["c"].parameters())
+
+
 def test_sentence_pairs_and_an_empty_second_text(vocab_file: Path) -> None:
     """[CLS] a [SEP] b [SEP] with segment ids 0/1; an empty second text is one segment, as in the reference."""
     from electra.tasks import Example
@@ -880,8 +908,8 @@ steps = Trainer(model, Rows(), settings, Path(sys.argv[1]), processes).train().s
 
 
 def test_two_processes_fine_tune_several_tasks_when_one_lacks_a_task(tmp_path: Path) -> None:
-    """Multi-task fine-tuning under torchrun: a process whose rows hold no example of a task leaves that head without
-    a gradient; the processes must still reduce their gradients in step (they aborted or hung)."""
+    """Multi-task fine-tuning under torchrun where one process's rows hold no example of a task: the processes must
+    still reduce their gradients in step (before every head took part in every step, they aborted or hung)."""
     script = tmp_path / "ranks.py"
     script.write_text(MULTITASK_RANKS)
     run_torchrun(str(script), str(tmp_path / "run"))

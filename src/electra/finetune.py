@@ -411,9 +411,6 @@ class FinetuningModel(nn.Module):
         init_weights(self, config.initializer_range)
         self.normalizers = {"task_loss": "examples"}  # the trainer divides each sum by its global count
         self.loss_weights = {"task_loss": 1.0}
-        # A process's micro-batch may hold no example of some task: that head then gets no gradient there, which
-        # distributed training must be told of, or the processes' gradient reductions fall out of step.
-        self.may_leave_parameters_unused = len(heads) > 1
 
     @staticmethod
     def counts(batch: FinetuningBatch) -> dict[str, torch.Tensor]:
@@ -444,9 +441,11 @@ class FinetuningModel(nn.Module):
         for task_id, head in enumerate(self.task_heads):
             rows: slice | torch.Tensor = slice(None)  # one task: every row, without a gather
             if len(self.task_heads) > 1:
+                # A head runs even on no rows, when the batch holds none of its task: its gradient is then zero,
+                # not absent, as in the reference (every head on every example, the other tasks' losses masked
+                # out). So Adam moves it as the reference's does, and every process of a distributed run reduces
+                # the same gradients.
                 rows = (batch.task_ids == task_id).nonzero().squeeze(-1)
-                if rows.numel() == 0:
-                    continue
             if head.kind == "qa":
                 total = total + self.heads[head.name].loss(
                     hidden[rows],

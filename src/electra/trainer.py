@@ -443,11 +443,7 @@ class Trainer:
         self.forward = self.model
         if processes.world_size > 1:
             device_ids = [processes.device.index] if processes.device.type == "cuda" else None
-            self.forward = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=device_ids,
-                find_unused_parameters=getattr(self.model, "may_leave_parameters_unused", False),
-            )
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if settings.compile:
             mode = None if settings.compile is True else settings.compile
             self.forward = torch.compile(self.forward, mode=mode)
