@@ -45,8 +45,10 @@ def run_torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProces
     """Two processes on this machine's CPUs (gloo), one thread each. On failure, the assertion shows what the
     processes themselves printed: torchrun's own report of a failed rank is a long traceback that says only how
     the process ended."""
+    torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun is not on PATH: it comes with torch, in the same bin folder as python"
     done = subprocess.run(
-        [shutil.which("torchrun"), "--standalone", "--nproc-per-node", "2", *args],
+        [torchrun, "--standalone", "--nproc-per-node", "2", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
