@@ -129,7 +129,8 @@ def timed(calls: dict[str, Callable[[], object]], iterations: int, warmup: int) 
 def ours_torch(folder: Path, precision: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from electra.finetune import Predictor, collate, decode
+    from electra.finetune import collate, decode
+    from electra.predict import Predictor
     from electra.tasks import Example
     from electra.trainer import resolve_precision
 

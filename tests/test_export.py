@@ -9,7 +9,8 @@ import torch
 import electra.export
 from electra.errors import UserError
 from electra.export import export_hf, export_onnx
-from electra.finetune import Predictor, collate
+from electra.finetune import collate
+from electra.predict import Predictor
 from electra.tasks import Example
 
 TEXTS = ["the film was great", "an awful plot , very poor", "好"]

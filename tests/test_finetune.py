@@ -23,9 +23,9 @@ from electra.finetune import (
     load_encoder_weights,
     prepare_finetuning,
     run_finetuning,
-    run_prediction,
     truncated_pair_lengths,
 )
+from electra.predict import run_prediction
 from electra.tasks import get_task
 from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
 from tests.conftest import run_torchrun
@@ -504,7 +504,8 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     done = run_prediction(finetuned_classifier, source, show_progress=False)
     assert done.count == 1 and json.loads(done.path.read_text())["line"] == 2
     # Plain text: a tab is a space to a model of one text, and separates a pair for a model of two.
-    from electra.finetune import load_task_model, read_prediction_inputs
+    from electra.finetune import load_task_model
+    from electra.predict import read_prediction_inputs
 
     _, head, spec = load_task_model(finetuned_classifier)
     source = tmp_path / "plain.txt"

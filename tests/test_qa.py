@@ -210,7 +210,7 @@ def test_malformed_qa_files_are_named_where_they_break(tmp_path: Path, capsys: p
     mrqa.write_text('{"context": "a b", "qas": [{"qid": "m1", "question": "a ?", "detected_answers": 5}]}\n')
     assert read_mrqa(mrqa, training=True) == []  # no usable answer: counted and skipped, as a misplaced one
     # `electra predict` takes an MRQA file as it comes (a header line first) and says what a QA model reads.
-    from electra.finetune import read_questions
+    from electra.predict import read_questions
 
     mrqa.write_text('{"header": {"dataset": "x"}}\n{"context": "a b", "qas": [{"qid": "m1", "question": "a ?"}]}\n')
     assert [example.qas_id for example in read_questions(mrqa)] == ["m1"]
@@ -300,7 +300,8 @@ def test_question_answering_learns_and_exports(tmp_path: Path, task: str, v2: bo
     import torch
 
     from electra.export import export_hf
-    from electra.finetune import Predictor, run_finetuning
+    from electra.finetune import run_finetuning
+    from electra.predict import Predictor
     from electra.tokenization import write_vocab
     from tests.test_finetune import TINY_MODEL
 
@@ -439,7 +440,8 @@ def test_reference_head_loss_teacher_forces_the_end_and_weighs_answerability() -
 
 
 def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
-    from electra.finetune import run_finetuning, run_prediction
+    from electra.finetune import run_finetuning
+    from electra.predict import run_prediction
     from electra.tokenization import write_vocab
     from tests.test_finetune import TINY_MODEL
 

@@ -76,7 +76,7 @@ def test_a_second_run_on_the_same_output_stops_at_once(tmp_path: Path, vocab_fil
 
 def test_outputs_never_replace_inputs_or_a_users_files(tmp_path: Path, finetuned_classifier: Path) -> None:
     from electra.datasplit import SplitSettings, split_table
-    from electra.finetune import run_prediction
+    from electra.predict import run_prediction
     from electra.tf_checkpoint import convert_tf_checkpoint
     from tests.test_tf_checkpoint import FIXTURE
 
@@ -218,7 +218,7 @@ def test_damaged_files_give_one_line_errors(
     """Files cut off or overwritten inside a model or data folder (a bad copy, a full disk elsewhere) are named, with
     what to do; they used to fail deep inside json, safetensors or numpy."""
     from electra.export import export_hf
-    from electra.finetune import run_prediction
+    from electra.predict import run_prediction
     from electra.pretrain import run_pretraining
     from electra.pretrain_data import PretrainingData
     from electra.tf_checkpoint import export_tf_checkpoint

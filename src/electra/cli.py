@@ -595,7 +595,7 @@ def _run_finetune(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from electra.finetune import run_prediction
+    from electra.predict import run_prediction
 
     columns = {"text_column": args.text_column, "text_column_2": args.text_column_2, "label_column": args.label_column}
     done = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision)

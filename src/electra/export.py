@@ -34,7 +34,6 @@ from electra.finetune import (
     TASK_FILE,
     Featurizer,
     FinetuningModel,
-    Predictor,
     collate,
     decode_predictions,
     load_task_model,
@@ -42,6 +41,7 @@ from electra.finetune import (
     run_in_length_order,
     write_task_spec,
 )
+from electra.predict import Predictor
 from electra.pretrain import WEIGHT_FILES
 from electra.tasks import Example
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings, read_vocab

@@ -1,4 +1,4 @@
-"""`electra finetune` and `electra predict`: features, the multi-task model, training, evaluation, export.
+"""`electra finetune`: features, the multi-task model, training, evaluation, export (predict.py: `predict`).
 
 Layout under the pre-trained model's folder (`<data-dir>/models/<model-name>/`, as the reference):
   finetuning_models/<tasks>_model_<trial>/   checkpoints while training; `model/` when done: a Hugging Face
@@ -18,7 +18,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import re
 import shutil
 import statistics
@@ -46,16 +45,12 @@ from electra.config import (
 from electra.errors import UserError
 from electra.fileio import (
     atomic_directory,
-    atomic_output,
-    choose_output_file,
     folder_lock,
-    open_text,
     read_json,
     read_weights,
-    require_file,
     write_text_atomic,
 )
-from electra.metrics import iob2_tags, regression_scores
+from electra.metrics import iob2_tags
 from electra.modeling import (
     ElectraClassificationHead,
     ElectraModel,
@@ -65,17 +60,11 @@ from electra.modeling import (
     init_weights,
 )
 from electra.pretrain import hf_config, model_vocab_places, resolve_init_checkpoint
-from electra.qa import QADecoding, QAFeaturizer, best_answer, read_mrqa, read_squad, records_to_examples
+from electra.qa import QADecoding, QAFeaturizer, best_answer
 from electra.tasks import (
-    GLUE_TEXT_COLUMNS,
-    TABLE_SUFFIXES,
     Example,
     Task,
-    cell_text,
     get_task,
-    label_scores,
-    read_jsonl_rows,
-    read_table_rows,
 )
 from electra.tokenization import (
     CLS,
@@ -84,7 +73,6 @@ from electra.tokenization import (
     build_tokenizer,
     normalization_settings,
     read_vocab,
-    split_words,
     write_vocab,
 )
 from electra.trainer import (
@@ -1246,191 +1234,3 @@ def describe_finetuning(outcome: dict[str, Any]) -> str:
     if "results_file" in outcome:
         lines.append(f"results written to {outcome['results_file']}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- predict
-def read_prediction_inputs(
-    path: Path, head: TaskHead, spec: dict[str, Any], columns: dict[str, str | None]
-) -> list[Example]:
-    """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; for a model of
-    pairs a tab separates the two texts; tagging splits the line into words: see split_words)."""
-    require_file(path, "input file")
-    if head.kind == "qa":
-        return read_questions(path)
-    tagging = head.kind == "tagging"
-    given = columns.get("text_column") or spec.get("text_column")
-    glue = None if given else GLUE_TEXT_COLUMNS.get(spec.get("name", ""))  # a GLUE model on GLUE's own files
-    text_column = given or (glue[0] if glue else "tokens" if tagging else "text")
-    text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
-    label_column = columns.get("label_column")
-    suffix = path.suffix.lower()
-    if label_column and (head.kind not in ("classification", "regression") or suffix not in TABLE_SUFFIXES):
-        raise UserError(
-            "--label-column scores classification and regression models on CSV/TSV/JSONL files; fine-tune with "
-            '"do_train": false to evaluate taggers and question answering on their task folders'
-        )
-    examples = []
-    if suffix in TABLE_SUFFIXES:
-        if suffix == ".jsonl":
-            rows = read_jsonl_rows(path)
-        else:
-            rows = read_table_rows(path, header=True, literal_quotes=glue is not None and suffix == ".tsv")
-        for number, row in rows:
-            where = f"{path}:{number}"
-            if text_column not in row or (text_column_2 and text_column_2 not in row):
-                missing = text_column if text_column not in row else text_column_2
-                raise UserError(
-                    f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))}); "
-                    "name the text column with --text-column"
-                )
-            value = row[text_column]
-            if tagging:
-                words = (
-                    [cell_text(word, where, text_column, "word") for word in value]
-                    if isinstance(value, list)
-                    else split_words(cell_text(value, where, text_column))
-                )
-                examples.append(Example(len(examples), words=words, source=where))
-            else:
-                first = cell_text(value, where, text_column)
-                second = cell_text(row[text_column_2], where, text_column_2) if text_column_2 else None
-                examples.append(Example(len(examples), text_a=first, text_b=second, source=where))
-            if label_column:
-                examples[-1].label = gold_label(head, row, label_column, where)
-        return examples
-    # A model known to read one text (a single-sentence GLUE task, a user task without text_column_2) takes a
-    # line's tab as a space; any other model, a tab separates a pair's two texts.
-    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
-    one_text = (glue_columns is not None and glue_columns[1] is None) or ("text_column" in spec and not text_column_2)
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if tagging:
-                examples.append(Example(len(examples), words=split_words(line), source=f"{path}:{number}"))
-            else:
-                first, _, second = (line, "", "") if one_text else line.partition("\t")
-                examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
-    return examples
-
-
-def gold_label(head: TaskHead, row: dict[str, Any], column: str, where: str) -> str | float:
-    """The true label of a row given to `electra predict --label-column`, checked against what the model knows."""
-    if column not in row or row[column] in (None, ""):
-        raise UserError(f"{where}: no {column!r} value (columns: {', '.join(map(str, row))}); see --label-column")
-    value = cell_text(row[column], where, column, "label").strip()
-    if head.kind == "regression":
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise UserError(f"{where}: {column} {value!r} is not a finite number")
-        return number
-    if value not in head.labels:
-        raise UserError(f"{where}: label {value!r} is not one the model was trained on ({', '.join(head.labels)})")
-    return value
-
-
-def prediction_scores(head: TaskHead, examples: list[Example], predictions: list[dict]) -> dict[str, float]:
-    """How the predictions compare with the examples' labels: the metrics the reference reports for the kind
-    (accuracy, macro-F1 and MCC, plus F1 of the second label for two classes; Pearson and Spearman)."""
-    if head.kind == "regression":
-        return regression_scores([e.label for e in examples], [p["value"] for p in predictions])
-    metrics = ["accuracy", "macro_f1", "mcc"] + (["f1"] if len(head.labels) == 2 else [])
-    return label_scores([e.label for e in examples], [p["label"] for p in predictions], head.labels, metrics)
-
-
-class Predictor:
-    """A fine-tuned model folder ready to predict: model, task head, featurizer, on the best device."""
-
-    def __init__(self, model_dir: str | Path, precision: str = "auto", device: torch.device | None = None):
-        self.folder = Path(model_dir)
-        self.model, self.head, self.spec = load_task_model(self.folder)
-        vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer.for_model(vocab, self.spec)
-        cuda = torch.cuda.is_available()
-        self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
-        self.model.to(self.device).eval()
-        self.precision = precision
-        if resolve_precision(precision, self.device) == torch.bfloat16:
-            # Autocast would convert each weight to bf16 on every call; converting the linear layers once
-            # is ~1.5x faster for a single request and gives the same outputs (LayerNorm stays float32).
-            for module in self.model.modules():
-                if isinstance(module, nn.Linear):
-                    module.to(torch.bfloat16)
-
-    @property
-    def runtime(self) -> str:
-        """What computes the predictions, for /health: e.g. "pytorch cpu fp32"."""
-        dtype = resolve_precision(self.precision, self.device)
-        return f"pytorch {self.device.type} {str(dtype or 'fp32').removeprefix('torch.')}"
-
-    def predict(self, examples: list[Example], batch_size: int = 32, show_progress: bool = False) -> list[dict]:
-        """Decoded predictions (see `decode`), in the order of `examples`."""
-        features = self.featurizer.features(examples, self.head, 0)
-        outputs = predict_features(
-            self.model, features, 0, batch_size, self.device, self.featurizer.pad_id, self.precision, show_progress
-        )
-        return decode_predictions(self.head, self.spec, examples, features, outputs, self.featurizer)
-
-
-def read_questions(path: Path) -> list[Any]:
-    """Questions to answer: a SQuAD/MRQA file, or JSONL with "context" and "question" (and an optional "id")."""
-    if path.suffix not in (".json", ".jsonl"):
-        raise UserError(
-            f'{path}: a question-answering model reads JSONL, one {{"context": ..., "question": ...}} a line, or a '
-            "SQuAD (.json) or MRQA (.jsonl) file"
-        )
-    if path.suffix == ".json":
-        return read_squad(path, training=False, v2=False)
-    rows = read_jsonl_rows(path)
-    if any("qas" in row for _, row in rows):  # MRQA: its first line is a header
-        return read_mrqa(path, training=False, rows=rows)
-    return records_to_examples(path, rows)
-
-
-def run_prediction(
-    model_dir: str | Path,
-    input_file: str | Path,
-    output_file: str | Path | None = None,
-    batch_size: int = 32,
-    columns: dict[str, str | None] | None = None,
-    show_progress: bool = True,
-    precision: str = "auto",
-) -> PredictionRun:
-    """`electra predict`: a fine-tuned model over a file, one JSON line per example; with
-    `columns["label_column"]`, also the scores against that column (written beside as .scores.json)."""
-    from electra.export import open_predictor  # ONNX folders too; export.py builds on this module
-
-    source = Path(input_file)
-    target = choose_output_file(output_file, source.with_name(f"{source.stem}.predictions.jsonl"), source)
-    predictor = open_predictor(model_dir, precision)
-    examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {})
-    if not examples:
-        raise UserError(f"{source} holds no examples to predict")
-    predictions = predictor.predict(examples, batch_size, show_progress)
-    cut = sum("untagged_words" in prediction for prediction in predictions)
-    if cut:
-        print(
-            f"note: {cut:,} sentence(s) were longer than the model's max_seq_length "
-            f'{predictor.spec.get("max_seq_length", 128)}: their last words were not tagged ("O", counted as '
-            '"untagged_words" in their rows); split such sentences to tag them',
-            file=sys.stderr,
-        )
-    with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        for example, prediction in zip(examples, predictions, strict=True):
-            handle.write(json.dumps({**input_line(example), **prediction}, ensure_ascii=False) + "\n")
-    scores = None
-    if (columns or {}).get("label_column"):
-        scores = prediction_scores(predictor.head, examples, predictions)
-        write_text_atomic(target.with_suffix(".scores.json"), json.dumps(scores, indent=2) + "\n")
-    return PredictionRun(target, len(examples), scores)
-
-
-@dataclass
-class PredictionRun:
-    path: Path
-    count: int
-    scores: dict[str, float] | None = None  # against --label-column

@@ -26,7 +26,7 @@ from typing import Any
 
 from electra.errors import UserError
 from electra.export import OnnxPredictor, open_predictor
-from electra.finetune import Predictor
+from electra.predict import Predictor
 from electra.tasks import GLUE_TEXT_COLUMNS, Example, encodable
 from electra.tokenization import split_words
 
