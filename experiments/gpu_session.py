@@ -73,8 +73,9 @@ class Session:
         self.log.write(line + "\n")
         self.log.flush()
 
-    def run(self, name: str, command: list[str], limit: float) -> bool:
-        """Run a command with its output in the log; False (and the session goes on) if it fails or overruns."""
+    def run(self, name: str, command: list[str], limit: float, threads: int | None = None) -> bool:
+        """Run a command with its output in the log; False (and the session goes on) if it fails or overruns.
+        `threads` caps its CPU threads, for commands that share the machine's cores."""
         limit = min(limit, self.left())
         if limit < 10:
             self.say(f"{name}: skipped, {self.left():.0f}s left")
@@ -83,7 +84,10 @@ class Session:
         began = time.monotonic()
         # A session of its own, so that a stop reaches the command's children too: the learning check's fine-tuning
         # processes would otherwise go on using the GPU through the stages after it.
-        process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=environment
+        )
         try:
             process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -108,13 +112,17 @@ def real_tokens_per_example(data_dir: Path) -> float:
     return float(data.real_lengths(np.linspace(0, len(data) - 1, min(len(data), 10_000)).astype(np.int64)).mean())
 
 
-def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any], seconds: float) -> Path | None:
-    """Calibrate the speed on 60 steps, then pre-train for about `seconds`; returns the model folder."""
+def pretrain(
+    session: Session, data_dir: Path, name: str, recipe: dict[str, Any], seconds: float, threads: int
+) -> Path | None:
+    """Calibrate the speed on 60 steps, then pre-train for about `seconds` with `threads` CPU threads (pre-trainings
+    side by side would otherwise each start one a core, and spinning threads that share cores stall); returns the
+    model folder."""
     calibration = f"{name}-calibration"
     quick = {**recipe, "num_train_steps": CALIBRATION_STEPS, "num_warmup_steps": 6, "log_every_steps": 20}
     hparams = json.dumps({**quick, "save_checkpoints_steps": 10**6})
     args = ["pretrain", "--data-dir", str(data_dir), "--model-name", calibration, "--hparams", hparams]
-    if not session.run(f"{name} calibration", electra(*args), 120):
+    if not session.run(f"{name} calibration", electra(*args), 120, threads):
         return None
     metrics = (data_dir / "models" / calibration / "logs" / "metrics.jsonl").read_text().splitlines()
     tokens_per_second = json.loads(metrics[-1])["tokens_per_second"]  # steps 41-60: warmed up
@@ -140,12 +148,12 @@ def pretrain(session: Session, data_dir: Path, name: str, recipe: dict[str, Any]
     }
     args = ["pretrain", "--data-dir", str(data_dir), "--model-name", name, "--hparams", json.dumps(full)]
     model_dir = data_dir / "models" / name
-    finished = session.run(f"{name} pre-training", electra(*args), seconds * 1.3 + 60)
+    finished = session.run(f"{name} pre-training", electra(*args), seconds * 1.3 + 60, threads)
     if not finished and (model_dir / "checkpoints").is_dir():
         # Stopped at its limit (a slower step than calibrated): the same run asking for fewer steps than its
         # newest checkpoint holds trains none and exports that checkpoint, so the lease keeps a model.
         args[-1] = json.dumps({**full, "num_train_steps": 1})
-        session.run(f"{name}: export of its newest checkpoint", electra(*args), 120)
+        session.run(f"{name}: export of its newest checkpoint", electra(*args), 120, threads)
     return model_dir if (model_dir / "discriminator").exists() else None
 
 
@@ -286,8 +294,9 @@ def main() -> None:
         plans = [(work / "en", "en-small-gpu", en_recipe, args.en_seconds)]
         if args.zh_seconds > 0:
             plans.append((work / "zh", "zh-small-gpu", {**ZH_RECIPE, **compile_flag}, args.zh_seconds))
+        threads = max(1, (os.cpu_count() or 1) // len(plans))
         with ThreadPoolExecutor(len(plans)) as pool:  # side by side: each eager step leaves the GPU mostly idle
-            en_model, *zh_models = pool.map(lambda plan: pretrain(session, *plan), plans)
+            en_model, *zh_models = pool.map(lambda plan: pretrain(session, *plan, threads), plans)
         zh_model = zh_models[0] if zh_models else None
         for model in (en_model, zh_model):
             if model:
