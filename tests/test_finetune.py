@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from electra.config import ModelConfig, build_finetuning_config, encoder_config
 from electra.errors import UserError
 from electra.finetune import (
+    Features,
     Featurizer,
     FinetuningBatches,
     FinetuningModel,
@@ -21,11 +22,12 @@ from electra.finetune import (
     describe_finetuning,
     layerwise_param_groups,
     load_encoder_weights,
+    load_task_model,
     prepare_finetuning,
     run_finetuning,
     truncated_pair_lengths,
 )
-from electra.predict import run_prediction
+from electra.predict import read_prediction_inputs, run_prediction
 from electra.tasks import get_task
 from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
 from tests.conftest import run_torchrun
@@ -132,7 +134,6 @@ def test_multi_task_heads_absent_from_a_batch_get_a_zero_gradient_as_in_the_refe
     """The reference runs every task's head on every example and masks the other tasks' losses out, so a head whose
     task is missing from a batch gets a zero gradient (and Adam still moves it), never none. Every head kind here,
     including both question-answering heads, with only the classification task's rows in the batch."""
-    from electra.finetune import Features
     from electra.modeling import QAHeadConfig
 
     heads = [
@@ -173,8 +174,6 @@ def test_sentence_pairs_and_an_empty_second_text(vocab_file: Path) -> None:
 
 
 def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) -> None:
-    from electra.finetune import Features
-
     lengths = np.random.default_rng(0).integers(3, 100, size=400)
     features = [Features(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8), 0) for n in lengths]
     batches = FinetuningBatches(features, batch_size=8, seed=1, bucketing=True, pad_id=0)
@@ -431,8 +430,6 @@ def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path)
     # the export is a Hugging Face model with the same outputs
     from transformers import ElectraForSequenceClassification
 
-    from electra.finetune import load_task_model
-
     hf = ElectraForSequenceClassification.from_pretrained(exported).eval()
     ours, head, _ = load_task_model(exported)
     ours.eval()
@@ -504,9 +501,6 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     done = run_prediction(finetuned_classifier, source, show_progress=False)
     assert done.count == 1 and json.loads(done.path.read_text())["line"] == 2
     # Plain text: a tab is a space to a model of one text, and separates a pair for a model of two.
-    from electra.finetune import load_task_model
-    from electra.predict import read_prediction_inputs
-
     _, head, spec = load_task_model(finetuned_classifier)
     source = tmp_path / "plain.txt"
     source.write_text("good film\twith a tab\n")
