@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import random
 import shutil
@@ -283,8 +284,17 @@ def test_user_task_errors_name_file_and_line(tmp_path: Path) -> None:
         task.examples("train")
     (tmp_path / "finetuning_data" / "tickets" / "test.csv").write_text("text,label\nfine,\n")
     assert task.examples("test")[0].label is None
+    (tmp_path / "finetuning_data" / "tickets" / "train.tsv").write_text("text\tlabel\nfine\t1\n")
+    with pytest.raises(UserError, match=r"holds train\.tsv and train\.csv: keep one train file"):
+        task.examples("train")
+    (tmp_path / "finetuning_data" / "tickets" / "train.tsv").unlink()
+    with pytest.raises(UserError, match="column 'text' is named as both text and label"):
+        get_task("tickets", tmp_path / "finetuning_data", {"tickets": {"label_column": "text"}})
     jsonl = tmp_path / "finetuning_data" / "tickets" / "train.jsonl"
     bad.unlink()
+    jsonl.write_text('{"text": "fine", "label": "1"\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:1: not valid JSON \(Expecting ',' delimiter at column 30\)"):
+        task.examples("train")
     jsonl.write_text('{"text": "fine", "label": ["x"]}\n')
     with pytest.raises(UserError, match=r"train\.jsonl:1: the label in column 'label' must be a string or number"):
         task.examples("train")
@@ -341,6 +351,12 @@ def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> Non
     table.write_text('text\tlabel\n"a\ttab"\tpos\n"two\nlines"\tneg\n"said ""no"""\tneg\nlast\tpos\n')
     rows = read_table_rows(table, header=True)
     assert [(n, r["text"]) for n, r in rows] == [(2, "a\ttab"), (3, "two\nlines"), (5, 'said "no"'), (6, "last")]
+    # Even where each line, quotes read as text, would also be a row of two fields: csv wrote this file.
+    written = [["review", "label"], ["第一行\t第二段\n第二行", "1"], ['say "hi"', "0"]]
+    for ending in ("\n", "\r\n"):
+        with open(table, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle, delimiter="\t", lineterminator=ending).writerows(written)
+        assert [list(row.values()) for _, row in read_table_rows(table, header=True)] == written[1:]
     # A CSV record over several lines is numbered by the line it starts on; header names lose stray spaces.
     table = tmp_path / "t.csv"
     table.write_text('text , label \n"first\nsecond",pos\nthird,neg\n')
@@ -352,6 +368,9 @@ def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> Non
     assert len(read_table_rows(table, header=True)[0][1]["text"]) == 200_000
     table.write_text("text,text,label\na,b,pos\n")
     with pytest.raises(UserError, match=r"t\.csv:1: the header names column 'text' twice"):
+        read_table_rows(table, header=True)
+    table.write_text('text,label\n"unclosed,pos\nnext,neg\n')
+    with pytest.raises(UserError, match=r"t\.csv:2: a quote mark opened on this line is not closed .* line 3"):
         read_table_rows(table, header=True)
     # Labels lose stray spaces too ("good, pos" is class "pos"), and JSON true is no text.
     write_user_task(tmp_path, {"train": [("good film", " pos"), ("bad", "neg")]})
@@ -372,6 +391,10 @@ def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path:
     write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
     with pytest.raises(UserError, match="every training row has the label 'pos', and a classifier needs two"):
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}})
+    with pytest.raises(UserError, match='the task spec\'s "labels" lists one label'):
+        run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {"labels": ["pos"]}}})
+    with pytest.raises(UserError, match=r"task_names: 'a/b' is not a task name"):
+        run_finetuning(tmp_path, "m", {**hparams, "task_names": ["a/b"]})
     # A tagger's "labels" name the corpus's tags; the model learns their BIOES forms.
     write_tagging(tmp_path, "chunk", 20, 0, "train")
     tags = {"chunk": {"type": "tagging", "labels": ["O", "B-NP", "I-NP", "B-VP"]}}
@@ -508,6 +531,22 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     assert (single.text_a, single.text_b) == ("good film\twith a tab", None)
     (pair,) = read_prediction_inputs(source, head, {**spec, "text_column_2": "text_b"}, {})
     assert (pair.text_a, pair.text_b) == ("good film", "with a tab")
+    # A model known to read pairs needs both texts on each line, and a third text is refused, not joined.
+    for line, tabs in (("good film\n", 0), ("good\tfilm\tthird\n", 2)):
+        source.write_text(line)
+        with pytest.raises(UserError, match=rf"plain\.txt:1: {tabs} tab\(s\) in the line, where a model of pairs"):
+            read_prediction_inputs(source, head, {**spec, "text_column_2": "text_b"}, {})
+    # A file without a header line (CoLA's dev.tsv, a task read with "header": false): columns by number.
+    source = tmp_path / "headerless.csv"
+    source.write_text("".join(f"{text},{label}\n" for text, label in rows[:20]), encoding="utf-8")
+    with pytest.raises(UserError, match=r"headerless\.csv:2: no column 'text' .* pass --no-header"):
+        run_prediction(finetuned_classifier, source, show_progress=False)
+    numbered = {"text_column": "0", "label_column": "1"}
+    done = run_prediction(finetuned_classifier, source, columns=numbered, show_progress=False, header=False)
+    assert done.count == 20 and done.scores["accuracy"] > 80
+    assert json.loads(done.path.read_text().splitlines()[0])["line"] == 1
+    (first, *_) = read_prediction_inputs(source, head, {**spec, "text_column": "0", "header": False}, {})
+    assert first.text_a == rows[0][0]  # a model whose task was read without a header reads files the same way
 
 
 def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file: Path, capsys) -> None:
@@ -555,6 +594,10 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
 
     hf = ElectraForTokenClassification.from_pretrained(model_dir / "chunk")
     assert sorted(hf.config.label2id) == ["B-NP", "E-NP", "S-VP"]  # trained on BIOES, as the reference
+    # One task of it evaluated from the multi-task folder: the error names the task's own folder.
+    one = {"task_names": ["chunk"], "do_train": False, "init_checkpoint": str(model_dir)}
+    with pytest.raises(UserError, match=r"holds a multi-task model, a folder per task \(chunk, scores\)"):
+        run_finetuning(tmp_path, "evaluator", one)
 
 
 def test_encoder_shape_mismatch_lists_tensors(tmp_path: Path) -> None:
@@ -721,12 +764,14 @@ def test_text_in_another_encoding_stops_with_the_line_and_the_fix(tmp_path: Path
     assert parse_hparams(str(hparams)) == {"task_names": ["sst"]}
 
 
-def test_evaluating_a_fine_tuned_model_named_by_init_checkpoint(finetuned_classifier: Path) -> None:
+def test_evaluating_a_fine_tuned_model_named_by_init_checkpoint(finetuned_classifier: Path, capsys) -> None:
     """The reference's evaluation of a fine-tuned model: "do_train": false with init_checkpoint naming its folder
     under finetuning_models/, from any --model-name."""
     root = finetuned_classifier.parents[4]
     hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "do_train": False, "do_eval": True}
-    outcome = run_finetuning(root, "evaluator", {**hparams, "init_checkpoint": str(finetuned_classifier.parent)})
+    named = {**hparams, "init_checkpoint": str(finetuned_classifier.parent), "write_test_outputs": True}
+    outcome = run_finetuning(root, "evaluator", named)
+    assert "note: write_test_outputs: " in capsys.readouterr().err  # the task has no test file: said, not silent
     assert outcome["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
     assert f"trial 1: model in {finetuned_classifier}\n" in describe_finetuning(outcome)  # the model it evaluated
     assert outcome["results_file"].name == f"tickets_results_of_{finetuned_classifier.parent.name}.txt"
@@ -774,6 +819,11 @@ def test_a_trial_is_not_reused_once_its_training_data_changed(tmp_path: Path, vo
     again = run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1})
     assert again["trials"][0]["scores"] == first["trials"][0]["scores"]  # reused as it is
     assert not leftover.parent.exists()
+    # A spec that spells out a default, or a spec of a task not trained, is the same run.
+    recorded = (first["trials"][0]["dir"] / "finetune_config.json").stat().st_mtime_ns
+    same = {"tickets": {"type": "classification", "header": True}, "other": {"type": "regression"}}
+    assert run_finetuning(tmp_path, "m", {**hparams, "num_train_epochs": 1, "tasks": same})["trials"][0]["scores"]
+    assert (first["trials"][0]["dir"] / "finetune_config.json").stat().st_mtime_ns == recorded  # not retrained
     # Nor after the weights it started from changed (pre-training went on): its scores would be another model's.
     start = tmp_path / "start"
     shutil.copytree(first["trials"][0]["model"], start)
@@ -811,6 +861,9 @@ def test_keep_all_models_false_keeps_only_the_last_trials_model(tmp_path: Path, 
     evaluation = {**hparams, **settings, "do_train": False, "init_checkpoint": str(last["model"])}
     assert len(run_finetuning(tmp_path, "m", evaluation)["trials"]) == 2
     assert (last["model"] / "model.safetensors").is_file()
+    # Its own trials again, without training: the first one's model is gone, and the error says why.
+    with pytest.raises(UserError, match=r"model was deleted after training .* dev scores are in .*scores\.json"):
+        run_finetuning(tmp_path, "m", {**hparams, **settings, "do_train": False})
 
 
 def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:
@@ -829,6 +882,15 @@ def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_cl
     assert run_finetuning(root, "evaluator", hparams)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
     train.unlink()  # evaluating needs no training file
     assert run_finetuning(root, "evaluator", hparams)["trials"][0]["scores"]["tickets/dev"]["accuracy"] > 90
+    # Under another task's name (trained on one review set, evaluated on another): its own head decodes.
+    shutil.copytree(data, data.parent / "reviews")
+    other = {**hparams, "task_names": ["reviews"], "tasks": {"reviews": {}}}
+    assert run_finetuning(root, "evaluator", other)["trials"][0]["scores"]["reviews/dev"]["accuracy"] > 90
+    (data.parent / "scores").mkdir()
+    (data.parent / "scores" / "dev.csv").write_text("text,label\ngood film,4.5\n")
+    regression = {**hparams, "task_names": ["scores"], "tasks": {"scores": {"type": "regression"}}}
+    with pytest.raises(UserError, match=r"holds a classification model \(fine-tuned for task 'tickets'\), and task "):
+        run_finetuning(root, "evaluator", regression)
     (data / "dev.csv").write_text((data / "dev.csv").read_text() + "a new class,aaa\n")
     with pytest.raises(
         UserError, match=r"dev\.csv:66: label 'aaa' .* not among the labels of the model in .*\(neg, pos\)"

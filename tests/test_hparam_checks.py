@@ -225,15 +225,20 @@ def test_generator_narrower_than_one_unit_is_a_user_error():
     assert build_pretraining_config({}).generator_config(ModelConfig()).hidden_size == 64
 
 
-def test_empty_model_hparam_overrides_keep_the_inherited_shape(tmp_path: Path):
+def test_model_hparam_overrides_merge_onto_the_inherited_shape(tmp_path: Path):
     recorded = {"model_size": "small", "embedding_size": 32, "model_hparam_overrides": {"hidden_size": 64}}
     (tmp_path / "pretrain_config.json").write_text(json.dumps(recorded))
     given = {"task_names": ["sst"], "model_hparam_overrides": {}}
     shape = with_inherited_shape(given, tmp_path)
     assert shape["model_hparam_overrides"] == {"hidden_size": 64}
     assert shape["embedding_size"] == 32
+    dropout = with_inherited_shape({"model_hparam_overrides": {"hidden_dropout_prob": 0.2}}, tmp_path)
+    assert dropout["model_hparam_overrides"] == {"hidden_size": 64, "hidden_dropout_prob": 0.2}
+    assert dropout["embedding_size"] == 32
     changed = with_inherited_shape({"model_hparam_overrides": {"hidden_size": 128}}, tmp_path)
-    assert changed == {"model_hparam_overrides": {"hidden_size": 128}}  # a real override still sets the shape
+    assert changed["model_hparam_overrides"] == {"hidden_size": 128}  # the given value wins; loading says it differs
+    other_size = with_inherited_shape({"model_size": "base"}, tmp_path)
+    assert other_size == {"model_size": "base"}  # a disagreeing size: the user sets the whole shape
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])

@@ -313,6 +313,12 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="column of the true labels (classification, regression): also print and write the scores",
     )
+    parser.add_argument(
+        "--no-header",
+        action="store_true",
+        help="the CSV/TSV file has no header line: name its columns by number from 0 (default: as the task was "
+        'read in fine-tuning, where a task spec\'s "header": false says so)',
+    )
     parser.add_argument("--batch-size", type=_at_least(1), default=32, help="examples per batch (default: 32)")
     parser.add_argument(
         "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
@@ -598,7 +604,10 @@ def _run_predict(args: argparse.Namespace) -> None:
     from electra.predict import run_prediction
 
     columns = {"text_column": args.text_column, "text_column_2": args.text_column_2, "label_column": args.label_column}
-    done = run_prediction(args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision)
+    header = False if args.no_header else None
+    done = run_prediction(
+        args.model_dir, args.input, args.output, args.batch_size, columns, precision=args.precision, header=header
+    )
     print(f"wrote {done.count:,} prediction{'s' * (done.count != 1)} to {done.path}")
     if done.scores is not None:
         listed = ", ".join(f"{name} {value:.2f}" for name, value in done.scores.items())

@@ -503,14 +503,19 @@ def inherited_shape(folder: Path, generator: bool = False) -> dict[str, Any]:
 def with_inherited_shape(hparams: dict[str, Any], folder: Path, generator: bool = False) -> dict[str, Any]:
     """`hparams` completed with the shape of the weights in `folder` (see inherited_shape). Shape hparams the user
     gave that agree with the recorded ones (the reference's examples always pass "model_size") still let the rest
-    be inherited; one that disagrees means the user sets the shape, and loading the weights says what differs."""
-    if hparams.get("model_hparam_overrides") == {}:  # no overrides: the same as leaving the hparam out
-        hparams = {key: value for key, value in hparams.items() if key != "model_hparam_overrides"}
+    be inherited; one that disagrees means the user sets the shape, and loading the weights says what differs.
+    `model_hparam_overrides` are merged key by key onto the recorded ones: a dropout rate given for fine-tuning
+    keeps the recorded width and depth."""
     inherited = inherited_shape(folder, generator)
-    given = [key for key in SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ()) if key in hparams]
+    names = SHAPE_HPARAMS + (GENERATOR_SHAPE_HPARAMS if generator else ())
+    given = [key for key in names if key in hparams and key != "model_hparam_overrides"]
     if any(key in inherited and inherited[key] != hparams[key] for key in given):
         return hparams
-    return {**inherited, **hparams}
+    overrides = {**inherited.get("model_hparam_overrides", {}), **hparams.get("model_hparam_overrides", {})}
+    completed = {**inherited, **hparams}
+    if overrides:
+        completed["model_hparam_overrides"] = overrides
+    return completed
 
 
 def parse_hparams(text: str) -> dict[str, Any]:

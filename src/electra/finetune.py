@@ -65,6 +65,7 @@ from electra.tasks import (
     Example,
     Task,
     get_task,
+    spec_with_defaults,
 )
 from electra.tokenization import (
     CLS,
@@ -782,6 +783,12 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
     repeated = sorted({name for name in config.task_names if config.task_names.count(name) > 1})
     if repeated:
         raise UserError(f"task_names names {', '.join(repeated)} more than once: list each task once")
+    unnamed = next((name for name in config.task_names if Path(name).name != name or name in ("", ".", "..")), None)
+    if unnamed is not None:
+        raise UserError(
+            f"task_names: {unnamed!r} is not a task name: name the task's folder under finetuning_data/ "
+            "(one folder, no path)"
+        )
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
@@ -841,12 +848,17 @@ class TaskData:
 
 def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
     """Each task's training examples and label set; dev/test labels are checked against the training ones.
-    Without training, the label set is the evaluated model's (see with_saved_labels): no training file is read."""
+    Without training, the label set is the evaluated model's (see with_saved_head): no training file is read."""
     loaded = []
     for task in run.tasks:
         train = task.examples("train") if need_train else []
         labels = task.label_list(train) if need_train and task.kind != "regression" else []
         if need_train and task.kind == "classification" and len(labels) == 1:
+            if task.labels is not None:
+                raise UserError(
+                    f'task {task.name!r}: the task spec\'s "labels" lists one label, and a classifier '
+                    "needs two or more: list every label"
+                )
             raise UserError(
                 f"task {task.name!r}: every training row has the label {labels[0]!r}, and a classifier needs two or "
                 'more: check the label column, or list the labels in the task spec\'s "labels"'
@@ -855,7 +867,8 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
         # Training too: with the task spec's "labels", a training row may name another.
         for split, examples in {"train": train, **evaluation}.items() if need_train else ():
             task.check_labels(examples, labels, split)
-        value_range = task.value_range if task.kind == "regression" else (0.0, 1.0)
+        # Evaluating without training: the saved head brings its own range (see with_saved_head).
+        value_range = task.value_range if task.kind == "regression" and need_train else (0.0, 1.0)
         head = TaskHead(task.name, task.kind, labels, tuple(value_range), task.span_labels, qa_head_config(run, task))
         loaded.append(TaskData(task, head, train, evaluation))
     return loaded
@@ -876,7 +889,7 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
     path = trial_dir / "finetune_config.json"
     if not path.is_file():
         return
-    previous = read_json(path)
+    previous, record = _comparable(read_json(path)), _comparable(record)
     changed = sorted(
         key
         for key in set(previous) | set(record)
@@ -890,6 +903,14 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
             f"({', '.join(RECORD_CHECKSUMS.get(key, key) for key in changed[:6])} differ): "
             "delete that folder to start again, or restore the settings to resume it"
         )
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A trial record whose task specs say only what they mean: those of the tasks trained, each with its defaults
+    (a spec that adds "type": "classification", or one for a task not trained, changes nothing)."""
+    trained = record.get("task_names") or []
+    specs = {name: spec for name, spec in (record.get("tasks") or {}).items() if name in trained}
+    return {**record, "tasks": {name: spec_with_defaults(spec) for name, spec in specs.items()}}
 
 
 @functools.cache
@@ -987,9 +1008,11 @@ def train_trial(
 
 
 def _task_columns(task: Task) -> dict[str, Any]:
-    """Column names of a user task, so `electra predict` reads files of the same layout."""
+    """Column names of a user task, and whether its files have a header line, so `electra predict` reads files of
+    the same layout."""
     names = ("text_column", "text_column_2")
-    return {name: getattr(task, name) for name in names if getattr(task, name, None)}
+    layout = {name: getattr(task, name) for name in names if getattr(task, name, None)}
+    return {**layout, "header": False} if getattr(task, "header", True) is False else layout
 
 
 def task_model_dir(exported: Path, data: list[TaskData], item: TaskData) -> Path:
@@ -997,20 +1020,28 @@ def task_model_dir(exported: Path, data: list[TaskData], item: TaskData) -> Path
     return exported if len(data) == 1 else exported / item.head.name
 
 
-def with_saved_labels(item: TaskData, folder: Path) -> TaskData:
-    """Evaluating a saved model: the labels it was trained with, in its output order, are the ones to decode and
-    score with, whatever the training file holds now (a class added or renamed there would shift every id)."""
+def with_saved_head(item: TaskData, folder: Path) -> TaskData:
+    """Evaluating a saved model: its head as it was trained (labels in its output order, value range, QA head) is
+    the one to decode and score with, whatever the training file holds now (a class added or renamed there would
+    shift every id). It may have been trained under another task's name, e.g. on one review set and evaluated on
+    another, but not for another kind of task."""
     saved, _ = read_task_spec(folder)
+    if saved.kind != item.head.kind:
+        raise UserError(
+            f"{folder} holds a {saved.kind} model (fine-tuned for task {saved.name!r}), and task "
+            f"{item.head.name!r} is {item.head.kind}: evaluate it on a {saved.kind} task, or name a "
+            f"{item.head.kind} model with init_checkpoint"
+        )
     for split, examples in item.evaluation.items():
         item.task.check_labels(examples, saved.labels, split, f"the labels of the model in {folder}")
-    return replace(item, head=replace(item.head, labels=list(saved.labels)))
+    return replace(item, head=replace(saved, name=item.head.name))
 
 
 def _load_exported(model: FinetuningModel, exported: Path, data: list[TaskData]) -> None:
     for item in data:
-        trained, _, _ = load_task_model(task_model_dir(exported, data, item))
+        trained, head, _ = load_task_model(task_model_dir(exported, data, item))
         model.electra.load_state_dict(trained.electra.state_dict())
-        model.heads[item.head.name].load_state_dict(trained.heads[item.head.name].state_dict())
+        model.heads[item.head.name].load_state_dict(trained.heads[head.name].state_dict())
 
 
 def evaluate_task(
@@ -1182,11 +1213,8 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         else:
             config_file = task_model_dir(exported, data, data[0]) / "config.json"
             if not config_file.is_file():
-                raise UserError(
-                    f'{exported} holds no fine-tuned model: train first ("do_train": true), or name a fine-tuned '
-                    "model with init_checkpoint"
-                )
-            data = [with_saved_labels(item, task_model_dir(exported, data, item)) for item in data]
+                raise UserError(_no_model_message(exported, kept_scores, data))
+            data = [with_saved_head(item, task_model_dir(exported, data, item)) for item in data]
             # The shape the model was saved with, whatever the hparams of this evaluation say.
             model = FinetuningModel(ModelConfig.from_dict(read_json(config_file)), [item.head for item in data])
             _load_exported(model, exported, data)
@@ -1206,6 +1234,12 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
                             outcome.setdefault("test_outputs", []).append(
                                 write_test_outputs(run, item, split, trial, examples, decoded)
                             )
+                        else:
+                            print(
+                                f"note: write_test_outputs: {item.task.folder} holds no {split} file, so there are "
+                                f"no {split} predictions of {item.task.name}",
+                                file=sys.stderr,
+                            )
         if config.do_train and not config.keep_all_models and trial < config.num_trials and processes.is_main:
             # The model goes, its record and scores stay: a re-run (or one resumed after an interruption in a
             # later trial) reuses them instead of training this trial again.
@@ -1217,6 +1251,25 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         outcome["results_file"] = write_results(run, scores)
         outcome["summary"] = summarise_trials(scores)
     return outcome
+
+
+def _no_model_message(exported: Path, kept_scores: Path, data: list[TaskData]) -> str:
+    """Why there is nothing to evaluate in `exported`, and what to do."""
+    per_task = sorted(path.parent.name for path in exported.glob(f"*/{TASK_FILE}"))
+    if per_task and len(data) == 1:
+        return (
+            f"{exported} holds a multi-task model, a folder per task ({', '.join(per_task)}): name the folder of "
+            f"task {data[0].head.name!r} with init_checkpoint, e.g. {exported / per_task[0]}"
+        )
+    if kept_scores.is_file():
+        return (
+            f'{exported} was deleted after training ("keep_all_models": false keeps the last trial\'s model only); '
+            f'its dev scores are in {kept_scores}. Train with "keep_all_models": true to evaluate every trial again'
+        )
+    return (
+        f'{exported} holds no fine-tuned model: train first ("do_train": true), or name a fine-tuned model with '
+        "init_checkpoint"
+    )
 
 
 def describe_finetuning(outcome: dict[str, Any]) -> str:

@@ -42,10 +42,12 @@ from electra.trainer import resolve_precision
 
 
 def read_prediction_inputs(
-    path: Path, head: TaskHead, spec: dict[str, Any], columns: dict[str, str | None]
+    path: Path, head: TaskHead, spec: dict[str, Any], columns: dict[str, str | None], header: bool | None = None
 ) -> list[Example]:
     """Examples to predict from CSV/TSV/JSONL (named columns) or plain text (one example a line; for a model of
-    pairs a tab separates the two texts; tagging splits the line into words: see split_words)."""
+    pairs a tab separates the two texts; tagging splits the line into words: see split_words). A CSV/TSV file has a
+    header line unless `header` is False or, left None, the model's task was read without one: its columns are then
+    named by number from "0"."""
     require_file(path, "input file")
     if head.kind == "qa":
         return read_questions(path)
@@ -66,14 +68,17 @@ def read_prediction_inputs(
         if suffix == ".jsonl":
             rows = read_jsonl_rows(path)
         else:
-            rows = read_table_rows(path, header=True, literal_quotes=glue is not None and suffix == ".tsv")
+            has_header = spec.get("header", True) if header is None else header
+            rows = read_table_rows(path, has_header, literal_quotes=glue is not None and suffix == ".tsv")
         for number, row in rows:
             where = f"{path}:{number}"
             if text_column not in row or (text_column_2 and text_column_2 not in row):
-                missing = text_column if text_column not in row else text_column_2
+                first_missing = text_column not in row
+                missing, flag = (text_column, "--text-column") if first_missing else (text_column_2, "--text-column-2")
+                unnamed = "; if line 1 is an example, not a header, pass --no-header and name columns by number from 0"
                 raise UserError(
-                    f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))}); "
-                    "name the text column with --text-column"
+                    f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))}); name it with {flag}"
+                    + (unnamed if suffix != ".jsonl" and not missing.isdigit() else "")
                 )
             value = row[text_column]
             if tagging:
@@ -91,9 +96,11 @@ def read_prediction_inputs(
                 examples[-1].label = gold_label(head, row, label_column, where)
         return examples
     # A model known to read one text (a single-sentence GLUE task, a user task without text_column_2) takes a
-    # line's tab as a space; any other model, a tab separates a pair's two texts.
+    # line's tab as a space; any other model, a tab separates a pair's two texts, and one known to read pairs needs
+    # both.
     glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
     one_text = (glue_columns is not None and glue_columns[1] is None) or ("text_column" in spec and not text_column_2)
+    pairs = bool(spec.get("text_column_2")) or (glue_columns is not None and glue_columns[1] is not None)
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\n")
@@ -102,8 +109,16 @@ def read_prediction_inputs(
             if tagging:
                 examples.append(Example(len(examples), words=split_words(line), source=f"{path}:{number}"))
             else:
-                first, _, second = (line, "", "") if one_text else line.partition("\t")
-                examples.append(Example(len(examples), text_a=first, text_b=second or None, source=f"{path}:{number}"))
+                texts = [line] if one_text else line.split("\t")
+                if len(texts) > 2 or (pairs and len(texts) != 2):
+                    raise UserError(
+                        f"{path}:{number}: {len(texts) - 1} tab(s) in the line, where a model of pairs takes two texts "
+                        "with one tab between them (a text holding a tab goes in a CSV, TSV or JSONL file)"
+                    )
+                second = texts[1] if len(texts) == 2 else None
+                examples.append(
+                    Example(len(examples), text_a=texts[0], text_b=second or None, source=f"{path}:{number}")
+                )
     return examples
 
 
@@ -191,15 +206,17 @@ def run_prediction(
     columns: dict[str, str | None] | None = None,
     show_progress: bool = True,
     precision: str = "auto",
+    header: bool | None = None,
 ) -> PredictionRun:
     """`electra predict`: a fine-tuned model over a file, one JSON line per example; with
-    `columns["label_column"]`, also the scores against that column (written beside as .scores.json)."""
+    `columns["label_column"]`, also the scores against that column (written beside as .scores.json). `header`:
+    see read_prediction_inputs."""
     from electra.export import open_predictor  # ONNX folders too; export.py builds on this module
 
     source = Path(input_file)
     target = choose_output_file(output_file, source.with_name(f"{source.stem}.predictions.jsonl"), source)
     predictor = open_predictor(model_dir, precision)
-    examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {})
+    examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {}, header)
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
     predictions = predictor.predict(examples, batch_size, show_progress)

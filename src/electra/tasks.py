@@ -13,6 +13,7 @@ A task is one of three kinds, which decide the head and the loss: "classificatio
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -61,10 +62,16 @@ class Task:
         raise NotImplementedError
 
     def split_file(self, split: str, suffixes: Sequence[str]) -> Path:
-        for suffix in suffixes:
-            path = self.folder / f"{split}{suffix}"
-            if path.is_file():
-                return path
+        found = [
+            self.folder / f"{split}{suffix}" for suffix in suffixes if (self.folder / f"{split}{suffix}").is_file()
+        ]
+        if len(found) > 1:
+            raise UserError(
+                f"task {self.name!r}: {self.folder} holds {' and '.join(path.name for path in found)}: keep one "
+                f"{split} file (move the other out of the folder)"
+            )
+        if found:
+            return found[0]
         expected = " or ".join(f"{split}{suffix}" for suffix in suffixes)
         raise UserError(
             f"task {self.name!r}: {self.folder / expected} not found. Put the {split} split of {self.name} "
@@ -449,6 +456,23 @@ SPEC_TYPES: dict[str, type] = {  # every key a task spec may have, and the JSON 
 }
 
 
+def spec_with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A user task's spec with every key it leaves out set to what the task then assumes, so that two specs which
+    mean the same task compare equal."""
+    tagging = spec.get("type") == "tagging"
+    defaults = {
+        "type": "classification",
+        "text_column": "tokens" if tagging else "text",
+        "text_column_2": None,
+        "label_column": "tags" if tagging else "label",
+        "labels": None,
+        "metrics": None,
+        "header": True,
+        "span_labels": True,
+    }
+    return {**defaults, **spec}
+
+
 class TableTask(Task):
     """A user task from a spec: CSV/TSV/JSONL rows with named text and label columns (classification,
     regression), or tagging from CoNLL-style `.txt` files or JSONL rows with a list of tokens and of tags."""
@@ -461,16 +485,21 @@ class TableTask(Task):
         if unknown:
             raise UserError(f"task {name!r}: unknown spec key(s) {sorted(unknown)}; known: {sorted(SPEC_TYPES)}")
         _check_spec_types(name, spec)
-        self.kind = spec.get("type", "classification")
+        spec = spec_with_defaults(spec)
+        self.kind = spec["type"]
         if self.kind not in KINDS:
             raise UserError(f"task {name!r}: type {self.kind!r} is not one of {', '.join(KINDS)}")
-        tagging = self.kind == "tagging"
-        self.text_column = spec.get("text_column", "tokens" if tagging else "text")
-        self.text_column_2 = spec.get("text_column_2")
-        self.label_column = spec.get("label_column", "tags" if tagging else "label")
-        self.header = spec.get("header", True)
-        self.span_labels = spec.get("span_labels", True)
-        if spec.get("labels") is not None:
+        self.text_column = spec["text_column"]
+        self.text_column_2 = spec["text_column_2"]
+        self.label_column = spec["label_column"]
+        if self.label_column in (self.text_column, self.text_column_2):
+            raise UserError(
+                f"task {name!r}: column {self.label_column!r} is named as both text and label: name the label column "
+                'with "label_column" and the text with "text_column"'
+            )
+        self.header = spec["header"]
+        self.span_labels = spec["span_labels"]
+        if spec["labels"] is not None:
             self.labels = [str(label) for label in spec["labels"]]
         if spec.get("metrics") is not None and self.kind != "classification":
             raise UserError(
@@ -484,7 +513,7 @@ class TableTask(Task):
                 f"known: {', '.join(CLASSIFICATION_METRICS)}"
             )
         self.metrics = tuple(spec.get("metrics") or ("accuracy", "macro_f1"))
-        if tagging and not self.span_labels:
+        if self.kind == "tagging" and not self.span_labels:
             self.metrics = ("accuracy",)
         self._value_range: tuple[float, float] | None = None
 
@@ -589,8 +618,8 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     """Rows of a CSV or TSV file as dicts keyed by the header (or by column number, from "0"), each with the line
     it starts on. `literal_quotes` reads quote characters as text, as GLUE's files need (the reference reads them
     so). A TSV file is read with CSV quoting (as `csv` and pandas write fields holding tabs, quotes or line breaks)
-    unless that joins lines which, quotes read as text, are each a whole row: a hand-made file whose text merely
-    starts with a quote mark."""
+    unless that joins lines which, quotes read as text, are each a whole row, and the file is not what `csv` writes
+    for the joined rows: a hand-made file whose text merely starts with a quote mark."""
     tsv = path.suffix.lower() == ".tsv"
     delimiter = "\t" if tsv else ","
     if not tsv or literal_quotes:
@@ -601,6 +630,8 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
             doubtful = any(end > start for start, end, _ in lines) or not _even(lines)
         except UserError:
             lines, doubtful = [], True
+        if doubtful and lines and _written_by_csv(path, lines, delimiter):
+            doubtful = False
         if doubtful:
             literal = _parse_table(path, delimiter, literal=True)
             if not lines or _even(literal):
@@ -615,9 +646,15 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
             f"{path}:{lines[0][0]}: the header names column {repeated!r} twice: give each column its own name"
         )
     rows = []
-    for number, _, row in lines[1:] if header else lines:
+    for number, end, row in lines[1:] if header else lines:
         if not row:
             continue
+        if len(row) < len(names) and any("\n" in field for field in row):
+            raise UserError(
+                f"{path}:{number}: a quote mark opened on this line is not closed before the row ends (the field runs "
+                f"{f'to line {end}' if end > number else 'to the end of the file'}): close it, and write a quote mark "
+                'inside quoted text as two ("")'
+            )
         if len(row) != len(names):
             raise UserError(
                 f"{path}:{number}: {len(row)} field(s) where the header has {len(names)}; quote fields that contain "
@@ -625,6 +662,19 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
             )
         rows.append((number, dict(zip(names, row, strict=True))))
     return rows
+
+
+def _written_by_csv(path: Path, records: list[tuple[int, int, list[str]]], delimiter: str) -> bool:
+    """Whether the file is, byte for byte, what Python's csv (and pandas) write for `records` (with either line
+    ending): then its quote marks are quoting, not text."""
+    with open_text(path, newline="") as handle:
+        text = handle.read()
+    for ending in ("\n", "\r\n"):
+        written = io.StringIO()
+        csv.writer(written, delimiter=delimiter, lineterminator=ending).writerows(row for _, _, row in records)
+        if text in (written.getvalue(), written.getvalue()[: -len(ending)]):
+            return True
+    return False
 
 
 def _even(records: list[tuple[int, int, list[str]]]) -> bool:
@@ -677,7 +727,7 @@ def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # an error then points into the line, not past its end
             except json.JSONDecodeError as error:
                 raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(row, dict):
