@@ -531,6 +531,8 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     assert (single.text_a, single.text_b) == ("good film\twith a tab", None)
     (pair,) = read_prediction_inputs(source, head, {**spec, "text_column_2": "text_b"}, {})
     assert (pair.text_a, pair.text_b) == ("good film", "with a tab")
+    with pytest.raises(UserError, match="--text-column-2 names a second text, and this model was fine-tuned on single"):
+        read_prediction_inputs(source, head, spec, {"text_column_2": "label"})
     # A model known to read pairs needs both texts on each line, and a third text is refused, not joined.
     for line, tabs in (("good film\n", 0), ("good\tfilm\tthird\n", 2)):
         source.write_text(line)

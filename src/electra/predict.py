@@ -58,6 +58,16 @@ def read_prediction_inputs(
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
     label_column = columns.get("label_column")
     suffix = path.suffix.lower()
+    # A model known to read one text: a single-sentence GLUE task, a user task without text_column_2.
+    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
+    one_text = (glue_columns is not None and glue_columns[1] is None) or (
+        "text_column" in spec and not spec.get("text_column_2")
+    )
+    if columns.get("text_column_2") and (one_text or tagging):
+        raise UserError(
+            f"--text-column-2 names a second text, and this model was fine-tuned on single texts (task "
+            f"{spec.get('name', head.name)!r}): leave it out"
+        )
     if label_column and (head.kind not in ("classification", "regression") or suffix not in TABLE_SUFFIXES):
         raise UserError(
             "--label-column scores classification and regression models on CSV/TSV/JSONL files; fine-tune with "
@@ -95,11 +105,8 @@ def read_prediction_inputs(
             if label_column:
                 examples[-1].label = gold_label(head, row, label_column, where)
         return examples
-    # A model known to read one text (a single-sentence GLUE task, a user task without text_column_2) takes a
-    # line's tab as a space; any other model, a tab separates a pair's two texts, and one known to read pairs needs
-    # both.
-    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
-    one_text = (glue_columns is not None and glue_columns[1] is None) or ("text_column" in spec and not text_column_2)
+    # A model known to read one text takes a line's tab as a space; any other model, a tab separates a pair's two
+    # texts, and one known to read pairs needs both.
     pairs = bool(spec.get("text_column_2")) or (glue_columns is not None and glue_columns[1] is not None)
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
