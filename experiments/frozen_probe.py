@@ -2,12 +2,12 @@
 
 The fine-tuning learning check asks whether pre-training helps after fine-tuning, where an encoder from random
 weights also learns, from the labels. This asks the narrower question before any fine-tuning: encode every training
-and dev example once with the discriminator as it is (no gradient), take the final layer's [CLS] state and the mean
-of its token states, and fit a logistic regression on each (scikit-learn, features standardised on the training
-set). Its dev predictions are scored with the task's headline metric (CoLA's MCC; accuracy for SST-2 and MRPC).
-The same for random weights of the same shape (the fine-tuning check's starting point: seed 0, the model's
-initialisation). A probe no better from pre-trained states than from random ones says that pre-training did not
-learn what the task needs, whatever the fine-tuning recipe.
+and dev example once with the discriminator as it is (no gradient), take the final layer's [CLS] state, the mean of
+its token states and the mean of its input word embeddings, and fit a logistic regression on each (scikit-learn,
+features standardised on the training set). Its dev predictions are scored with the task's headline metric (CoLA's
+MCC; accuracy for SST-2 and MRPC). The same for random weights of the same shape (the fine-tuning check's starting
+point: seed 0, the model's initialisation). A probe no better from pre-trained states than from random ones says
+that pre-training did not learn what the task needs, whatever the fine-tuning recipe.
 Usage: python experiments/frozen_probe.py --model-dir DIR [--task sst] [--data ../shared/data] [--train-examples N]
        [--threads 2]   (DIR: an `electra pretrain` model folder, with discriminator/config.json and vocab.txt)
 """
@@ -45,7 +45,8 @@ CPU = torch.device("cpu")
 
 @torch.no_grad()
 def frozen_states(model: FinetuningModel, features: list[Features], pad_id: int, batch_size: int) -> np.ndarray:
-    """[examples, 2 * hidden]: each example's final [CLS] state, then the mean of its final token states."""
+    """[examples, 2 * hidden + embedding]: each example's final [CLS] state, the mean of its final token states, and
+    the mean of its input word embeddings (a bag of words: what the encoder starts from, before any context)."""
     model.eval()
     dtype = resolve_precision("auto", CPU)
 
@@ -55,7 +56,8 @@ def frozen_states(model: FinetuningModel, features: list[Features], pad_id: int,
             hidden = model.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids).float()
         mask = batch.attention_mask.unsqueeze(-1).float()
         mean = (hidden * mask).sum(1) / mask.sum(1)
-        return torch.cat([hidden[:, 0], mean], dim=1).numpy()
+        words = (model.electra.embeddings.word_embeddings(batch.input_ids).float() * mask).sum(1) / mask.sum(1)
+        return torch.cat([hidden[:, 0], mean, words], dim=1).numpy()
 
     return np.stack(run_in_length_order(features, batch_size, run_batch))
 
@@ -103,7 +105,7 @@ def main() -> None:
         f"{task.name}: {len(train):,} training and {len(dev):,} dev examples; dev {metric} of the majority class "
         f"{majority:.2f}"
     )
-    print(f"{'encoder':<12} | {'[CLS] probe':>11} | {'mean probe':>10} | {'seconds':>7}")
+    print(f"{'encoder':<12} | {'[CLS] probe':>11} | {'mean probe':>10} | {'word bag':>8} | {'seconds':>7}")
     results = {}
     for side in ("pretrained", "random"):
         started = time.time()
@@ -115,10 +117,16 @@ def main() -> None:
         dev_states = frozen_states(model, dev, featurizer.pad_id, args.batch)
         results[side] = {
             pooling: round(probe_score(train_states[:, part], train_labels, dev_states[:, part], dev_labels, metric), 2)
-            for pooling, part in (("cls", slice(0, hidden)), ("mean", slice(hidden, 2 * hidden)))
+            for pooling, part in (
+                ("cls", slice(0, hidden)),
+                ("mean", slice(hidden, 2 * hidden)),
+                ("words", slice(2 * hidden, None)),
+            )
         }
+        found = results[side]
         print(
-            f"{side:<12} | {results[side]['cls']:11.2f} | {results[side]['mean']:10.2f} | {time.time() - started:7.0f}"
+            f"{side:<12} | {found['cls']:11.2f} | {found['mean']:10.2f} | {found['words']:8.2f} | "
+            f"{time.time() - started:7.0f}"
         )
     print(json.dumps({"task": task.name, "metric": metric, "majority": round(majority, 2), **results}))
 
