@@ -391,6 +391,14 @@ def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path:
     write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
     with pytest.raises(UserError, match="every training row has the label 'pos', and a classifier needs two"):
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}})
+    # A test file to predict is read before training: a malformed row stops the run before it has trained.
+    write_user_task(tmp_path, {"train": sentiment_rows(30, 0), "dev": sentiment_rows(8, 1)})
+    (tmp_path / "finetuning_data" / "tickets" / "test.csv").write_text("text,label\nfine,\ntoo,many,fields\n")
+    with pytest.raises(UserError, match=r"test\.csv:3: 3 field\(s\) where the header has 2"):
+        run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}, "write_test_outputs": True})
+    assert not (tmp_path / "models" / "m" / "finetuning_models").exists()
+    (tmp_path / "finetuning_data" / "tickets" / "test.csv").unlink()
+    write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
     with pytest.raises(UserError, match='the task spec\'s "labels" lists one label'):
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {"labels": ["pos"]}}})
     with pytest.raises(UserError, match=r"task_names: 'a/b' is not a task name"):

@@ -843,7 +843,7 @@ class TaskData:
     task: Task
     head: TaskHead
     train: list[Example]
-    evaluation: dict[str, list[Example]]  # each evaluation split, read once for every trial
+    evaluation: dict[str, list[Example]]  # each evaluation split and test split to predict, read once for all trials
 
 
 def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
@@ -863,7 +863,10 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
                 f"task {task.name!r}: every training row has the label {labels[0]!r}, and a classifier needs two or "
                 'more: check the label column, or list the labels in the task spec\'s "labels"'
             )
-        evaluation = {split: task.examples(split) for split in (task.eval_splits() if run.config.do_eval else [])}
+        splits = [*(task.eval_splits() if run.config.do_eval else [])]
+        if run.config.write_test_outputs:  # read now, so that a malformed test file stops the run before training
+            splits += [split for split in task.test_splits() if task.has_split(split)]
+        evaluation = {split: task.examples(split) for split in splits}
         # Training too: with the task spec's "labels", a training row may name another.
         for split, examples in {"train": train, **evaluation}.items() if need_train else ():
             task.check_labels(examples, labels, split)
