@@ -391,6 +391,9 @@ def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path:
     write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
     with pytest.raises(UserError, match="every training row has the label 'pos', and a classifier needs two"):
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}})
+    write_user_task(tmp_path, {"train": [("good", "1"), ("fine", "1.0"), ("bad", "0")]})  # as pandas may write them
+    with pytest.raises(UserError, match=r"the training labels '1' and '1\.0' are one number written two ways"):
+        run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {}}})
     # A test file to predict is read before training: a malformed row stops the run before it has trained.
     write_user_task(tmp_path, {"train": sentiment_rows(30, 0), "dev": sentiment_rows(8, 1)})
     (tmp_path / "finetuning_data" / "tickets" / "test.csv").write_text("text,label\nfine,\ntoo,many,fields\n")

@@ -109,7 +109,21 @@ class Task:
             return sorted(
                 {tag for example in sentences if example.label is not None for tag in self.training_tags(example.label)}
             )
-        return sorted({str(example.label) for example in train})
+        labels = sorted({str(example.label) for example in train})
+        numbers: dict[float, str] = {}
+        for label in labels:
+            try:
+                number = float(label)
+            except ValueError:
+                continue
+            if number in numbers:
+                raise UserError(
+                    f"task {self.name!r}: the training labels {numbers[number]!r} and {label!r} are one number written "
+                    "two ways, and would be two classes: write each label one way (or list both in the task spec's "
+                    '"labels" to keep them apart)'
+                )
+            numbers[number] = label
+        return labels
 
     def training_tags(self, tags: list[str]) -> list[str]:
         return bioes_tags(tags) if self.span_labels else list(tags)
