@@ -62,6 +62,13 @@ def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: P
     (model_dir / "results" / "unsup_results.json").unlink()
     assert pretrain(pretrain_data_dir, "debug", num_train_steps=12, do_train=False, do_eval=True) == 0
     assert json.loads((model_dir / "results" / "unsup_results.json").read_text()) == results
+    # An evaluation given no training hparams at all leaves the run's record alone, so the run still resumes.
+    recorded = (model_dir / "pretrain_config.json").read_text()
+    bare = '{"do_train": false, "do_eval": true, "num_eval_steps": 1, "precision": "fp32"}'
+    assert main(["pretrain", "--data-dir", str(pretrain_data_dir), "--model-name", "debug", "--hparams", bare]) == 0
+    assert (model_dir / "pretrain_config.json").read_text() == recorded
+    assert pretrain(pretrain_data_dir, "debug", num_train_steps=13, keep_checkpoint_max=2) == 0
+    assert "trained to step 13" in capsys.readouterr().out
     assert main(["plot", str(model_dir)]) == 0
     assert (model_dir / "logs" / "curves.png").stat().st_size > 1000
 

@@ -541,9 +541,12 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
             )
     elif not config.do_train:
         raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
+    record_file = run.model_dir / "pretrain_config.json"
     if processes.is_main:
         run.model_dir.mkdir(parents=True, exist_ok=True)
-        record_file = run.model_dir / "pretrain_config.json"
+    # An evaluation only keeps the record of the run it evaluates: its defaults (batch 128, 10,000 warm-up steps)
+    # would otherwise stand in for the training settings, and resuming that run would be refused.
+    if processes.is_main and (config.do_train or not record_file.exists()):
         earlier = read_json(record_file) if record_file.exists() else {}
         record = {
             **{key: earlier[key] for key in ("converted_from",) if key in earlier},
