@@ -17,6 +17,7 @@ from electra.scoring import (
     locate_scoring_model,
     plan_windows,
     read_nbest,
+    read_references,
     rerank,
     word_error_rate,
 )
@@ -201,6 +202,10 @@ def test_rerank_command_reports_wer_before_and_after(models: dict[str, Path], tm
     assert [row["best"] for row in written] == ["the cat sat", "a dog ran"]
     assert all(isinstance(h["lm_score"], float) for row in written for h in row["hypotheses"])
 
+    nbest.write_text(json.dumps({**rows[0], "reference": "the cat sat"}) + "\n" + json.dumps(rows[1]) + "\n")
+    assert main([*argv, "--output", str(output)]) == 0
+    assert "note: 1 of 2 n-best lists have a reference: no word error rate" in capsys.readouterr().err
+    nbest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     huge = [*argv, "--weight", "1e6", "--output", str(output)]
     assert main(huge) == 0  # the language model alone decides: the order follows its scores
     for row in (json.loads(line) for line in output.read_text().splitlines()):
@@ -219,6 +224,17 @@ def test_malformed_nbest_and_references_name_file_and_line(tmp_path: Path) -> No
     nbest.write_text('{"id": "u1", "hypotheses": [{"text": "a"}]}\n')
     with pytest.raises(UserError, match=r"nbest.jsonl:1: hypothesis 1 needs a \"text\" string and a finite numeric"):
         read_nbest(nbest)
+    nbest.write_text('{"id": "u1", "hypotheses": [["a", -1]], "reference": 5}\n')
+    with pytest.raises(UserError, match=r"nbest.jsonl:1: \"reference\" must be a string of text, not 5"):
+        read_nbest(nbest)
+    nbest.write_text('{"id": "u1", "hypotheses": [["a", -1]]}\n{"id": "u2", "hypotheses": [["b", -1]]}\n')
+    references = tmp_path / "refs.jsonl"
+    references.write_text('{"id": "u1", "text": "a"}\n{"id": "u2", "text": 7}\n')
+    with pytest.raises(UserError, match=r"refs.jsonl:2: \"text\" must be a string of text, not 7"):
+        read_references(references, read_nbest(nbest))
+    references.write_text('{"id": "u1", "text": "a"}\n')
+    with pytest.raises(UserError, match=r"refs.jsonl has no reference for id\(s\) u2"):
+        read_references(references, read_nbest(nbest))
 
 
 # ----------------------------------------------------------------------------------------------- real text

@@ -394,6 +394,8 @@ def read_nbest(path: Path) -> list[NBestList]:
             texts.append(text)
             first_pass.append(float(value))
         reference = row.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise UserError(f'{path}:{number}: "reference" must be a string of text, not {reference!r:.60}')
         lists.append(NBestList(str(row.get("id", len(lists))), texts, first_pass, reference))
     if not lists:
         raise UserError(f"{path} holds no n-best lists")
@@ -404,10 +406,14 @@ def read_references(path: Path, lists: list[NBestList]) -> None:
     """Attach references: JSONL {"id", "text"} matched by id, or plain text with one line per list, in order."""
     require_file(path, "references file")
     if path.suffix == ".jsonl":
-        by_id = {str(row.get("id")): row.get("text") for _, row in read_jsonl_rows(path)}
-        missing = [item.id for item in lists if not isinstance(by_id.get(item.id), str)]
+        rows = read_jsonl_rows(path)
+        for number, row in rows:
+            if not isinstance(row.get("text"), str):
+                raise UserError(f'{path}:{number}: "text" must be a string of text, not {row.get("text")!r:.60}')
+        by_id = {str(row.get("id")): row["text"] for _, row in rows}
+        missing = [item.id for item in lists if item.id not in by_id]
         if missing:
-            raise UserError(f"{path} has no reference text for id(s) {', '.join(missing[:5])}")
+            raise UserError(f"{path} has no reference for id(s) {', '.join(missing[:5])}")
         for item in lists:
             item.reference = by_id[item.id]
         return
@@ -482,7 +488,13 @@ def run_rerank(
         "rows": reranked,
     }
     with_references = [row for row in reranked if "reference" in row]
-    if with_references and len(with_references) == len(reranked):
+    if with_references and len(with_references) < len(reranked):
+        print(
+            f"note: {len(with_references):,} of {len(reranked):,} n-best lists have a reference: no word error rate "
+            "(it needs one for every list)",
+            file=sys.stderr,
+        )
+    elif with_references:
         references = [row["reference"] for row in reranked]
         summary["wer_before"] = word_error_rate(references, [row["first_pass_best"] for row in reranked])
         summary["wer_after"] = word_error_rate(references, [row["best"] for row in reranked])
