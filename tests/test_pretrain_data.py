@@ -443,3 +443,7 @@ def test_archives_and_compressed_files_read_as_the_reference_reads_openwebtext(v
     (packed / "notes.zip").write_bytes(b"PK\x03\x04" + bytes(40))
     with pytest.raises(UserError, match=r"notes\.zip is a zip archive.*extract it"):
         build(packed, vocab_file, tmp_path / "d")
+    (packed / "notes.zip").unlink()
+    (packed / "notes.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(128, 256)))  # not UTF-8 either
+    with pytest.raises(UserError, match=r"notes\.txt\.zst is a zstd archive.*extract it"):
+        list_corpus_files(packed)

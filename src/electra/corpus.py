@@ -82,12 +82,7 @@ def packing(path: Path) -> str | None:
     """How a corpus file is packed: "tar", "compressed", or None for plain text; unreadable packings are errors."""
     with open(path, "rb") as handle:
         head = handle.read(512)
-    for magic, name in UNSUPPORTED_MAGIC.items():
-        if head.startswith(magic):
-            raise UserError(
-                f"{path} is a {name} archive, which the corpus reader does not open: extract it, or repack it as "
-                "tar, gzip, bzip2 or xz"
-            )
+    _refuse_unopened_archive(path, head)
     if head[257:262] == b"ustar":
         return "tar"
     if compression(head):
@@ -96,6 +91,15 @@ def packing(path: Path) -> str | None:
         except DAMAGED:  # reading it says so, with the file's name
             return "compressed"
     return None
+
+
+def _refuse_unopened_archive(path: Path, head: bytes) -> None:
+    for magic, name in UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            raise UserError(
+                f"{path} is a {name} archive, which the corpus reader does not open: extract it, or repack it as "
+                "tar, gzip, bzip2 or xz"
+            )
 
 
 def list_corpus_files(corpus_dir: str | os.PathLike) -> list[Path]:
@@ -143,6 +147,7 @@ def _require_text(path: Path) -> None:
     """A UserError for a file that is not text, or whose text is not UTF-8: both would become training text."""
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
+    _refuse_unopened_archive(path, head)  # before the UTF-8 test, whose advice (iconv) does not fit an archive
     kind = next((kind for magic, kind in NOT_TEXT_MAGIC.items() if head.startswith(magic)), None)
     if kind:
         raise UserError(f"{path} is {kind}, not text: move it out of the corpus folder")
