@@ -56,6 +56,12 @@ def test_debug_run_trains_checkpoints_exports_and_evaluates(pretrain_data_dir: P
     results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
     assert {"masked_lm_accuracy", "disc_auc", "disc_precision", "disc_recall", "disc_accuracy"} <= set(results)
     assert 0.0 < results["token_cosine"] < 1.0
+    # Weights get the permissions of any other output (safetensors alone makes them private to their owner).
+    permissions = {
+        path.stat().st_mode & 0o777
+        for path in (model_dir / "pretrain_config.json", *model_dir.glob("**/model.safetensors"))
+    }
+    assert len(permissions) == 1 and len(list(model_dir.glob("**/model.safetensors"))) == 4
     config = json.loads((model_dir / "pretrain_config.json").read_text())
     assert config["train_batch_size"] == 8 and config["max_seq_length"] == 32 and config["eval_examples"] > 0
     assert any(path.name.startswith("events.out.tfevents") for path in (model_dir / "logs").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import json
 import os
@@ -28,9 +29,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@functools.cache
+def new_file_mode() -> int:
+    """The permissions open() gives a new file under this process's umask. Outputs get them whatever library wrote
+    them: safetensors creates its files readable by their owner only, which a server run as another user cannot
+    load."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def choose_output_file(given: str | os.PathLike | None, default: Path, *inputs: Path) -> Path:
@@ -155,6 +167,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             if written.is_file():
                 with open(written, "rb") as handle:
                     os.fsync(handle.fileno())
+                os.chmod(written, new_file_mode())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
