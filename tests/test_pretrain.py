@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,12 +186,21 @@ def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_
     assert json.loads(record_file.read_text())["num_train_steps"] == 8  # what the model holds, not what was asked
 
 
-def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path):
+def test_init_checkpoint_starts_from_weights_with_a_fresh_optimizer(pretrain_data_dir: Path, tmp_path: Path, capsys):
     assert pretrain(pretrain_data_dir, "source", num_train_steps=4) == 0
     source = pretrain_data_dir / "models" / "source"
     assert (
         pretrain(pretrain_data_dir, "continued", num_train_steps=1, learning_rate=0.0, init_checkpoint=str(source)) == 0
     )
+    assert "differ in" not in capsys.readouterr().err
+    # Weights that came with another vocabulary of the same size load, and the run says how the two differ.
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    tokens = (other / "discriminator" / "vocab.txt").read_text().splitlines()
+    tokens[10], tokens[11] = tokens[11], tokens[10]
+    (other / "discriminator" / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    assert pretrain(pretrain_data_dir, "continued-other", num_train_steps=1, init_checkpoint=str(other)) == 0
+    assert f"differ in 2 of {len(tokens):,} tokens (first id 10: {tokens[11]!r} here" in capsys.readouterr().err
     before = load_file(source / "checkpoints" / "step-00000004" / "model.safetensors")
     after = load_file(
         pretrain_data_dir / "models" / "continued" / "checkpoints" / "step-00000001" / "model.safetensors"

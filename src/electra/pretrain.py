@@ -522,6 +522,28 @@ def run_pretraining(
         return _train_and_evaluate(run, model_name, processes)
 
 
+def _note_other_vocabulary(init: Path, vocab: list[str], vocab_file: Path) -> None:
+    """Say so when the weights to continue from came with another vocabulary of the same size (another size does not
+    load): their embedding of an id is the embedding of their token. Not an error, as replacing a released
+    vocabulary's [unused] entries with new words is a known way to extend it."""
+    folder = init if init.is_dir() else init.parent
+    places = (folder / "vocab.txt", folder / "discriminator" / "vocab.txt")
+    own = next((path for path in places if path.is_file()), None)
+    if own is None or own.resolve() == vocab_file.resolve():
+        return
+    theirs = read_vocab(own)
+    differing = [index for index, (old, new) in enumerate(zip(theirs, vocab, strict=False)) if old != new]
+    if differing:
+        first = differing[0]
+        print(
+            f"note: {vocab_file} and {own}, the vocabulary of the weights continued, differ in {len(differing):,} "
+            f"of {len(vocab):,} tokens (first id {first}: {vocab[first]!r} here, {theirs[first]!r} there); those "
+            "ids start from the embeddings of the other tokens. If that is not meant, build the data with "
+            f"`electra build-data --vocab-file {own}`",
+            file=sys.stderr,
+        )
+
+
 def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Processes) -> dict[str, Any]:
     config = run.config
     torch.manual_seed(config.seed)  # the initial weights
@@ -533,6 +555,8 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
         load_weights(model, checkpoints[-1] / "model.safetensors")  # training resumes from it
     elif config.init_checkpoint:
         random_parts = load_init_checkpoint(model, config.init_checkpoint)  # weights only, fresh optimizer
+        if processes.is_main:
+            _note_other_vocabulary(Path(config.init_checkpoint), vocab, run.vocab_file)
         if random_parts and processes.is_main:
             print(
                 f"note: {config.init_checkpoint} has no weights for {', '.join(random_parts)}: "
