@@ -96,7 +96,8 @@ def test_quickstart_runs_end_to_end_and_again_without_redoing_work(tmp_path: Pat
     assert len(data) > 1000
     assert main(["quickstart", "--data-dir", str(data_dir), "--train-steps", "3"]) == 0
     again = capsys.readouterr().out
-    assert "keeping" in again and "nothing to do" in again
+    assert f"keeping {data_dir / 'vocab.txt'} (3,000 tokens;" in again and "nothing to do" in again
+    assert "is already pre-trained for 3 steps: nothing to train" in again  # not "pre-training ... for 3 steps"
 
 
 FAULTS_OF_REPEATED_BUFFERS = """

@@ -160,5 +160,5 @@ def test_quickstart_on_another_corpus_says_what_to_delete(tmp_path: Path, capsys
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("electra: error: ")
     assert "built with other settings (differing: the corpus files (corpus.txt " in error
-    assert f"delete {data_dir / 'pretrain_data'} to build it again, or choose another --data-dir" in error
+    assert f"delete {data_dir / 'pretrain_data'} to build it again (and {data_dir / 'vocab.txt'} to train" in error
     assert "--overwrite" not in error and "--output-dir" not in error

@@ -694,6 +694,8 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     from electra.plotting import plot_training_curves
     from electra.pretrain import run_pretraining
     from electra.pretrain_data import BuiltWithOtherSettings, build_pretraining_data
+    from electra.tokenization import read_vocab
+    from electra.trainer import checkpoint_dirs, checkpoint_step
 
     data_dir = Path(args.data_dir)
     if args.corpus_dir is None:
@@ -707,8 +709,13 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         corpus_dir = Path(args.corpus_dir)
         print(f"[1/5] corpus: {corpus_dir}")
     vocab_file = data_dir / "vocab.txt"
+    model_dir = data_dir / "models" / "electra_tiny"
     if vocab_file.exists():
-        print(f"[2/5] vocabulary: keeping {vocab_file} (delete it to train a new one)")
+        tokens = len(read_vocab(vocab_file))
+        print(
+            f"[2/5] vocabulary: keeping {vocab_file} ({tokens:,} tokens; delete it to train a new one, for another "
+            "corpus or --vocab-size)"
+        )
     else:
         print("[2/5] vocabulary: ", end="", flush=True)
         _train_and_write_vocab(corpus_dir, vocab_file, args.vocab_size, do_lower_case=True, strip_accents=True)
@@ -717,11 +724,11 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     try:
         summary = build_pretraining_data(corpus_dir, vocab_file, data_path, num_processes=args.num_processes)
     except BuiltWithOtherSettings as error:  # build-data's own advice names flags that quickstart does not have
-        model_dir = data_dir / "models" / "electra_tiny"
         also = f" (and {model_dir}, pre-trained on the old data)" if model_dir.exists() else ""
         raise UserError(
             f"{data_path} already holds pre-training data built with other settings (differing: "
-            f"{', '.join(error.differing)}): delete {data_path}{also} to build it again, or choose another --data-dir"
+            f"{', '.join(error.differing)}): delete {data_path}{also} to build it again (and {vocab_file} to train "
+            "the vocabulary on a new corpus too), or choose another --data-dir"
         ) from None
     if summary.skipped:
         print(
@@ -730,7 +737,14 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         )
     else:
         print(summary.describe())
-    print(f"[4/5] pre-training a tiny ELECTRA for {args.train_steps} steps (re-run to resume if interrupted)")
+    reached = checkpoint_step(checkpoint_dirs(model_dir)[-1]) if checkpoint_dirs(model_dir) else 0
+    if reached >= args.train_steps:
+        print(
+            f"[4/5] {model_dir} is already pre-trained for {reached} steps: nothing to train (give more "
+            "--train-steps to go on, or delete it to start again)"
+        )
+    else:
+        print(f"[4/5] pre-training a tiny ELECTRA for {args.train_steps} steps (re-run to resume if interrupted)")
     hparams = {
         **QUICKSTART_HPARAMS,
         "num_train_steps": args.train_steps,
