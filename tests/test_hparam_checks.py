@@ -135,6 +135,7 @@ MODEL_REFUSED = [
     ({"layer_norm_eps": 0}, "model_hparam_overrides entry layer_norm_eps 0 must be a finite number greater than 0"),
     ({"initializer_range": 0.0}, "model_hparam_overrides entry initializer_range 0.0 must be a finite number greater"),
     ({"layer_norm_eps": math.nan}, "model_hparam_overrides entry layer_norm_eps nan"),
+    ({"vocab_size": 10}, "model_hparam_overrides entry 'vocab_size' is read from the vocabulary: drop it"),
 ]
 
 

@@ -589,6 +589,11 @@ def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise UserError('model_hparam_overrides must be a JSON object such as {"hidden_size": 128}')
     check_names(overrides, {item.name for item in dataclasses.fields(ModelConfig)}, "model_hparam_overrides entry")
+    if "vocab_size" in overrides:
+        raise UserError(
+            "model_hparam_overrides entry 'vocab_size' is read from the vocabulary: drop it (a top-level "
+            '"vocab_size" checks the vocabulary\'s size)'
+        )
     return values
 
 
