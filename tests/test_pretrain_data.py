@@ -226,6 +226,9 @@ def test_rebuild_notices_a_corpus_file_changed_in_place(tmp_path: Path, vocab_fi
     (corpus / "more.txt").write_text("another document.\n")
     with pytest.raises(UserError, match=r"the corpus files \(more.txt added\)"):
         build(corpus, vocab_file, tmp_path / "out")
+    text_file.rename(corpus / "renamed.txt")  # every change is named, not the first alone
+    with pytest.raises(UserError, match=r"the corpus files \(more.txt added, renamed.txt added, corpus.txt removed\)"):
+        build(corpus, vocab_file, tmp_path / "out")
 
 
 def test_corpus_folders_links_and_file_names(tmp_path: Path, vocab_file: Path):

@@ -152,6 +152,9 @@ def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path]
     capsys.readouterr()
     assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
     assert f"{source}:1: no text field 'text'" in capsys.readouterr().err
+    source.write_text('{"text": 5}\n')
+    assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 2
+    assert f"{source}:1: the 'text' field must be a string, not 5" in capsys.readouterr().err
     source.write_text('{"text": ""}\n{"text": "the zebra sat"}\n')  # what a score means little for is said
     assert main(["score", "--model-dir", str(models["mlm"]), "--input", str(source)]) == 0
     empty, unknown = [json.loads(line) for line in (tmp_path / "texts.scores.jsonl").read_text().splitlines()]

@@ -263,7 +263,8 @@ def _unit_results(
 ) -> Iterator[UnitResult]:
     """Unit results in corpus order, from this process or a pool of worker processes."""
     indexed = list(enumerate(units))
-    if num_processes == 1:
+    num_processes = min(num_processes, len(units))  # a worker per unit at most: each starts a tokenizer
+    if num_processes <= 1:
         # One tokenizer thread a process, here too (takes effect if no tokenizer has run in this process yet).
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
         builder = _UnitBuilder(vocab, settings)
@@ -332,7 +333,8 @@ def corpus_change(before: list, now: list[dict]) -> str | None:
     new = {entry["file"]: entry for entry in now}
     added, removed = [name for name in new if name not in old], [name for name in old if name not in new]
     if added or removed:
-        return f"{(added or removed)[0]} {'added' if added else 'removed'}"
+        changes = [f"{name} added" for name in added] + [f"{name} removed" for name in removed]
+        return ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
     for name, entry in new.items():
         recorded, modified = old[name], entry["modified_ns"]
         if recorded.get("bytes") != entry["bytes"] or recorded.get("modified_ns", modified) != modified:

@@ -313,8 +313,11 @@ def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any
     if path.suffix == ".jsonl":
         texts = []
         for number, row in read_jsonl_rows(path):
-            if not isinstance(row.get(text_field), str):
+            if text_field not in row:
                 raise UserError(f"{path}:{number}: no text field {text_field!r} (name it with --text-field)")
+            if not isinstance(row[text_field], str):
+                value = row[text_field]
+                raise UserError(f"{path}:{number}: the {text_field!r} field must be a string, not {value!r:.60}")
             taken = [name for name in RESULT_FIELDS if name in row]
             if taken:
                 raise UserError(
