@@ -270,6 +270,9 @@ def test_unknown_and_malformed_hparams_are_clear_errors(tmp_path: Path, capsys):
     )
     assert main(["pretrain", "--data-dir", str(tmp_path), "--model-name", "x", "--hparams", '{"debug": true}']) == 2
     assert "vocab.txt does not exist" in capsys.readouterr().err
+    nowhere = tmp_path / "nowhere"
+    assert main(["pretrain", "--data-dir", str(nowhere), "--model-name", "x", "--hparams", '{"debug": true}']) == 2
+    assert f"--data-dir {nowhere} is not a folder: build its vocab.txt and pretrain_data/" in capsys.readouterr().err
 
 
 def test_compile_takes_true_false_or_a_torch_compile_mode():

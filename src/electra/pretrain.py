@@ -150,6 +150,11 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     elif init is not None and init.is_dir():
         hparams = with_inherited_shape(hparams, init, generator=True)
     config = build_pretraining_config(hparams)
+    if not data_dir.is_dir() and not (config.vocab_file and config.pretrain_data):
+        raise UserError(
+            f"--data-dir {data_dir} is not a folder: build its vocab.txt and pretrain_data/ first (`electra vocab`, "
+            "`electra build-data`; see the README's data-dir layout), or give the data-dir they are in"
+        )
     vocab_file = Path(config.vocab_file) if config.vocab_file else data_dir / "vocab.txt"
     vocab = read_vocab(vocab_file)
     if config.vocab_size is not None and config.vocab_size != len(vocab):
