@@ -167,7 +167,7 @@ class TFCheckpoint:
         data = self._shard(entry["shard"])[entry["offset"] : entry["offset"] + entry["size"]]
         if len(data) != entry["size"] or (entry["crc32c"] is not None and masked_crc32c(data) != entry["crc32c"]):
             raise UserError(
-                f"variable {name} is damaged in {self.prefix}.data-{entry['shard']:05d}-of-...: its bytes do not "
+                f"variable {name} is damaged in {self._shard_path(entry['shard'])}: its bytes do not "
                 "match the checksum in the index (an interrupted download?); fetch the checkpoint again"
             )
         if entry["dtype"] == BFLOAT16:
@@ -177,12 +177,15 @@ class TFCheckpoint:
             raise UserError(f"variable {name} has TensorFlow dtype {entry['dtype']}, which is not supported")
         return np.frombuffer(data, dtype=np.dtype(DTYPES[entry["dtype"]]).newbyteorder("<")).reshape(entry["shape"])
 
+    def _shard_path(self, shard: int) -> Path:
+        found = sorted(self.prefix.parent.glob(f"{self.prefix.name}.data-{shard:05d}-of-*"))
+        if not found:
+            raise UserError(f"the data file {self.prefix}.data-{shard:05d}-of-... of this checkpoint is missing")
+        return found[0]
+
     def _shard(self, shard: int) -> bytes:
         if shard not in self.shards:
-            found = sorted(self.prefix.parent.glob(f"{self.prefix.name}.data-{shard:05d}-of-*"))
-            if not found:
-                raise UserError(f"the data file {self.prefix}.data-{shard:05d}-of-... of this checkpoint is missing")
-            self.shards[shard] = found[0].read_bytes()
+            self.shards[shard] = self._shard_path(shard).read_bytes()
         return self.shards[shard]
 
 
