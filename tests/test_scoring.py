@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,11 @@ def test_which_part_of_a_model_folder_scores(models: dict[str, Path], tmp_path: 
     assert locate_scoring_model(models["electra"] / "discriminator", "electric").method == "electric"
     with pytest.raises(UserError, match="is not a model folder"):
         locate_scoring_model(tmp_path)
+    training = tmp_path / "training"  # checkpoints and a record, nothing exported yet
+    (training / "checkpoints" / "step-00000005").mkdir(parents=True)
+    shutil.copyfile(models["electra"] / "pretrain_config.json", training / "pretrain_config.json")
+    with pytest.raises(UserError, match=r"no exported generator/ to score with \(its pre-training has not finished"):
+        locate_scoring_model(training)
 
 
 def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path], tmp_path: Path, capsys) -> None:

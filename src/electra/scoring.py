@@ -34,7 +34,7 @@ from electra.fileio import choose_output_file, open_text, read_json, read_text, 
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
 from electra.tasks import read_jsonl_rows
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, build_tokenizer, normalization_settings, read_vocab
-from electra.trainer import resolve_precision
+from electra.trainer import checkpoint_dirs, resolve_precision
 
 METHODS = ("electric", "mlm")
 
@@ -72,6 +72,8 @@ def locate_scoring_model(model_dir: str | Path, method: str = "auto") -> Scoring
         part = folder / ("discriminator" if chosen == "electric" else "generator")
         if not (part / "config.json").is_file():
             hint = " (Electric's two-tower cloze model is not a masked LM: use --method electric)" if electric else ""
+            if not hint and checkpoint_dirs(folder):
+                hint = " (its pre-training has not finished: it exports discriminator/ and generator/ at its end)"
             raise UserError(f"{folder} has no exported {part.name}/ to score with{hint}")
         return ScoringModel(chosen, part, normalization_settings(record))
     config = _read_json(folder / "config.json")
