@@ -1260,9 +1260,10 @@ def _no_model_message(exported: Path, kept_scores: Path, data: list[TaskData]) -
     """Why there is nothing to evaluate in `exported`, and what to do."""
     per_task = sorted(path.parent.name for path in exported.glob(f"*/{TASK_FILE}"))
     if per_task and len(data) == 1:
+        wanted = data[0].head.name
         return (
             f"{exported} holds a multi-task model, a folder per task ({', '.join(per_task)}): name the folder of "
-            f"task {data[0].head.name!r} with init_checkpoint, e.g. {exported / per_task[0]}"
+            f"task {wanted!r} with init_checkpoint, e.g. {exported / (wanted if wanted in per_task else per_task[0])}"
         )
     if kept_scores.is_file():
         return (
