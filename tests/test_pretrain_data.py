@@ -434,6 +434,8 @@ def test_archives_and_compressed_files_read_as_the_reference_reads_openwebtext(v
     from_packed = build(packed, vocab_file, tmp_path / "a", settings=BuildSettings(blanks_separate_docs=False))
     build(plain, vocab_file, tmp_path / "b", settings=BuildSettings(blanks_separate_docs=True))
     assert from_packed.documents == len(documents) + 1
+    # Text is counted as text, not as the compressed bytes it came in.
+    assert from_packed.bytes == sum(len(text.encode()) for text in documents) + len(text.encode())
     assert np.array_equal(all_rows(tmp_path / "a"), all_rows(tmp_path / "b"))
     assert train_vocab(list_corpus_files(packed), 200, show_progress=False) == train_vocab(
         list_corpus_files(plain), 200, show_progress=False

@@ -65,6 +65,7 @@ class DecodedUnit:
     invalid_utf8: int
     first_invalid_line: int  # 1-based line in the file; 0 when the bytes were valid or the line is unknown
     one_document_per_blank: bool = False  # from an archive: blank lines are exactly the ends of its files
+    text_bytes: int = 0  # of text, once decompressed
 
 
 def compression(head: bytes) -> Any:
@@ -201,9 +202,10 @@ def read_unit(unit: CorpusUnit) -> DecodedUnit:
         if kind == "tar":
             return _read_archive(unit.path)
         if kind == "compressed":
-            data = unit.path.read_bytes()
-            lines, invalid, first_line = _decode(compression(data[:10]).decompress(data))
-            return DecodedUnit(lines, invalid, first_line)
+            packed = unit.path.read_bytes()
+            data = compression(packed[:10]).decompress(packed)
+            lines, invalid, first_line = _decode(data)
+            return DecodedUnit(lines, invalid, first_line, text_bytes=len(data))
     except DAMAGED as error:
         raise UserError(f"{unit.path} is a damaged {kind} file ({error}): download or copy it again") from None
     with open(unit.path, "rb") as handle:
@@ -212,7 +214,7 @@ def read_unit(unit: CorpusUnit) -> DecodedUnit:
     lines, invalid, first_line = _decode(data)
     if invalid:
         first_line += _count_newlines(unit.path, unit.start)
-    return DecodedUnit(lines, invalid, first_line)
+    return DecodedUnit(lines, invalid, first_line, text_bytes=len(data))
 
 
 def _decode(data: bytes) -> tuple[list[str], int, int]:
@@ -233,7 +235,7 @@ def _decode(data: bytes) -> tuple[list[str], int, int]:
 def _read_archive(path: Path) -> DecodedUnit:
     """Every file in a tar archive, in name order, as one document: its non-blank lines, then a blank line."""
     lines: list[str] = []
-    invalid = 0
+    invalid = text_bytes = 0
     with tarfile.open(path) as archive:
         members = sorted((member for member in archive.getmembers() if member.isfile()), key=lambda item: item.name)
         for member in members:
@@ -245,8 +247,9 @@ def _read_archive(path: Path) -> DecodedUnit:
                 )
             member_lines, member_invalid, _ = _decode(data)
             invalid += member_invalid
+            text_bytes += len(data)
             lines += [line for line in member_lines if line.strip()] + [""]
-    return DecodedUnit(lines, invalid, 0, one_document_per_blank=True)
+    return DecodedUnit(lines, invalid, 0, one_document_per_blank=True, text_bytes=text_bytes)
 
 
 def _count_newlines(path: Path, end: int) -> int:

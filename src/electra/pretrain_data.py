@@ -125,7 +125,8 @@ class UnitResult:
     tokens: int
     unknown_tokens: int
     dropped_tokens: int  # past the room left in an example by the line that fills it: cut off, as in the reference
-    bytes: int
+    bytes: int  # of the corpus file read (compressed, where it is)
+    text_bytes: int
     invalid_utf8: int
     first_invalid_line: int
 
@@ -203,6 +204,7 @@ class _UnitBuilder:
             unknown_tokens=int((array == self.unk_id).sum()),
             dropped_tokens=fed_tokens - (tokens - special_tokens),
             bytes=unit.size,
+            text_bytes=decoded.text_bytes,
             invalid_utf8=decoded.invalid_utf8,
             first_invalid_line=decoded.first_invalid_line,
         )
@@ -445,7 +447,7 @@ def build_pretraining_data(
                 summary.tokens += result.tokens
                 summary.unknown_tokens += result.unknown_tokens
                 summary.dropped_tokens += result.dropped_tokens
-                summary.bytes += result.bytes
+                summary.bytes += result.text_bytes
                 if result.invalid_utf8:
                     report.by_file.setdefault(unit.path, [0, result.first_invalid_line])[0] += result.invalid_utf8
                 progress.update(result.bytes)
