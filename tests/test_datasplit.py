@@ -94,6 +94,9 @@ def test_jsonl_in_jsonl_out_and_clear_errors(tmp_path: Path, capsys) -> None:
     small = write_table(tmp_path / "small.csv", [*ROWS, ("电脑", "电脑 一"), ("电脑", "电脑 二")])
     split_table(small, tmp_path / "v", SplitSettings("cat", "review", dev_share=0.1, test_share=0.2))
     assert "warning: dev has no example of 1 class(es) (电脑)" in capsys.readouterr().err
+    one_class = write_table(tmp_path / "one.csv", [("书籍", f"书 {number}") for number in range(20)])
+    with pytest.raises(UserError, match=r"every row of .*one\.csv has the label '书籍' in column 'cat'"):
+        split_table(one_class, tmp_path / "w", SplitSettings("cat", "review"))
 
 
 def test_online_shopping_reviews_split_into_ten_routing_classes(tmp_path: Path) -> None:

@@ -94,6 +94,11 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
             by_label[label].append((number, row))
     if not by_label:
         raise UserError(f"{path} holds no rows with both a {settings.text_column!r} and a {settings.label_column!r}")
+    if len(by_label) == 1:
+        raise UserError(
+            f"every row of {path} has the label {next(iter(by_label))!r} in column {settings.label_column!r}: a "
+            "classifier needs two or more, so check --label-column"
+        )
 
     rng = np.random.default_rng(settings.seed)
     chosen: dict[str, list[tuple[int, dict[str, Any]]]] = {split: [] for split in SPLITS}
