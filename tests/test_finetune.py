@@ -190,6 +190,9 @@ def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) 
 def test_finetune_config_precedence() -> None:
     assert build_finetuning_config({"task_names": ["rte"]}).num_train_epochs == 10.0
     assert build_finetuning_config({"task_names": ["chunk"]}).max_seq_length == 256
+    for qa in ("squad", "squadv1", "newsqa", "triviaqa", "naturalqs"):  # naturalqs too, which the reference missed
+        config = build_finetuning_config({"task_names": [qa]})
+        assert (config.max_seq_length, config.num_train_epochs) == (512, 2.0)
     large = build_finetuning_config({"task_names": ["sst"], "model_size": "large"})
     assert (large.learning_rate, large.layerwise_lr_decay) == (5e-5, 0.9)
     assert build_finetuning_config({"task_names": "sst,cola", "learning_rate": 3e-4}).learning_rate == 3e-4
@@ -998,3 +1001,46 @@ def test_the_objective_is_the_batch_sum_as_in_the_reference(tmp_path: Path, voca
     for record in records:
         assert record["loss"] == pytest.approx(TINY_MODEL["train_batch_size"] * record["task_loss"], rel=1e-5)
         assert record["grad_norm"] > 1.0  # so clipping at 1.0 applies, as in the reference
+
+
+TASK_MODULE = '''
+from electra.tasks import Example, Task, register_task
+
+
+@register_task("sentiment_words")
+class SentimentWords(Task):
+    """One review a line; the label is read off the review's own sentiment word."""
+
+    def read_split(self, split):
+        lines = (self.folder / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+        positive = {"good", "great", "fine", "好"}
+        examples = []
+        for number, line in enumerate(lines, 1):
+            label = "pos" if positive & set(line.split()) else "neg"
+            examples.append(Example(number, text_a=line, label=label, source=f"{split}:{number}"))
+        return examples
+'''
+
+
+def test_a_task_written_in_python_fine_tunes_from_the_command_line(tmp_path: Path, vocab_file: Path, capsys) -> None:
+    from electra.cli import main
+
+    folder = tmp_path / "finetuning_data" / "sentiment_words"
+    folder.mkdir(parents=True)
+    for split, seed, count in (("train", 0, 320), ("dev", 1, 64)):
+        (folder / f"{split}.txt").write_text("".join(text + "\n" for text, _ in sentiment_rows(count, seed)))
+    module = tmp_path / "my_tasks.py"
+    module.write_text(TASK_MODULE)
+    hparams = json.dumps({**TINY_MODEL, "task_names": ["sentiment_words"], "vocab_file": str(vocab_file)})
+    command = ["finetune", "--data-dir", str(tmp_path), "--model-name", "m", "--hparams", hparams]
+    assert main(command) == 2  # without the module the name is unknown, and the error says how to load it
+    assert "or load a task written in Python with --task-module FILE" in capsys.readouterr().err
+    assert main([*command, "--task-module", str(module)]) == 0
+    assert "sentiment_words/dev: accuracy" in capsys.readouterr().out
+    results = json.loads((tmp_path / "models" / "m" / "results" / "sentiment_words_results.json").read_text())
+    assert results["trials"][0]["sentiment_words/dev"]["accuracy"] > 90
+    module.write_text("import no_such_package\n")
+    assert main([*command, "--task-module", str(module)]) == 2
+    assert "failed to load: ModuleNotFoundError: No module named 'no_such_package'" in capsys.readouterr().err
+    assert main([*command, "--task-module", str(tmp_path / "missing.py")]) == 2
+    assert "missing.py: no such file" in capsys.readouterr().err

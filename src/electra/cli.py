@@ -288,6 +288,14 @@ def _add_finetune_parser(commands: argparse._SubParsersAction) -> None:
         default="{}",
         help='JSON object or .json file with the reference\'s names, e.g. \'{"task_names": ["sst"]}\'',
     )
+    parser.add_argument(
+        "--task-module",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="a Python file (or importable module) defining tasks with @register_task, so that task_names can name "
+        "them; may be given more than once",
+    )
     parser.set_defaults(run=_run_finetune)
 
 
@@ -593,8 +601,11 @@ def _run_finetune(args: argparse.Namespace) -> None:
     _check_model_name(args.model_name)  # before the slow imports
     from electra.config import parse_hparams
     from electra.finetune import describe_finetuning, run_finetuning
+    from electra.tasks import import_task_module
     from electra.trainer import is_first_process
 
+    for source in args.task_module:
+        import_task_module(source)
     outcome = run_finetuning(args.data_dir, args.model_name, parse_hparams(args.hparams))
     if is_first_process():
         print(describe_finetuning(outcome))

@@ -13,6 +13,8 @@ A task is one of three kinds, which decide the head and the loss: "classificatio
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.util
 import io
 import json
 import math
@@ -190,6 +192,26 @@ def register_task(name: str) -> Callable:
     return register
 
 
+def import_task_module(source: str) -> None:
+    """Run a Python file (or import a module by its dotted name) whose `@register_task` classes then join the
+    registry: how `electra finetune --task-module` sees task types written in Python."""
+    path = Path(source)
+    try:
+        if source.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise UserError(f"--task-module {source}: no such file")
+            spec = importlib.util.spec_from_file_location(f"electra_user_tasks_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[spec.name] = module  # type: ignore[union-attr]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            importlib.import_module(source)
+    except UserError:
+        raise
+    except Exception as error:  # the user's code: any failure is theirs to fix, named with its place
+        raise UserError(f"--task-module {source} failed to load: {type(error).__name__}: {error}") from None
+
+
 def get_task(
     name: str, finetuning_data: Path, specs: dict[str, Any], debug: bool = False, double_unordered: bool = True
 ) -> Task:
@@ -204,7 +226,8 @@ def get_task(
     raise UserError(
         f"unknown task {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}: built-in tasks are "
         f"{', '.join(sorted(TASKS))}; for your own data add a spec, e.g. "
-        f'"tasks": {{"{name}": {{"type": "classification", "text_column": "text", "label_column": "label"}}}}'
+        f'"tasks": {{"{name}": {{"type": "classification", "text_column": "text", "label_column": "label"}}}}, '
+        "or load a task written in Python with --task-module FILE"
     )
 
 
