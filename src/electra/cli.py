@@ -748,7 +748,8 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         )
     else:
         print(summary.describe())
-    reached = checkpoint_step(checkpoint_dirs(model_dir)[-1]) if checkpoint_dirs(model_dir) else 0
+    checkpoints = checkpoint_dirs(model_dir)
+    reached = checkpoint_step(checkpoints[-1]) if checkpoints else 0
     if reached >= args.train_steps:
         print(
             f"[4/5] {model_dir} is already pre-trained for {reached} steps: nothing to train (give more "

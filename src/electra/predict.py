@@ -53,13 +53,13 @@ def read_prediction_inputs(
         return read_questions(path)
     tagging = head.kind == "tagging"
     given = columns.get("text_column") or spec.get("text_column")
-    glue = None if given else GLUE_TEXT_COLUMNS.get(spec.get("name", ""))  # a GLUE model on GLUE's own files
+    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
+    glue = None if given else glue_columns  # a GLUE model on GLUE's own files
     text_column = given or (glue[0] if glue else "tokens" if tagging else "text")
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
     label_column = columns.get("label_column")
     suffix = path.suffix.lower()
     # A model known to read one text: a single-sentence GLUE task, a user task without text_column_2.
-    glue_columns = GLUE_TEXT_COLUMNS.get(spec.get("name", ""))
     one_text = (glue_columns is not None and glue_columns[1] is None) or (
         "text_column" in spec and not spec.get("text_column_2")
     )

@@ -532,8 +532,7 @@ def _note_other_vocabulary(init: Path, vocab: list[str], vocab_file: Path) -> No
     load): their embedding of an id is the embedding of their token. Not an error, as replacing a released
     vocabulary's [unused] entries with new words is a known way to extend it."""
     folder = init if init.is_dir() else init.parent
-    places = (folder / "vocab.txt", folder / "discriminator" / "vocab.txt")
-    own = next((path for path in places if path.is_file()), None)
+    own = next((path for path in model_vocab_places(folder, folder.parent.parent) if path.is_file()), None)
     if own is None or own.resolve() == vocab_file.resolve():
         return
     theirs = read_vocab(own)

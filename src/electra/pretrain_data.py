@@ -125,8 +125,7 @@ class UnitResult:
     tokens: int
     unknown_tokens: int
     dropped_tokens: int  # past the room left in an example by the line that fills it: cut off, as in the reference
-    bytes: int  # of the corpus file read (compressed, where it is)
-    text_bytes: int
+    text_bytes: int  # once decompressed
     invalid_utf8: int
     first_invalid_line: int
 
@@ -203,7 +202,6 @@ class _UnitBuilder:
             tokens=tokens,
             unknown_tokens=int((array == self.unk_id).sum()),
             dropped_tokens=fed_tokens - (tokens - special_tokens),
-            bytes=unit.size,
             text_bytes=decoded.text_bytes,
             invalid_utf8=decoded.invalid_utf8,
             first_invalid_line=decoded.first_invalid_line,
@@ -450,7 +448,7 @@ def build_pretraining_data(
                 summary.bytes += result.text_bytes
                 if result.invalid_utf8:
                     report.by_file.setdefault(unit.path, [0, result.first_invalid_line])[0] += result.invalid_utf8
-                progress.update(result.bytes)
+                progress.update(unit.size)  # bytes read from the corpus file, as the bar's total counts them
                 progress.set_postfix(examples=f"{summary.examples:,}", refresh=False)
         if not summary.examples:
             raise UserError(

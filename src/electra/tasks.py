@@ -64,9 +64,7 @@ class Task:
         raise NotImplementedError
 
     def split_file(self, split: str, suffixes: Sequence[str]) -> Path:
-        found = [
-            self.folder / f"{split}{suffix}" for suffix in suffixes if (self.folder / f"{split}{suffix}").is_file()
-        ]
+        found = [path for path in (self.folder / f"{split}{suffix}" for suffix in suffixes) if path.is_file()]
         if len(found) > 1:
             raise UserError(
                 f"task {self.name!r}: {self.folder} holds {' and '.join(path.name for path in found)}: keep one "
