@@ -40,7 +40,7 @@ import torch
 from isolated import auto_precision_name, peak_memory, run_variants, synchronize
 
 if TYPE_CHECKING:
-    from electra.finetune import Features, TaskHead
+    from electra.finetune_data import Features, TaskHead
 
 SEQ, MODEL_VOCAB, WARMUP_STEPS = 128, 30522, 2
 SHAPES = {  # hidden, layers, heads, intermediate, embedding
@@ -53,7 +53,7 @@ PRECISIONS = {"ours": ("fp32", "bf16", "auto"), "peer": ("fp32", "bf16")}  # a v
 
 def load_sst(data: Path, vocab_file: Path) -> tuple[list[Features], list[Features], TaskHead, int]:
     """Train and dev features, the SST head and the [PAD] id."""
-    from electra.finetune import Featurizer, TaskHead
+    from electra.finetune_data import Featurizer, TaskHead
     from electra.tasks import get_task
     from electra.tokenization import read_vocab
 
@@ -91,12 +91,8 @@ def ours(
     size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device
 ) -> tuple[Callable, Callable]:
     from electra.config import ModelConfig
-    from electra.finetune import (
-        FinetuningBatches,
-        FinetuningModel,
-        layerwise_param_groups,
-        predict_features,
-    )
+    from electra.finetune_data import FinetuningBatches
+    from electra.task_model import FinetuningModel, layerwise_param_groups, predict_features
     from electra.trainer import AdamWeightDecay, resolve_precision
 
     train, dev, head, pad_id = load_sst(data, vocab_file)
@@ -131,7 +127,7 @@ def peer(
 ) -> tuple[Callable, Callable]:
     import transformers
 
-    from electra.finetune import collate
+    from electra.finetune_data import collate
 
     train, dev, _, pad_id = load_sst(data, vocab_file)
     config = transformers.ElectraConfig(**model_shape(size, vocab_file, pad_id), num_labels=2)

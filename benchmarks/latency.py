@@ -86,7 +86,8 @@ def build_model(root: Path, seed: int = 0) -> Path:
     import torch
 
     from electra.config import ModelConfig
-    from electra.finetune import Featurizer, FinetuningModel, TaskHead, export_task_model
+    from electra.finetune_data import Featurizer, TaskHead
+    from electra.task_model import FinetuningModel, export_task_model
     from electra.tasks import Example
     from electra.tokenization import UNK
 
@@ -129,8 +130,9 @@ def timed(calls: dict[str, Callable[[], object]], iterations: int, warmup: int) 
 def ours_torch(folder: Path, precision: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from electra.finetune import collate, decode
+    from electra.finetune_data import collate
     from electra.predict import Predictor
+    from electra.task_model import decode
     from electra.tasks import Example
     from electra.trainer import resolve_precision
 
@@ -166,7 +168,8 @@ def ours_onnx(folder: Path, args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from electra.finetune import Features, Featurizer, TaskHead, collate, decode
+    from electra.finetune_data import Features, Featurizer, TaskHead, collate
+    from electra.task_model import decode
     from electra.tasks import Example
     from electra.tokenization import read_vocab
 

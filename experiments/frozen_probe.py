@@ -25,16 +25,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from electra.config import ModelConfig
-from electra.finetune import (
-    Features,
-    Featurizer,
-    FinetuningModel,
-    TaskHead,
-    collate,
-    load_encoder_weights,
-    run_in_length_order,
-)
+from electra.finetune_data import Features, Featurizer, TaskHead, collate
 from electra.metrics import classification_scores
+from electra.task_model import FinetuningModel, load_encoder_weights, run_in_length_order
 from electra.tasks import get_task
 from electra.tokenization import read_vocab
 from electra.trainer import resolve_precision

@@ -9,7 +9,7 @@ import torch
 import electra.export
 from electra.errors import UserError
 from electra.export import export_hf, export_onnx
-from electra.finetune import collate
+from electra.finetune_data import collate
 from electra.predict import Predictor
 from electra.tasks import Example
 

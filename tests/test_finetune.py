@@ -13,22 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from electra.config import ModelConfig, build_finetuning_config, encoder_config
 from electra.errors import UserError
-from electra.finetune import (
-    Features,
-    Featurizer,
-    FinetuningBatches,
-    FinetuningModel,
-    TaskHead,
-    collate,
-    describe_finetuning,
-    layerwise_param_groups,
-    load_encoder_weights,
-    load_task_model,
-    prepare_finetuning,
-    run_finetuning,
-    truncated_pair_lengths,
-)
+from electra.finetune import describe_finetuning, prepare_finetuning, run_finetuning
+from electra.finetune_data import Features, Featurizer, FinetuningBatches, TaskHead, collate, truncated_pair_lengths
 from electra.predict import read_prediction_inputs, run_prediction
+from electra.task_model import FinetuningModel, layerwise_param_groups, load_encoder_weights, load_task_model
 from electra.tasks import get_task
 from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
 from tests.conftest import run_torchrun
@@ -947,7 +935,8 @@ import numpy as np
 import torch
 
 from electra.config import ModelConfig
-from electra.finetune import Features, FinetuningModel, TaskHead, collate
+from electra.finetune_data import Features, TaskHead, collate
+from electra.task_model import FinetuningModel
 from electra.trainer import Trainer, TrainSettings, setup_processes
 
 

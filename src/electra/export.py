@@ -30,19 +30,18 @@ from torch import nn
 
 from electra.errors import UserError
 from electra.fileio import atomic_directory, check_replaceable, read_json, read_weights
-from electra.finetune import (
+from electra.finetune_data import Featurizer, collate
+from electra.predict import Predictor
+from electra.pretrain import WEIGHT_FILES
+from electra.task_model import (
     TASK_FILE,
-    Featurizer,
     FinetuningModel,
-    collate,
     decode_predictions,
     load_task_model,
     read_task_spec,
     run_in_length_order,
     write_task_spec,
 )
-from electra.predict import Predictor
-from electra.pretrain import WEIGHT_FILES
 from electra.tasks import Example
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings, read_vocab
 

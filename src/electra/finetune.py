@@ -1,4 +1,6 @@
-"""`electra finetune`: features, the multi-task model, training, evaluation, export (predict.py: `predict`).
+"""`electra finetune`: trials of training and evaluation, their results and test predictions, as the reference's
+run_finetuning.py (the inputs: finetune_data.py; the model, its export and decoding: task_model.py; predict.py:
+`electra predict`).
 
 Layout under the pre-trained model's folder (`<data-dir>/models/<model-name>/`, as the reference):
   finetuning_models/<tasks>_model_<trial>/   checkpoints while training; `model/` when done: a Hugging Face
@@ -6,10 +8,6 @@ Layout under the pre-trained model's folder (`<data-dir>/models/<model-name>/`, 
                                               electra_task.json, one sub-folder per task when multi-task
   results/<tasks>_results.txt / .json          every trial's scores, then their median, mean and spread
   test_predictions/<tasks>_<trial>/            "write_test_outputs": GLUE submission files, JSONL otherwise
-
-Examples are featurised once with the Rust tokenizer and padded per batch (dynamic padding); training
-batches group examples of similar length (length bucketing), which changes which examples share a
-batch but not what the model computes for each of them.
 """
 
 from __future__ import annotations
@@ -18,21 +16,14 @@ import contextlib
 import functools
 import hashlib
 import json
-import re
 import shutil
 import statistics
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import nn
-from tqdm import tqdm
 
 from electra.config import (
     FinetuningConfig,
@@ -43,53 +34,35 @@ from electra.config import (
     with_inherited_shape,
 )
 from electra.errors import UserError
-from electra.fileio import (
-    atomic_directory,
-    folder_lock,
-    read_json,
-    read_weights,
-    write_text_atomic,
+from electra.fileio import folder_lock, read_json, write_text_atomic
+from electra.finetune_data import Featurizer, FinetuningBatches, TaskHead
+from electra.modeling import QAHeadConfig
+from electra.pretrain import model_vocab_places, resolve_init_checkpoint
+from electra.qa import QADecoding
+from electra.task_model import (
+    TASK_FILE,
+    FinetuningModel,
+    decode,
+    decode_answers,
+    export_task_model,
+    input_line,
+    layerwise_param_groups,
+    load_encoder_weights,
+    load_task_model,
+    predict_features,
+    read_task_spec,
 )
-from electra.metrics import iob2_tags
-from electra.modeling import (
-    ElectraClassificationHead,
-    ElectraModel,
-    ElectraQuestionAnsweringHead,
-    ElectraTokenClassificationHead,
-    QAHeadConfig,
-    init_weights,
-)
-from electra.pretrain import hf_config, model_vocab_places, resolve_init_checkpoint
-from electra.qa import QADecoding, QAFeaturizer, best_answer
-from electra.tasks import (
-    Example,
-    Task,
-    get_task,
-    spec_with_defaults,
-)
-from electra.tokenization import (
-    CLS,
-    PAD,
-    SEP,
-    build_tokenizer,
-    normalization_settings,
-    read_vocab,
-    write_vocab,
-)
+from electra.tasks import Example, Task, get_task, spec_with_defaults
+from electra.tokenization import normalization_settings, read_vocab
 from electra.trainer import (
-    NO_DECAY_MARKERS,
     Processes,
     Trainer,
     TrainSettings,
     checkpoint_dirs,
     is_first_process,
-    resolve_precision,
     setup_processes,
-    to_device,
 )
 
-IGNORE_INDEX = -100  # token label of positions that are not the first piece of a word
-BUCKET_BATCHES = 50  # length bucketing sorts this many batches' worth of shuffled examples at a time
 GLUE_SUBMISSION_NAMES = {
     "cola": "CoLA",
     "sst": "SST-2",
@@ -102,7 +75,6 @@ GLUE_SUBMISSION_NAMES = {
     "test_mismatched": "MNLI-mm",
     "diagnostic": "AX",
 }
-TASK_FILE = "electra_task.json"
 SCORES_FILE = "scores.json"  # a trial's dev scores, kept when keep_all_models false deletes its model
 # Checksums in a trial's record of what it was trained from, by how an error names them.
 RECORD_CHECKSUMS = {"train_data": "the training data", "init_weights": "the pre-trained weights"}
@@ -119,584 +91,6 @@ RUN_INDEPENDENT_HPARAMS = {
     "log_every_steps",
     "log_examples",
 }
-
-
-# ----------------------------------------------------------------------------------------------- task heads
-@dataclass
-class TaskHead:
-    """What the model needs to know about a task: its kind and label set."""
-
-    name: str
-    kind: str
-    labels: list[str]  # class names or tags; empty for regression
-    value_range: tuple[float, float] = (0.0, 1.0)
-    span_labels: bool = True
-    qa: QAHeadConfig = field(default_factory=QAHeadConfig)  # question answering: which head
-
-    @property
-    def num_outputs(self) -> int:
-        return {"regression": 1, "qa": 2}.get(self.kind, len(self.labels))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "labels": self.labels,
-            "value_range": list(self.value_range),
-            "span_labels": self.span_labels,
-            **({"qa": asdict(self.qa)} if self.kind == "qa" else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> TaskHead:
-        """A head saved by `to_dict`; QA models saved before the reference's head existed have the plain one."""
-        qa = QAHeadConfig(**spec.get("qa", {}))
-        return cls(spec["name"], spec["kind"], spec["labels"], tuple(spec["value_range"]), spec["span_labels"], qa)
-
-
-# ----------------------------------------------------------------------------------------------- features
-@dataclass
-class Features:
-    input_ids: np.ndarray  # [length] int32, with [CLS] and [SEP]
-    token_type_ids: np.ndarray  # [length] int8
-    task_id: int
-    label: float = 0.0  # class id, scaled regression target, or (question answering) 1.0 for "no answer"
-    token_labels: np.ndarray | None = None  # tagging: [length] label id at each word's first piece, else -100
-    word_starts: np.ndarray | None = None  # tagging: token position of each word's first piece, -1 if cut off
-    span: tuple[int, int] = (0, 0)  # question answering: the answer's first and last token ([CLS] if none)
-    window: Any = None  # question answering: the QAFeature, to map predictions back to the context
-
-
-def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
-    """The reference's _truncate_seq_pair in closed form: pop the longer side's last token, `b` on ties."""
-    excess = length_a + length_b - budget
-    if excess <= 0:
-        return length_a, length_b
-    gap = min(abs(length_a - length_b), excess)
-    if length_a > length_b:
-        length_a -= gap
-    else:
-        length_b -= gap
-    excess -= gap
-    return length_a - excess // 2, length_b - (excess + 1) // 2
-
-
-class Featurizer:
-    """Turns examples into token ids with the reference's layout: [CLS] a [SEP] (b [SEP])."""
-
-    def __init__(
-        self,
-        vocab: list[str],
-        max_seq_length: int,
-        do_lower_case: bool = True,
-        max_query_length: int = 64,
-        doc_stride: int = 128,
-        strip_accents: bool = True,
-    ):
-        self.vocab = vocab
-        self.tokenizer = build_tokenizer(vocab, do_lower_case, strip_accents)
-        self.qa = QAFeaturizer(vocab, max_seq_length, max_query_length, doc_stride, tokenizer=self.tokenizer)
-        index = self.qa.index
-        self.cls_id, self.sep_id, self.pad_id = index[CLS], index[SEP], index[PAD]
-        self.max_seq_length = max_seq_length
-
-    @classmethod
-    def for_model(cls, vocab: list[str], spec: dict[str, Any]) -> Featurizer:
-        """The featurizer a fine-tuned model was trained with, from its electra_task.json."""
-        return cls(
-            vocab,
-            spec.get("max_seq_length", 128),
-            max_query_length=spec.get("max_query_length", 64),
-            doc_stride=spec.get("doc_stride", 128),
-            **normalization_settings(spec),
-        )
-
-    def _pieces(self, texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    def features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:
-        if head.kind == "tagging":
-            return self._tagging_features(examples, head, task_id)
-        if head.kind == "qa":
-            return [
-                Features(
-                    np.asarray(window.input_ids, dtype=np.int32),
-                    np.asarray(window.token_type_ids, dtype=np.int8),
-                    task_id,
-                    label=float(examples[window.example_index].is_impossible),  # type: ignore[attr-defined]
-                    span=(window.start_position, window.end_position),
-                    window=window,
-                )
-                for window in self.qa.features(examples)  # type: ignore[arg-type]
-            ]
-        firsts = self._pieces([example.text_a for example in examples])
-        second_pieces = iter(self._pieces([example.text_b for example in examples if example.text_b]))
-        seconds = [next(second_pieces) if example.text_b else [] for example in examples]
-        paired = [bool(second) for second in seconds]  # a second text without tokens: one segment, as the reference
-        label_ids = {label: i for i, label in enumerate(head.labels)}
-        low, high = head.value_range
-        features = []
-        for example, first, second, pair in zip(examples, firsts, seconds, paired, strict=True):
-            if pair:
-                length_a, length_b = truncated_pair_lengths(len(first), len(second), self.max_seq_length - 3)
-                ids = [self.cls_id, *first[:length_a], self.sep_id, *second[:length_b], self.sep_id]
-                types = [0] * (length_a + 2) + [1] * (length_b + 1)
-            else:
-                ids = [self.cls_id, *first[: self.max_seq_length - 2], self.sep_id]
-                types = [0] * len(ids)
-            if example.label is None:
-                label = 0.0
-            elif head.kind == "regression":
-                label = (float(example.label) - low) / (high - low)
-            else:
-                label = float(label_ids[str(example.label)])
-            features.append(Features(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), task_id, label))
-        return features
-
-    def _tagging_features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:
-        from electra.metrics import bioes_tags
-
-        label_ids = {label: i for i, label in enumerate(head.labels)}
-        encodings = self.tokenizer.encode_batch(
-            [example.words for example in examples], is_pretokenized=True, add_special_tokens=False
-        )
-        budget = self.max_seq_length - 2
-        features = []
-        for example, encoding in zip(examples, encodings, strict=True):
-            word_ids = encoding.word_ids
-            # Keep whole words only: cut before the first word whose pieces do not all fit.
-            kept = len(word_ids)
-            if kept > budget:
-                kept = budget
-                while kept > 0 and word_ids[kept] == word_ids[kept - 1]:
-                    kept -= 1
-            ids = [self.cls_id, *encoding.ids[:kept], self.sep_id]
-            starts = np.full(len(example.words), -1, dtype=np.int64)
-            token_labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
-            tags = None
-            if example.label is not None:
-                tags = bioes_tags(example.label) if head.span_labels else example.label
-            for position in range(kept):
-                word = word_ids[position]
-                if starts[word] < 0:
-                    starts[word] = position + 1
-                    if tags is not None:
-                        token_labels[position + 1] = label_ids.get(tags[word], IGNORE_INDEX)
-            features.append(
-                Features(
-                    np.asarray(ids, dtype=np.int32),
-                    np.zeros(len(ids), dtype=np.int8),
-                    task_id,
-                    token_labels=token_labels,
-                    word_starts=starts,
-                )
-            )
-        return features
-
-
-@dataclass
-class FinetuningBatch:
-    input_ids: torch.Tensor  # [batch, seq]
-    attention_mask: torch.Tensor  # [batch, seq]
-    token_type_ids: torch.Tensor  # [batch, seq]
-    task_ids: torch.Tensor  # [batch]
-    labels: torch.Tensor  # [batch] float: class id or scaled target
-    token_labels: torch.Tensor  # [batch, seq] long, IGNORE_INDEX where unlabelled
-    spans: torch.Tensor  # [batch, 2] long: question answering's answer start and end
-
-
-def collate(features: list[Features], pad_id: int, device: torch.device, pad_to: int | None = None) -> FinetuningBatch:
-    """Pad to the longest example of the batch (or to `pad_to`)."""
-    length = pad_to or max(len(item.input_ids) for item in features)
-    size = len(features)
-    input_ids = np.full((size, length), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((size, length), dtype=np.int64)
-    token_type_ids = np.zeros((size, length), dtype=np.int64)
-    token_labels = np.full((size, length), IGNORE_INDEX, dtype=np.int64)
-    for row, item in enumerate(features):
-        n = len(item.input_ids)
-        input_ids[row, :n] = item.input_ids
-        attention_mask[row, :n] = 1
-        token_type_ids[row, :n] = item.token_type_ids
-        if item.token_labels is not None:
-            token_labels[row, :n] = item.token_labels
-    return FinetuningBatch(
-        *(to_device(array, device) for array in (input_ids, attention_mask, token_type_ids)),
-        task_ids=to_device(np.array([item.task_id for item in features], dtype=np.int64), device),
-        labels=to_device(np.array([item.label for item in features], dtype=np.float32), device),
-        token_labels=to_device(token_labels, device),
-        spans=to_device(np.array([item.span for item in features], dtype=np.int64).reshape(size, 2), device),
-    )
-
-
-class FinetuningBatches:
-    """Training batches as a function of the step: a seeded shuffle per epoch, optionally length-bucketed."""
-
-    def __init__(self, features: list[Features], batch_size: int, seed: int, bucketing: bool, pad_id: int):
-        self.features = features
-        self.batch_size = batch_size
-        self.seed = seed
-        self.bucketing = bucketing
-        self.pad_id = pad_id
-        self.lengths = np.array([len(item.input_ids) for item in features])
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.features))
-            if self.bucketing:
-                chunk = self.batch_size * BUCKET_BATCHES
-                pieces = [
-                    order[start : start + chunk][np.argsort(self.lengths[order[start : start + chunk]], kind="stable")]
-                    for start in range(0, len(order), chunk)
-                ]
-                order = np.concatenate(pieces)
-                full = len(order) // self.batch_size
-                batches = order[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
-                order = np.concatenate([batches.reshape(-1), order[full * self.batch_size :]])
-            self._orders = {epoch: order}
-        return self._orders[epoch]
-
-    def batch_indices(self, step: int) -> np.ndarray:
-        count = len(self.features)
-        positions = step * self.batch_size + np.arange(self.batch_size)
-        chosen = np.empty(self.batch_size, dtype=np.int64)
-        for epoch in np.unique(positions // count):
-            here = positions // count == epoch
-            chosen[here] = self._order(int(epoch))[positions[here] % count]
-        return chosen
-
-    def example_lengths(self, indices: np.ndarray) -> np.ndarray:
-        return self.lengths[indices]
-
-    def make_batch(
-        self, indices: np.ndarray, rows: np.ndarray, total_rows: int, noise_seed: int, device: torch.device
-    ) -> FinetuningBatch:
-        return collate([self.features[i] for i in indices[rows]], self.pad_id, device)
-
-
-# ----------------------------------------------------------------------------------------------- the model
-class FinetuningModel(nn.Module):
-    """An ELECTRA encoder with one head per task (`heads.<task>`), trained on mixed batches as the reference."""
-
-    def __init__(self, config: ModelConfig, heads: list[TaskHead]):
-        super().__init__()
-        self.config = config
-        self.task_heads = heads
-        self.electra = ElectraModel(config)
-        self.heads = nn.ModuleDict(
-            {
-                head.name: (
-                    ElectraQuestionAnsweringHead(config, head.qa)
-                    if head.kind == "qa"
-                    else ElectraTokenClassificationHead(config, head.num_outputs)
-                    if head.kind == "tagging"
-                    else ElectraClassificationHead(config, head.num_outputs)
-                )
-                for head in heads
-            }
-        )
-        init_weights(self, config.initializer_range)
-        self.normalizers = {"task_loss": "examples"}  # the trainer divides each sum by its global count
-        self.loss_weights = {"task_loss": 1.0}
-
-    @staticmethod
-    def counts(batch: FinetuningBatch) -> dict[str, torch.Tensor]:
-        return {
-            "examples": torch.tensor(float(len(batch.task_ids)), device=batch.task_ids.device),
-            "tokens": batch.attention_mask.sum().to(torch.float32),
-        }
-
-    def outputs(self, batch: FinetuningBatch, task_id: int) -> torch.Tensor:
-        """Head outputs of every row for one task: logits [b, labels], values [b] or tag logits [b, seq, labels]."""
-        hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        return self.head_outputs(hidden, task_id, batch.attention_mask, batch.token_type_ids)
-
-    def head_outputs(
-        self, hidden: torch.Tensor, task_id: int, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """One task's head on encoder states; question answering also needs the masks (see its head)."""
-        head = self.task_heads[task_id]
-        if head.kind == "qa":
-            return self.heads[head.name](hidden, attention_mask, token_type_ids)
-        out = self.heads[head.name](hidden)
-        return out.squeeze(-1) if head.kind == "regression" else out
-
-    def forward(self, batch: FinetuningBatch) -> dict[str, torch.Tensor]:
-        """Sum over the batch of each example's loss for its own task (tagging: summed over its words)."""
-        hidden = self.electra(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for task_id, head in enumerate(self.task_heads):
-            rows: slice | torch.Tensor = slice(None)  # one task: every row, without a gather
-            if len(self.task_heads) > 1:
-                # A head runs even on no rows, when the batch holds none of its task: its gradient is then zero,
-                # not absent, as in the reference (every head on every example, the other tasks' losses masked
-                # out). So Adam moves it as the reference's does, and every process of a distributed run reduces
-                # the same gradients.
-                rows = (batch.task_ids == task_id).nonzero().squeeze(-1)
-            if head.kind == "qa":
-                total = total + self.heads[head.name].loss(
-                    hidden[rows],
-                    batch.attention_mask[rows],
-                    batch.token_type_ids[rows],
-                    batch.spans[rows],
-                    batch.labels[rows],
-                )
-                continue
-            out = self.head_outputs(
-                hidden[rows], task_id, batch.attention_mask[rows], batch.token_type_ids[rows]
-            ).float()
-            if head.kind == "classification":
-                total = total + F.cross_entropy(out, batch.labels[rows].long(), reduction="sum")
-            elif head.kind == "regression":
-                total = total + ((out - batch.labels[rows]) ** 2).sum()
-            else:
-                total = total + F.cross_entropy(
-                    out.transpose(1, 2), batch.token_labels[rows], ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-        return {"task_loss": total}
-
-
-def layerwise_param_groups(model: FinetuningModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """The reference's layer-wise learning rates: depth 0 for the embeddings, l + 1 for layer l, n + 2 for the
-    heads, and a scale of decay^(n + 2 - depth) (so the top layer gets decay^2, as in the reference)."""
-    layers = model.config.num_hidden_layers
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if name.startswith("electra.embeddings"):  # also embeddings_project
-            depth = 0
-        elif match := re.match(r"electra\.encoder\.layer\.(\d+)\.", name):
-            depth = int(match.group(1)) + 1
-        else:
-            depth = layers + 2
-        scale = layer_decay ** (layers + 2 - depth) if layer_decay > 0 else 1.0
-        decay = 0.0 if any(marker in name for marker in NO_DECAY_MARKERS) else weight_decay
-        groups.setdefault((scale, decay), []).append(param)
-    return [{"params": params, "lr_scale": scale, "weight_decay": decay} for (scale, decay), params in groups.items()]
-
-
-# ----------------------------------------------------------------------------------------------- weights
-ENCODER_PREFIXES = ("electra.", "discriminator.electra.", "generator.electra.", "")
-
-
-def load_encoder_weights(model: FinetuningModel, path: Path) -> None:
-    """The encoder weights of a pre-trained or fine-tuned model (ours or Hugging Face's) into `model.electra`."""
-    state = read_weights(path)
-    for prefix in ENCODER_PREFIXES:
-        encoder = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-        if "embeddings.word_embeddings.weight" in encoder:
-            break
-    else:
-        raise UserError(f"{path} holds no ELECTRA encoder weights (no electra.embeddings.word_embeddings.weight)")
-    own = model.electra.state_dict()
-    mismatched = [
-        f"{key}: checkpoint {tuple(encoder[key].shape)}, model {tuple(value.shape)}"
-        for key, value in own.items()
-        if key in encoder and encoder[key].shape != value.shape
-    ]
-    missing = [key for key in own if key not in encoder]
-    # The two mismatches a user makes most, said in their own terms: another vocabulary, too long a max_seq_length.
-    words, positions = "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"
-    reasons = {}
-    if words in encoder and encoder[words].shape != own[words].shape:
-        reasons[words] = (
-            f"its vocabulary has {len(encoder[words]):,} tokens and this one {len(own[words]):,}: fine-tune with the "
-            "vocab.txt it was pre-trained with (vocab_file)"
-        )
-    if positions in encoder and len(encoder[positions]) < len(own[positions]):
-        reasons[positions] = (
-            f"it has {len(encoder[positions])} positions: use max_seq_length {len(encoder[positions])} or less"
-        )
-    if reasons and not missing and all(item.split(":")[0] in reasons for item in mismatched):
-        raise UserError(f"the weights in {path} do not fit: {'; '.join(reasons.values())}")
-    if mismatched or missing:
-        listed = "; ".join(mismatched[:6] + [f"{key}: missing" for key in missing[:6]])
-        raise UserError(
-            f"the weights in {path} do not fit a {model.config.num_hidden_layers}-layer model of hidden size "
-            f"{model.config.hidden_size} ({len(mismatched)} tensor(s) of another shape, {len(missing)} missing: "
-            f"{listed}): set model_size / model_hparam_overrides / embedding_size to those it was trained with, "
-            "or leave them out of --hparams to take its own (from its pretrain_config.json or config.json)"
-        )
-    model.electra.load_state_dict({key: encoder[key] for key in own})
-
-
-def hf_head_prefix(head: TaskHead) -> str:
-    """Where Hugging Face keeps this kind of head: `classifier.dense`/`out_proj` for sequence classification,
-    `classifier` / `qa_outputs` at the top for token classification and question answering."""
-    return "" if head.kind in ("tagging", "qa") else "classifier."
-
-
-def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, vocab: list[str], extra: dict) -> None:
-    """One task's model as a Hugging Face folder: ElectraForSequenceClassification or ...TokenClassification."""
-    prefix = f"heads.{head.name}."
-    target = hf_head_prefix(head)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("electra."):
-            state[key] = value
-        elif key.startswith(prefix):
-            state[target + key[len(prefix) :]] = value
-    architecture = {
-        "tagging": "ElectraForTokenClassification",
-        # transformers has no class for the reference's QA head: its encoder loads as an ElectraModel
-        "qa": "ElectraForQuestionAnswering" if head.qa.plain else "ElectraModel",
-    }.get(head.kind, "ElectraForSequenceClassification")
-    config = hf_config(model.config, architecture)
-    if head.kind == "regression":
-        config.update(num_labels=1, problem_type="regression")
-    elif head.kind == "qa":
-        config.update(num_labels=2)
-    else:
-        config.update(
-            id2label={str(i): label for i, label in enumerate(head.labels)},
-            label2id={label: i for i, label in enumerate(head.labels)},
-        )
-        if head.kind == "classification":
-            config["problem_type"] = "single_label_classification"
-    with atomic_directory(folder) as tmp:
-        save_file(
-            {key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp / "model.safetensors")
-        )
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        write_task_spec(tmp, {**head.to_dict(), **extra})
-        write_vocab(vocab, tmp / "vocab.txt")  # as vocab.txt, whatever file it was read from
-
-
-def write_task_spec(folder: Path, spec: dict[str, Any]) -> None:
-    """electra_task.json: the head (`TaskHead.to_dict`) and what prediction needs to read inputs like training."""
-    (folder / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-
-
-def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
-    """The task head and spec (electra_task.json) of a fine-tuned model folder."""
-    spec_file = folder / TASK_FILE
-    if not spec_file.is_file():
-        inside = sorted(path.parent.name for path in folder.glob(f"*/{TASK_FILE}"))
-        hint = f"; it holds one per task: {', '.join(str(folder / name) for name in inside)}" if inside else ""
-        raise UserError(f"{folder} is not a fine-tuned model folder (no {TASK_FILE}){hint}")
-    spec = read_json(spec_file)
-    try:
-        return TaskHead.from_dict(spec), spec
-    except (KeyError, TypeError, AttributeError) as error:
-        raise UserError(
-            f"{spec_file} is damaged ({type(error).__name__}: {error}): restore it, or export the model again"
-        ) from None
-
-
-def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, Any]]:
-    """A model written by `export_task_model`, for prediction."""
-    head, spec = read_task_spec(folder)
-    config = ModelConfig.from_dict(read_json(folder / "config.json"))
-    model = FinetuningModel(config, [head])
-    state = read_weights(folder / "model.safetensors")
-    source = hf_head_prefix(head)
-    renamed = {
-        (key if key.startswith("electra.") else f"heads.{head.name}.{key[len(source) :]}"): value
-        for key, value in state.items()
-    }
-    try:
-        model.load_state_dict(renamed)
-    except RuntimeError as error:
-        detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
-        raise UserError(f"{folder / 'model.safetensors'} does not fit its config.json ({detail[:300]})") from None
-    return model, head, spec
-
-
-# ----------------------------------------------------------------------------------------------- prediction
-def run_in_length_order(
-    features: list[Features],
-    batch_size: int,
-    run_batch: Callable[[list[Features]], np.ndarray],
-    show_progress: bool = False,
-) -> list[np.ndarray]:
-    """`run_batch` over batches of similar length (little padding); each example's output, unpadded, in order."""
-    order = np.argsort([len(item.input_ids) for item in features], kind="stable")
-    outputs: list[np.ndarray | None] = [None] * len(features)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=None if show_progress else True, file=sys.stderr):
-        chosen = order[start : start + batch_size]
-        out = run_batch([features[i] for i in chosen])
-        for row, index in enumerate(chosen):
-            outputs[index] = out[row, : len(features[index].input_ids)] if out.ndim == 3 else out[row]
-    return outputs  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def predict_features(
-    model: FinetuningModel,
-    features: list[Features],
-    task_id: int,
-    batch_size: int,
-    device: torch.device,
-    pad_id: int,
-    precision: str = "auto",
-    show_progress: bool = False,
-) -> list[np.ndarray]:
-    """Each example's head output (float32, unpadded), computed in batches of similar length."""
-    if model.training:
-        model.eval()
-    autocast_dtype = resolve_precision(precision, device)
-
-    def run_batch(chosen: list[Features]) -> np.ndarray:
-        batch = collate(chosen, pad_id, device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return model.outputs(batch, task_id).float().cpu().numpy()
-
-    return run_in_length_order(features, batch_size, run_batch, show_progress)
-
-
-def input_line(example: Any) -> dict[str, int]:
-    """{"line": N}: where an example was read (its source, "file:line"), so that an output maps back to its row."""
-    source = getattr(example, "source", "")
-    return {"line": int(source.rsplit(":", 1)[1])} if source else {}
-
-
-def decode_predictions(
-    head: TaskHead,
-    spec: dict[str, Any],
-    examples: list[Any],
-    features: list[Features],
-    outputs: list[np.ndarray],
-    featurizer: Featurizer,
-) -> list[dict[str, Any]]:
-    """What a fine-tuned model folder predicts for each example: answers (QA) or one `decode` per feature."""
-    if head.kind == "qa":
-        return decode_answers(
-            examples,
-            features,
-            outputs,
-            featurizer,
-            head.qa,
-            QADecoding.from_record(spec),
-        )
-    decoded = [decode(head, output, feature) for output, feature in zip(outputs, features, strict=True)]
-    if head.kind == "tagging":  # what each tag belongs to: the words as split (Chinese: characters)
-        decoded = [{"words": example.words, **tags} for example, tags in zip(examples, decoded, strict=True)]
-    return decoded
-
-
-def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]:
-    """A prediction as the user sees it: label and probabilities, a value, or one tag per word."""
-    if head.kind == "regression":
-        low, high = head.value_range
-        return {"value": float(output) * (high - low) + low}
-    if head.kind == "classification":
-        probabilities = np.exp(output - output.max())
-        probabilities /= probabilities.sum()
-        best = int(probabilities.argmax())
-        return {
-            "label": head.labels[best],
-            "probability": float(probabilities[best]),
-            "probabilities": {label: float(p) for label, p in zip(head.labels, probabilities, strict=True)},
-        }
-    tags = ["O" if start < 0 else head.labels[int(output[start].argmax())] for start in item.word_starts]
-    decoded: dict[str, Any] = {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES -> IOB2, as corpora
-    tagged = np.flatnonzero(item.word_starts >= 0)
-    untagged = len(tags) - (int(tagged[-1]) + 1 if len(tagged) else 0)
-    if untagged:  # the words past max_seq_length: "O" without the model having seen them
-        decoded["untagged_words"] = untagged
-    return decoded
 
 
 # ----------------------------------------------------------------------------------------------- a run
@@ -1073,34 +467,6 @@ def evaluate_task(
         return {}, examples, decoded
     key = {"classification": "label", "regression": "value", "tagging": "tags"}[item.head.kind]
     return item.task.score(examples, [entry[key] for entry in decoded], item.head.labels), examples, decoded
-
-
-def decode_answers(
-    examples: list[Any],
-    features: list[Features],
-    outputs: list[np.ndarray],
-    featurizer: Featurizer,
-    head: QAHeadConfig,
-    decoding: QADecoding,
-) -> list[dict[str, Any]]:
-    """Each question's answer (text, character offsets, score, no-answer odds) from its windows' head outputs."""
-    windows: dict[int, list] = {}
-    for feature, output in zip(features, outputs, strict=True):
-        windows.setdefault(feature.window.example_index, []).append((feature.window, output))
-    return [
-        {
-            "id": example.qas_id,
-            **best_answer(
-                example,
-                windows.get(index, []),
-                featurizer.vocab,
-                featurizer.tokenizer,
-                head,
-                decoding,
-            ),
-        }
-        for index, example in enumerate(examples)
-    ]
 
 
 def write_qa_files(run: FinetuningRun, task_name: str, split: str, decoded: list[dict]) -> None:

@@ -18,16 +18,10 @@ from torch import nn
 
 from electra.errors import UserError
 from electra.fileio import atomic_output, choose_output_file, open_text, require_file, write_text_atomic
-from electra.finetune import (
-    Featurizer,
-    TaskHead,
-    decode_predictions,
-    input_line,
-    load_task_model,
-    predict_features,
-)
+from electra.finetune_data import Featurizer, TaskHead
 from electra.metrics import regression_scores
 from electra.qa import read_mrqa, read_squad, records_to_examples
+from electra.task_model import decode_predictions, input_line, load_task_model, predict_features
 from electra.tasks import (
     GLUE_TEXT_COLUMNS,
     TABLE_SUFFIXES,

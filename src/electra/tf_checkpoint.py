@@ -589,8 +589,8 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     run_pretraining.py (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: only the names it
     knows). Returns the checkpoint's prefix."""
     from electra.fileio import atomic_directory, check_replaceable
-    from electra.finetune import TASK_FILE
     from electra.pretrain import open_pretrained
+    from electra.task_model import TASK_FILE
 
     source, target = Path(model_dir), Path(output)
     if (source / TASK_FILE).is_file() or any(source.glob(f"*/{TASK_FILE}")):
