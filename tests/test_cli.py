@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,54 @@ def test_commands_keep_freed_memory_for_the_next_step(tmp_path: Path) -> None:
     pages = 10 * (120 << 20) // 4096  # ten rounds of 120 MiB
     assert faults["glibc"] > pages / 2
     assert faults["retain"] < pages / 8  # at most one round of growth
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may wait for an init that does not collect it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from Linux's /proc")
+def test_sigterm_stops_a_parallel_build_like_ctrl_c(tmp_path: Path) -> None:
+    """`kill` or a scheduler's time limit (SIGTERM) stopped build-data at once, and its workers lived on, each
+    printing a broken-pipe traceback; now the command stops as for Ctrl-C, workers included."""
+    import random
+
+    words = [f"w{i}" for i in range(300)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = random.Random(0)
+    for part in range(8):  # enough text that the build outlasts the workers' start
+        lines = (" ".join(rng.choices(words, k=12)) for _ in range(25_000))
+        (corpus / f"part{part}.txt").write_text("\n".join(lines) + "\n")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    output = tmp_path / "out"
+    command = ["build-data", "--corpus-dir", str(corpus), "--vocab-file", str(vocab), "--output-dir", str(output)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "electra.cli", *command, "--num-processes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the resource tracker and two workers
+    workers = _children(process.pid)
+    assert len(workers) >= 3, "the build finished or stalled before its workers started"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "electra: terminated; finished files are complete" in err and "Traceback" not in err
+    time.sleep(1)
+    assert not [pid for pid in workers if _running(pid)], "no worker outlives the command"
+    assert not (output / "pretrain_data.json").exists()
+    assert main(command) == 0 and (output / "pretrain_data.json").is_file()  # the same command redoes it

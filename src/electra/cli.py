@@ -7,6 +7,7 @@ import ctypes
 import errno
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -791,20 +792,38 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(trim_threshold, 2**31 - 1)) and bool(mallopt(mmap_max, 0))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as `kill`, a batch scheduler's time limit or torchrun stopping its workers send it."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()
+    # SIGTERM stops a command as Ctrl-C does: unfinished outputs are discarded and worker processes are stopped
+    # (without this, build-data's workers outlived it and printed a broken pipe each).
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.run(args)
     except UserError as error:
         print(f"electra: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("electra: interrupted; finished files are complete, unfinished ones were discarded", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(
+            f"electra: {'terminated' if terminated else 'interrupted'}; finished files are complete, unfinished ones "
+            "were discarded",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except OSError as error:  # the file system refused: read-only, full, a file where a folder belongs, ...
         print(f"electra: error: {file_system_message(error)}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
