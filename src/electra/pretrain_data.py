@@ -21,10 +21,13 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -270,9 +273,27 @@ def _unit_results(
         builder = _UnitBuilder(vocab, settings)
         yield from map(builder, indexed)
         return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(num_processes, initializer=_init_worker, initargs=(vocab, settings)) as pool:
+    pool, caught = _start_pool(num_processes, vocab, settings)
+    with pool:  # leaving it stops the workers, as an interruption does
+        for signum in caught:
+            signal.raise_signal(signum)
         yield from pool.imap(_build_in_worker, indexed, chunksize=1)
+
+
+def _start_pool(num_processes: int, vocab: list[str], settings: BuildSettings) -> tuple[Pool, list[int]]:
+    """The worker pool, started with Ctrl-C and SIGTERM held back, and the signals that came meanwhile. A pool
+    stopped while starting leaves workers that were reading their start-up data from it, each printing a
+    traceback; once it is started, leaving its `with` block stops them all."""
+    context = multiprocessing.get_context("spawn")
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    holding = threading.current_thread() is threading.main_thread()  # only the main thread handles signals
+    previous = [signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signals if holding]
+    try:
+        return context.Pool(num_processes, initializer=_init_worker, initargs=(vocab, settings)), caught
+    finally:
+        for signum, handler in zip(signals, previous, strict=False):  # none held outside the main thread
+            signal.signal(signum, handler)
 
 
 class _ShardWriter:
