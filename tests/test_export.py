@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,25 @@ def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path
         assert client.get("/health").json()["runtime"] == "onnxruntime cpu fp32"
         reply = client.post("/predict", json={"texts": TEXTS}).json()
     assert [p["label"] for p in reply["predictions"]] == [p["label"] for p in expected[:3]]
+    # A damaged graph, or a vocab.txt that is not the model's, ended in a traceback from deep inside (or, for a
+    # shorter vocabulary, in silently other predictions).
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    (damaged / "model.onnx").write_bytes((folder / "model.onnx").read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"ONNX Runtime cannot load .*model\.onnx.*export it again"):
+        OnnxPredictor(damaged)
+    shutil.copyfile(folder / "model.onnx", damaged / "model.onnx")
+    vocab = (folder / "vocab.txt").read_text().splitlines()
+    (damaged / "vocab.txt").write_text("\n".join(vocab[:-10]) + "\n")
+    size = rf"{len(vocab) - 10:,} tokens, and the model's embeddings .* {len(vocab):,}: put back the vocab.txt"
+    with pytest.raises(UserError, match=size):
+        OnnxPredictor(damaged)
+    torch_copy = tmp_path / "torch-copy"
+    shutil.copytree(finetuned_classifier, torch_copy)
+    shutil.copyfile(damaged / "vocab.txt", torch_copy / "vocab.txt")
+    for load in (Predictor, lambda source: export_onnx(source, tmp_path / "not-exported")):
+        with pytest.raises(UserError, match=size):
+            load(torch_copy)
 
 
 def test_int8_onnx_export_is_smaller_and_predicts_like_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:

@@ -59,7 +59,41 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         )
         assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
         tagging_input = client.post("/predict", json={"tokens": [["good"]]})
-        assert tagging_input.status_code == 422 and "for taggers" in tagging_input.json()["detail"]
+        assert tagging_input.json()["detail"] == '"tokens" is not for a classification model: send "texts" or "pairs"'
+        # What JSON cannot hold made FastAPI's own 422 fail as a 500, and a body sent without its JSON header was
+        # refused without saying so.
+        for body in ('{"texts": [NaN]}', '{"texts": NaN}', '{"pairs": [[1e999, "a"]]}'):
+            refused = client.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][0] == "body"
+        plain = client.post("/predict", content='{"texts": ["good"]}', headers={"content-type": "text/plain"})
+        assert plain.status_code == 422 and "Content-Type: application/json" in plain.json()["detail"][0]["msg"]
+        assert client.head("/health").status_code == 200
+
+
+def test_a_tagger_refuses_pairs(tmp_path: Path) -> None:
+    """A tagger sent "pairs" answered 200 with no predictions."""
+    from electra.config import ModelConfig
+    from electra.finetune_data import TaskHead
+    from electra.task_model import FinetuningModel, export_task_model
+    from electra.tokenization import SPECIAL_TOKENS
+
+    vocab = [*SPECIAL_TOKENS, "good", "film"]
+    head = TaskHead("chunks", "tagging", ["O", "S-NP"])
+    config = ModelConfig(
+        vocab_size=len(vocab),
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=16,
+        embedding_size=8,
+    )
+    export_task_model(FinetuningModel(config, [head]), head, tmp_path / "tagger", vocab, {"max_seq_length": 16})
+    with TestClient(create_app(tmp_path / "tagger", precision="fp32")) as client:
+        pairs = client.post("/predict", json={"pairs": [["good", "film"]]})
+        assert pairs.status_code == 422
+        assert pairs.json()["detail"] == '"pairs" is not for a tagging model: send "tokens" or "texts"'
+        tags = client.post("/predict", json={"tokens": [["good", "film"]]}).json()["predictions"]
+        assert len(tags) == 1 and len(tags[0]["tags"]) == 2
 
 
 def recorded_batch_sizes(app) -> list[int]:

@@ -38,12 +38,13 @@ from electra.task_model import (
     FinetuningModel,
     decode_predictions,
     load_task_model,
+    read_model_vocab,
     read_task_spec,
     run_in_length_order,
     write_task_spec,
 )
 from electra.tasks import Example
-from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings, read_vocab
+from electra.tokenization import CLS, MASK, PAD, SEP, UNK, normalization_settings
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_TOLERANCE = 1e-4
@@ -148,6 +149,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
         raise UserError(f"ONNX weights {weights!r}: choose one of {', '.join(ONNX_WEIGHTS)}")
     source, target = Path(model_dir), Path(output)
     model, _, spec = load_task_model(source)
+    read_model_vocab(source)  # the vocab.txt copied beside the graph must be the model's
     wrapper = _LogitsOnly(model).eval()
     example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
@@ -250,14 +252,20 @@ class OnnxPredictor:
             raise UserError(f'{model_dir} holds an ONNX model: pip install "electra[onnx]" to run it') from None
         self.folder = Path(model_dir)
         self.head, self.spec = read_task_spec(self.folder)
-        vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer.for_model(vocab, self.spec)
+        self.featurizer = Featurizer.for_model(read_model_vocab(self.folder), self.spec)
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(
-            str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's own exception types: a damaged or foreign file
+            first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"ONNX Runtime cannot load {self.folder / 'model.onnx'} ({first_line}): export it again with "
+                f"`electra export --format onnx`"
+            ) from None
 
     @property
     def runtime(self) -> str:

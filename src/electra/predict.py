@@ -21,7 +21,7 @@ from electra.fileio import atomic_output, choose_output_file, open_text, require
 from electra.finetune_data import Featurizer, TaskHead
 from electra.metrics import regression_scores
 from electra.qa import read_mrqa, read_squad, records_to_examples
-from electra.task_model import decode_predictions, input_line, load_task_model, predict_features
+from electra.task_model import decode_predictions, input_line, load_task_model, predict_features, read_model_vocab
 from electra.tasks import (
     GLUE_TEXT_COLUMNS,
     TABLE_SUFFIXES,
@@ -31,7 +31,7 @@ from electra.tasks import (
     read_jsonl_rows,
     read_table_rows,
 )
-from electra.tokenization import read_vocab, split_words
+from electra.tokenization import split_words
 from electra.trainer import resolve_precision
 
 
@@ -156,8 +156,7 @@ class Predictor:
     def __init__(self, model_dir: str | Path, precision: str = "auto", device: torch.device | None = None):
         self.folder = Path(model_dir)
         self.model, self.head, self.spec = load_task_model(self.folder)
-        vocab = read_vocab(self.folder / "vocab.txt")
-        self.featurizer = Featurizer.for_model(vocab, self.spec)
+        self.featurizer = Featurizer.for_model(read_model_vocab(self.folder), self.spec)
         cuda = torch.cuda.is_available()
         self.device = device or (torch.device("cuda") if cuda else torch.device("cpu"))
         self.model.to(self.device).eval()

@@ -9,8 +9,9 @@ for question answering {"questions": [{"context": ..., "question": ..., "id": ..
 into one batch (micro-batching: up to `max_batch_size` examples, waiting at most `batch_wait_ms` for
 company), and the model runs in a worker thread so the event loop keeps accepting requests; where a shared batch
 fails, its requests are rerun one by one so that only the failing ones get an error. Limits on the number of
-examples, text length and body size are answered with 413, malformed bodies (text that is not valid Unicode
-included) with 422, each with a message saying what to change. GET /health describes the model; /docs is OpenAPI.
+examples, text length and body size are answered with 413, malformed requests (text that is not valid Unicode,
+numbers JSON cannot hold, the wrong input for the model) with 422, each with a message saying what to change; a
+body that is not JSON at all (invalid UTF-8, nesting too deep) gets FastAPI's 400. GET /health describes the model; /docs is OpenAPI.
 
 (No `from __future__ import annotations` here: FastAPI reads the request model from the annotations
 of handlers defined inside `create_app`, which postponed annotations would hide.)
@@ -147,6 +148,15 @@ class MicroBatcher:
             start += len(batch)
 
 
+# What each kind of model takes in a request (a tagger's "texts" are split into words as `electra predict` does).
+INPUT_KINDS = {
+    "classification": ("texts", "pairs"),
+    "regression": ("texts", "pairs"),
+    "tagging": ("tokens", "texts"),
+    "qa": ("questions",),
+}
+
+
 def text_input_kind(spec: dict[str, Any]) -> str | None:
     """ "pairs" or "texts": what a classifier or regressor was fine-tuned on, where its task spec says (user tasks
     name their text columns; GLUE tasks are known); None where it does not (a task of the Python API)."""
@@ -160,7 +170,9 @@ def text_input_kind(spec: dict[str, Any]) -> str | None:
 def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precision: str = "auto") -> Any:
     """The FastAPI application serving the fine-tuned model in `model_dir`."""
     try:
-        from fastapi import FastAPI, HTTPException
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse
         from pydantic import BaseModel
     except ImportError:
         raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
@@ -204,6 +216,17 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's own answer echoes the input, and fails (a 500) on what JSON cannot hold, such as NaN; this one
+        says where and what, and names the header a body without it lacks."""
+        problems = [{key: item[key] for key in ("loc", "msg", "type") if key in item} for item in error.errors()]
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("application/json"):
+            header = f'send the body as JSON, "Content-Type: application/json" (it came as {content_type or "none"})'
+            problems.insert(0, {"msg": header})
+        return JSONResponse(status_code=422, content={"detail": problems})
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -213,6 +236,8 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
             "labels": head.labels,
             "runtime": predictor.runtime,
         }
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # monitors that only ask
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(request: PredictRequest) -> PredictResponse:
@@ -242,20 +267,15 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
         if len(given) != 1:
             raise HTTPException(status_code=422, detail='send exactly one of "texts", "pairs", "tokens" or "questions"')
         texts, pairs, tokens, questions = (getattr(request, name) for name in fields)
-        if tokens is not None and kind != "tagging":
-            raise HTTPException(status_code=422, detail=f'"tokens" is for taggers; this is a {kind} model')
-        if (questions is not None) != (kind == "qa"):
+        accepted = INPUT_KINDS[kind]
+        if given[0] not in accepted:
             detail = (
                 'send {"questions": [{"context": ..., "question": ...}]} to a question-answering model'
                 if kind == "qa"
-                else f'"questions" is for question-answering models; this is a {kind} model'
+                else f'"{given[0]}" is not for a {kind} model: send "{accepted[0]}" or "{accepted[1]}"'
             )
             raise HTTPException(status_code=422, detail=detail)
-        if (
-            kind in ("classification", "regression")
-            and given[0] in ("texts", "pairs")
-            and text_inputs not in (given[0], None)
-        ):
+        if kind in ("classification", "regression") and text_inputs not in (given[0], None):
             detail = f"this model was fine-tuned on {'pairs of texts' if text_inputs == 'pairs' else 'single texts'}"
             raise HTTPException(status_code=422, detail=f'{detail}: send "{text_inputs}"')
         count = len(texts or pairs or tokens or questions or [])

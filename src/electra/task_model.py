@@ -34,7 +34,7 @@ from electra.modeling import (
 )
 from electra.pretrain import hf_config
 from electra.qa import QADecoding, best_answer
-from electra.tokenization import write_vocab
+from electra.tokenization import read_vocab, write_vocab
 from electra.trainer import NO_DECAY_MARKERS, resolve_precision
 
 TASK_FILE = "electra_task.json"
@@ -265,6 +265,19 @@ def load_task_model(folder: Path) -> tuple[FinetuningModel, TaskHead, dict[str, 
         detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
         raise UserError(f"{folder / 'model.safetensors'} does not fit its config.json ({detail[:300]})") from None
     return model, head, spec
+
+
+def read_model_vocab(folder: Path) -> list[str]:
+    """A fine-tuned model folder's vocab.txt, checked against its embeddings: another file of another size would
+    feed ids past the table (an index error at prediction) or silently mean other words."""
+    vocab = read_vocab(folder / "vocab.txt")
+    size = read_json(folder / "config.json").get("vocab_size")
+    if size is not None and size != len(vocab):
+        raise UserError(
+            f"{folder / 'vocab.txt'} has {len(vocab):,} tokens, and the model's embeddings ({folder / 'config.json'}) "
+            f"{size:,}: put back the vocab.txt it was fine-tuned with"
+        )
+    return vocab
 
 
 # ----------------------------------------------------------------------------------------------- prediction
