@@ -96,7 +96,7 @@ def test_onnx_export_matches_pytorch(finetuned_classifier: Path, tmp_path: Path)
     assert np.abs(logits - expected).max() < 1e-4
 
 
-def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path, tmp_path: Path) -> None:
+def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from fastapi.testclient import TestClient
@@ -105,8 +105,9 @@ def test_onnx_folder_predicts_and_serves_like_pytorch(finetuned_classifier: Path
     from electra.serving import create_app
 
     folder = export_onnx(finetuned_classifier, tmp_path / "onnx").parent
-    onnx = open_predictor(folder)
+    onnx = open_predictor(folder, precision="bf16")
     assert isinstance(onnx, OnnxPredictor)
+    assert "is an ONNX export, run as exported: bf16 does not apply" in capsys.readouterr().err  # was silent
     examples = [Example(i, text) for i, text in enumerate(TEXTS * 3)]
     expected = Predictor(finetuned_classifier, precision="fp32").predict(examples, batch_size=4)
     found = onnx.predict(examples, batch_size=4)

@@ -535,6 +535,8 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     assert (pair.text_a, pair.text_b) == ("good film", "with a tab")
     with pytest.raises(UserError, match="--text-column-2 names a second text, and this model was fine-tuned on single"):
         read_prediction_inputs(source, head, spec, {"text_column_2": "label"})
+    with pytest.raises(UserError, match=r"--text-column: .*plain\.txt is plain text, one example a line, without col"):
+        read_prediction_inputs(source, head, spec, {"text_column": "review"})  # was silently ignored
     # A model known to read pairs needs both texts on each line, and a third text is refused, not joined.
     for line, tabs in (("good film\n", 0), ("good\tfilm\tthird\n", 2)):
         source.write_text(line)

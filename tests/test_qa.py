@@ -472,6 +472,9 @@ def test_predict_answers_questions_with_offsets(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"context": "x"}) + "\n")
     with pytest.raises(UserError, match=r'bad\.jsonl:1: each line needs a "context" and a "question"'):
         run_prediction(outcome["trials"][0]["dir"] / "model", bad, show_progress=False)
+    # --label-column wrote the answers, then crashed scoring them; columns are refused before anything is read.
+    with pytest.raises(UserError, match='--label-column: a question-answering model reads the "context" and'):
+        run_prediction(outcome["trials"][0]["dir"] / "model", questions, columns={"label_column": "id"})
     if importlib.util.find_spec("fastapi") and importlib.util.find_spec("httpx"):  # served alike
         from fastapi.testclient import TestClient
 

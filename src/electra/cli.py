@@ -330,7 +330,10 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=_at_least(1), default=32, help="examples per batch (default: 32)")
     parser.add_argument(
-        "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 where the hardware has it"
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto: bf16 where the hardware has it (an ONNX export runs as exported)",
     )
     parser.set_defaults(run=_run_predict)
 

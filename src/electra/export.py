@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -287,5 +288,7 @@ class OnnxPredictor:
 def open_predictor(model_dir: str | Path, precision: str = "auto") -> Predictor | OnnxPredictor:
     """ONNX Runtime for a folder holding model.onnx (about 1.5x faster for single requests), else PyTorch."""
     if (Path(model_dir) / "model.onnx").is_file():
+        if precision == "bf16":
+            print(f"note: {model_dir} is an ONNX export, run as exported: bf16 does not apply", file=sys.stderr)
         return OnnxPredictor(model_dir)
     return Predictor(model_dir, precision)

@@ -43,6 +43,14 @@ def read_prediction_inputs(
     header line unless `header` is False or, left None, the model's task was read without one: its columns are then
     named by number from "0"."""
     require_file(path, "input file")
+    suffix = path.suffix.lower()
+    flags = {"text_column": "--text-column", "text_column_2": "--text-column-2", "label_column": "--label-column"}
+    named = [flag for key, flag in flags.items() if columns.get(key)]
+    if named and head.kind == "qa":
+        raise UserError(
+            f'{" and ".join(named)}: a question-answering model reads the "context" and "question" of JSONL, '
+            'SQuAD or MRQA files, not columns; leave it out (fine-tune with "do_train": false to score answers)'
+        )
     if head.kind == "qa":
         return read_questions(path)
     tagging = head.kind == "tagging"
@@ -52,7 +60,6 @@ def read_prediction_inputs(
     text_column = given or (glue[0] if glue else "tokens" if tagging else "text")
     text_column_2 = columns.get("text_column_2") or spec.get("text_column_2") or (glue[1] if glue else None)
     label_column = columns.get("label_column")
-    suffix = path.suffix.lower()
     # A model known to read one text: a single-sentence GLUE task, a user task without text_column_2.
     one_text = (glue_columns is not None and glue_columns[1] is None) or (
         "text_column" in spec and not spec.get("text_column_2")
@@ -61,6 +68,12 @@ def read_prediction_inputs(
         raise UserError(
             f"--text-column-2 names a second text, and this model was fine-tuned on single texts (task "
             f"{spec.get('name', head.name)!r}): leave it out"
+        )
+    text_flags = [flag for flag in named if flag != "--label-column"]
+    if text_flags and suffix not in TABLE_SUFFIXES:
+        raise UserError(
+            f"{' and '.join(text_flags)}: {path} is plain text, one example a line, without columns; leave it out, "
+            "or give a .csv, .tsv or .jsonl file"
         )
     if label_column and (head.kind not in ("classification", "regression") or suffix not in TABLE_SUFFIXES):
         raise UserError(

@@ -11,7 +11,8 @@ company), and the model runs in a worker thread so the event loop keeps acceptin
 fails, its requests are rerun one by one so that only the failing ones get an error. Limits on the number of
 examples, text length and body size are answered with 413, malformed requests (text that is not valid Unicode,
 numbers JSON cannot hold, the wrong input for the model) with 422, each with a message saying what to change; a
-body that is not JSON at all (invalid UTF-8, nesting too deep) gets FastAPI's 400. GET /health describes the model; /docs is OpenAPI.
+body that is not JSON at all (invalid UTF-8, nesting too deep) gets FastAPI's 400. GET /health describes the
+model; /docs is OpenAPI.
 
 (No `from __future__ import annotations` here: FastAPI reads the request model from the annotations
 of handlers defined inside `create_app`, which postponed annotations would hide.)
