@@ -261,3 +261,19 @@ def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
     data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
     with pytest.raises(UserError, match=r"variable w is damaged in .*ckpt\.data-00000-of-00001: its bytes"):
         TFCheckpoint(tmp_path / "ckpt").tensor("w")
+
+
+def test_accents_kept_while_lower_casing_survive_the_reference_round_trip(tmp_path: Path, capsys) -> None:
+    """The reference's hparams cannot say "lower-case, keep accents", so the export lost it and the model came
+    back reading "café" as "cafe"; tokenizer_config.json beside the checkpoint carries it."""
+    from electra.tf_checkpoint import export_tf_checkpoint
+
+    for strip in (True, False):
+        released = convert_tf_checkpoint(FIXTURE, tmp_path / f"released-{strip}")
+        record = json.loads((released / "pretrain_config.json").read_text())
+        (released / "pretrain_config.json").write_text(json.dumps({**record, "strip_accents": strip}))
+        export_tf_checkpoint(released, tmp_path / f"tf-{strip}")
+        assert ("without stripping accents, which the reference" in capsys.readouterr().err) is not strip
+        assert json.loads((tmp_path / f"tf-{strip}" / "tokenizer_config.json").read_text())["strip_accents"] is strip
+        back = convert_tf_checkpoint(tmp_path / f"tf-{strip}", tmp_path / f"back-{strip}")
+        assert json.loads((back / "pretrain_config.json").read_text())["strip_accents"] is strip

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,15 @@ DTYPES = {
 BFLOAT16 = 14
 # What a conversion and an export write (an earlier one may be replaced; a folder holding more may not).
 CONVERTED_FILES = ["model.safetensors", "pretrain_config.json", "vocab.txt", "discriminator", "generator"]
-EXPORTED_FILES = ["model.ckpt-*", "checkpoint", "vocab.txt", "pretrain_hparams.json", "finetune_hparams.json"]
+EXPORTED_FILES = [
+    "model.ckpt-*",
+    "checkpoint",
+    "vocab.txt",
+    "pretrain_hparams.json",
+    "finetune_hparams.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 # Variables of the training run, not of the model.
 SKIPPED = re.compile(r"(^|/)(adam_[mv]|global_step|temperature)$|/adam_[mv]$|^(beta[12]_power)$")
 
@@ -442,7 +451,7 @@ def convert_tf_checkpoint(
     from electra.fileio import atomic_directory
     from electra.objectives import PretrainingModel
     from electra.pretrain import export_models
-    from electra.tokenization import read_vocab, write_vocab
+    from electra.tokenization import normalization_settings, read_vocab, write_vocab
 
     checkpoint = TFCheckpoint(checkpoint_path)
     vocab_path = Path(vocab_file) if vocab_file else checkpoint.prefix.parent / "vocab.txt"
@@ -457,6 +466,9 @@ def convert_tf_checkpoint(
         if overrides.get("hidden_size") == found["hidden_size"] and "num_attention_heads" in overrides:
             found["num_attention_heads"] = overrides["num_attention_heads"]
         shape["do_lower_case"] = hparams.get("do_lower_case", True)
+    tokenizer_config = checkpoint.prefix.parent / "tokenizer_config.json"  # what the reference's hparams cannot say
+    if tokenizer_config.is_file() and shape.get("do_lower_case", True):
+        shape["strip_accents"] = normalization_settings(read_json(tokenizer_config))["strip_accents"]
     vocab_size = shape.pop("vocab_size")
     if vocab_size != len(vocab):
         raise UserError(f"{vocab_path} has {len(vocab):,} tokens but the checkpoint's embeddings {vocab_size:,}")
@@ -588,6 +600,7 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
     `tf.train.latest_checkpoint` look for), vocab.txt, and the model's settings as `--hparams` files for
     run_pretraining.py (pretrain_hparams.json) and run_finetuning.py (finetune_hparams.json: only the names it
     knows). Returns the checkpoint's prefix."""
+    from electra.export import tokenizer_files
     from electra.fileio import atomic_directory, check_replaceable
     from electra.pretrain import open_pretrained
     from electra.task_model import TASK_FILE
@@ -607,6 +620,7 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
         )
     variables = reference_variables(saved)
     hparams = reference_hparams(saved)
+    normalization = {"do_lower_case": saved.do_lower_case, "strip_accents": saved.model.config.strip_accents}
     finetune_hparams = {key: hparams[key] for key in FINETUNING_SHAPE_HPARAMS}
     prefix_name = f"model.ckpt-{saved.step}"
     with atomic_directory(target) as tmp:
@@ -617,4 +631,14 @@ def export_tf_checkpoint(model_dir: str | Path, output: str | Path) -> Path:
         (tmp / "vocab.txt").write_text(saved.vocab_file.read_text(encoding="utf-8"), encoding="utf-8")
         (tmp / "pretrain_hparams.json").write_text(json.dumps(hparams, indent=2) + "\n")
         (tmp / "finetune_hparams.json").write_text(json.dumps(finetune_hparams, indent=2) + "\n")
+        # How the model reads text, where the reference's hparams have no name for it (accents kept while
+        # lower-casing): `transformers` and `electra convert-tf` read it back.
+        tokenizer_files(tmp, normalization)
+    if normalization["do_lower_case"] and not normalization["strip_accents"]:
+        print(
+            f"note: {source} was pre-trained lower-casing text without stripping accents, which the reference's "
+            "tokenizer cannot do (it strips them when lower-casing): its scripts will read accented text otherwise; "
+            "electra convert-tf and transformers read the setting from tokenizer_config.json",
+            file=sys.stderr,
+        )
     return target / prefix_name
