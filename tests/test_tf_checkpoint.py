@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_converted_model_fine_tunes_and_continues_pretraining(tmp_path: Path) ->
     assert run.config.model_hparam_overrides["num_hidden_layers"] == 2
 
 
-def test_bad_checkpoints_are_explained(tmp_path: Path) -> None:
+def test_bad_checkpoints_are_explained(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserError, match="no TensorFlow checkpoint"):
         TFCheckpoint(tmp_path)
     broken = tmp_path / "broken"
@@ -84,6 +85,17 @@ def test_bad_checkpoints_are_explained(tmp_path: Path) -> None:
     # a `checkpoint` file naming the absolute path of the machine that trained it: the prefix is still found
     (copy / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/run/model.ckpt-7"\n')
     assert TFCheckpoint(copy).prefix == copy / "model.ckpt-7"
+    # Without a `checkpoint` file, of several: the highest step, whatever the files' times (copied step 20 first)
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    for step in (20, 7, 100, 3):
+        for suffix in (".index", ".data-00000-of-00001"):
+            shutil.copyfile(FIXTURE / f"model.ckpt-7{suffix}", steps / f"model.ckpt-{step}{suffix}")
+    os.utime(steps / "model.ckpt-20.index", (2e9, 2e9))
+    assert TFCheckpoint(steps).prefix == steps / "model.ckpt-100"
+    assert "holds 4 checkpoints and no `checkpoint` file naming one: converting the one of the highest step" in (
+        capsys.readouterr().err
+    )
     (copy / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     with pytest.raises(UserError, match="5 tokens but the checkpoint's embeddings 34"):
         convert_tf_checkpoint(copy, tmp_path / "out")

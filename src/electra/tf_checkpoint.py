@@ -200,7 +200,7 @@ class TFCheckpoint:
 
 def resolve_checkpoint_prefix(path: Path) -> Path:
     """A checkpoint prefix from the prefix itself, one of its files, or a folder (its `checkpoint` file or
-    the only/newest `*.index`)."""
+    the only `*.index`, else the one of the highest step)."""
     if path.name.endswith(".index") or ".data-" in path.name:
         path = path.with_name(path.name.split(".index")[0].split(".data-")[0])
     if Path(f"{path}.index").is_file():
@@ -216,13 +216,25 @@ def resolve_checkpoint_prefix(path: Path) -> Path:
                     return candidate
                 if Path(f"{path / named.name}.index").is_file():
                     return path / named.name
-        indexes = sorted(path.glob("*.index"), key=lambda p: p.stat().st_mtime)
+        indexes = sorted(path.glob("*.index"), key=_checkpoint_order)
+        if len(indexes) > 1:
+            print(
+                f"note: {path} holds {len(indexes)} checkpoints and no `checkpoint` file naming one: converting the "
+                f"one of the highest step, {indexes[-1].with_suffix('')} (give its prefix to choose another)",
+                file=sys.stderr,
+            )
         if indexes:
             return indexes[-1].with_suffix("")
     raise UserError(
         f"no TensorFlow checkpoint at {path}: give the checkpoint prefix (e.g. electra_small/electra_small, "
         "beside electra_small.index and electra_small.data-00000-of-00001) or its folder"
     )
+
+
+def _checkpoint_order(index: Path) -> tuple[int, float]:
+    """The step of `model.ckpt-<step>.index` (a later step may have been copied earlier), then the file's time."""
+    step = re.search(r"-(\d+)$", index.stem)
+    return (int(step.group(1)) if step else -1, index.stat().st_mtime)
 
 
 # ----------------------------------------------------------------------------------------------- writing
