@@ -361,8 +361,14 @@ def test_hand_made_tables_are_read_as_their_authors_meant(tmp_path: Path) -> Non
     with pytest.raises(UserError, match=r"t\.csv:1: the header names column 'text' twice"):
         read_table_rows(table, header=True)
     table.write_text('text,label\n"unclosed,pos\nnext,neg\n')
-    with pytest.raises(UserError, match=r"t\.csv:2: a quote mark opened on this line is not closed .* line 3"):
+    with pytest.raises(UserError, match=r"t\.csv:2: a quote mark opened on this line is not closed .* end of the file"):
         read_table_rows(table, header=True)
+    # With one column every row has its one field: the rows after an open quote were silently its text.
+    table.write_text('text\n"unclosed quote, here\nnext\n')
+    with pytest.raises(UserError, match=r"t\.csv:2: a quote mark opened on this line is not closed .* end of the file"):
+        read_table_rows(table, header=True)
+    table.write_text('text\n"two\nlines"\nnext\n')
+    assert [row["text"] for _, row in read_table_rows(table, header=True)] == ["two\nlines", "next"]
     # Labels lose stray spaces too ("good, pos" is class "pos"), and JSON true is no text.
     write_user_task(tmp_path, {"train": [("good film", " pos"), ("bad", "neg")]})
     task = get_task("tickets", tmp_path / "finetuning_data", {"tickets": {}})

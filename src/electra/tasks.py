@@ -657,6 +657,7 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
     for the joined rows: a hand-made file whose text merely starts with a quote mark."""
     tsv = path.suffix.lower() == ".tsv"
     delimiter = "\t" if tsv else ","
+    quoted = not literal_quotes
     if not tsv or literal_quotes:
         lines = _parse_table(path, delimiter, literal_quotes)
     else:
@@ -670,7 +671,7 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
         if doubtful:
             literal = _parse_table(path, delimiter, literal=True)
             if not lines or _even(literal):
-                lines = literal
+                lines, quoted = literal, False
     if not lines:
         raise UserError(f"{path} is empty")
     first = lines[0][2]
@@ -680,15 +681,19 @@ def read_table_rows(path: Path, header: bool, literal_quotes: bool = False) -> l
         raise UserError(
             f"{path}:{lines[0][0]}: the header names column {repeated!r} twice: give each column its own name"
         )
+    # A quote left open runs its field to the end of the file, swallowing the rows after it; csv says nothing.
+    last_start, last_end, _ = lines[-1]
+    open_at_end = quoted and last_end > last_start and _quote_left_open(path, delimiter)
     rows = []
     for number, end, row in lines[1:] if header else lines:
         if not row:
             continue
-        if len(row) < len(names) and any("\n" in field for field in row):
+        runs_to_end = open_at_end and number == last_start
+        if (len(row) < len(names) or runs_to_end) and any("\n" in field for field in row):
             raise UserError(
                 f"{path}:{number}: a quote mark opened on this line is not closed before the row ends (the field runs "
-                f"{f'to line {end}' if end > number else 'to the end of the file'}): close it, and write a quote mark "
-                'inside quoted text as two ("")'
+                f"{'to the end of the file' if runs_to_end or end <= number else f'to line {end}'}): close it, and "
+                'write a quote mark inside quoted text as two ("")'
             )
         if len(row) != len(names):
             raise UserError(
@@ -709,6 +714,17 @@ def _written_by_csv(path: Path, records: list[tuple[int, int, list[str]]], delim
         csv.writer(written, delimiter=delimiter, lineterminator=ending).writerows(row for _, _, row in records)
         if text in (written.getvalue(), written.getvalue()[: -len(ending)]):
             return True
+    return False
+
+
+def _quote_left_open(path: Path, delimiter: str) -> bool:
+    """Whether the file ends inside a quoted field (csv's strict reading says so; the lenient one ends the field)."""
+    with open_text(path, newline="") as handle:
+        try:
+            for _ in csv.reader(handle, delimiter=delimiter, strict=True):
+                pass
+        except csv.Error as error:
+            return "unexpected end of data" in str(error)
     return False
 
 
