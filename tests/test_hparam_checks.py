@@ -215,6 +215,17 @@ def test_every_numeric_hparam_has_a_range():
     assert numeric_fields(ModelConfig) == set(MODEL_RANGES)
 
 
+@pytest.mark.parametrize("build", [build_pretraining_config, build_finetuning_config])
+def test_null_hparams_are_refused_unless_null_means_something(build) -> None:
+    """JSON null passed the type check: a null learning rate failed in the middle of training, and a null
+    electra_objective silently trained a masked LM."""
+    for name in ("learning_rate", "train_batch_size", "seed", "do_train", "num_train_steps"):
+        if any(item.name == name for item in dataclasses.fields(build({}))):
+            with pytest.raises(UserError, match=rf"^hparam '{name}' is null: give it a value \("):
+                build({name: None})
+    assert build({"init_checkpoint": None, "embedding_size": None}).init_checkpoint is None  # null is "none" here
+
+
 def test_generator_narrower_than_one_unit_is_a_user_error():
     discriminator = ModelConfig(hidden_size=144, num_attention_heads=4)
     config = build_pretraining_config({"generator_hidden_size": 0.001})

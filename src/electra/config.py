@@ -602,6 +602,8 @@ def _typed_config(cls: type, resolved: dict[str, Any]) -> Any:
     fields = {item.name: item for item in dataclasses.fields(cls)}
     for name, value in resolved.items():
         expected = fields[name].type
+        if value is None and "None" not in expected:  # JSON null: no value, where the code needs one
+            raise UserError(f"hparam {name!r} is null: give it a value ({expected}), or leave it out for its default")
         if value is not None and not _matches(value, expected):
             raise UserError(f"hparam {name!r} should be {expected}, got {value!r}")
     _check_ranges(resolved, cls, HPARAM_RANGES[cls])
