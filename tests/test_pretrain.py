@@ -176,6 +176,11 @@ def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_
     error = capsys.readouterr().err
     assert "holds checkpoints of a run with other settings (learning_rate 0.001 -> 0.01, seed 0 -> 5)" in error
     assert "init_checkpoint" in error and record_file.read_text() == record
+    # Settings of the network that leave its tensors' shapes alone were resumed without a word.
+    changed = {"model_hparam_overrides": {"hidden_dropout_prob": 0.0, "initializer_range": 0.05}}
+    assert pretrain(pretrain_data_dir, "resumed", num_train_steps=8, **changed) == 2
+    error = capsys.readouterr().err
+    assert "other settings (hidden_dropout_prob 0.1 -> 0.0, initializer_range 0.02 -> 0.05)" in error
     assert pretrain(pretrain_data_dir, "resumed", num_train_steps=8, log_every_steps=2, save_checkpoints_steps=8) == 0
     assert json.loads(record_file.read_text())["num_train_steps"] == 8
     capsys.readouterr()

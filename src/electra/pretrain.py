@@ -246,6 +246,13 @@ def _refuse_other_settings(model_dir: Path, recorded: dict[str, Any], config: Pr
         for key, value in current.items()
         if key not in RESUME_SAFE_HPARAMS and key not in SHAPE_KEYS and key in recorded and recorded[key] != value
     ]
+    # The shape hparams may be spelled otherwise and build the same network; compared is the network. Loading the
+    # checkpoint refuses other tensor shapes, not other attention heads, dropout or initialisation (which the
+    # generator takes from the discriminator's settings too).
+    fields = set(PretrainingConfig.__dataclass_fields__)
+    before = build_pretraining_config({key: value for key, value in recorded.items() if key in fields})
+    old, new = before.discriminator_config(1, 0).to_dict(), config.discriminator_config(1, 0).to_dict()
+    changed += [f"{key} {old[key]!r} -> {new[key]!r}" for key in old if old[key] != new[key]]
     if changed:
         raise UserError(
             f"{model_dir} holds checkpoints of a run with other settings ({', '.join(changed[:6])}): restore them to "
