@@ -166,6 +166,19 @@ def test_resuming_with_another_vocabulary_is_refused(pretrain_data_dir: Path, ca
     assert not (pretrain_data_dir / "models" / "vocab-a" / "checkpoints" / "step-00000004").exists()
 
 
+def test_resuming_on_other_data_is_refused(pretrain_data_dir: Path, capsys):
+    """Resumed on rebuilt data, a run took its held-out examples from the new data's tail, which it may have trained
+    on; the record's fingerprint of the data stops that (the same data built again has the same fingerprint)."""
+    assert pretrain(pretrain_data_dir, "data-a", num_train_steps=2) == 0
+    recorded = pretrain_data_dir / "models" / "data-a" / "pretrain_config.json"
+    config = json.loads(recorded.read_text())
+    assert config["data_fingerprint"] == PretrainingData(pretrain_data_dir / "pretrain_data").fingerprint
+    recorded.write_text(json.dumps({**config, "data_fingerprint": "0" * 16}))  # as if the corpus had changed
+    assert pretrain(pretrain_data_dir, "data-a", num_train_steps=4) == 2
+    assert "holds checkpoints of a run on other pre-training data than" in capsys.readouterr().err
+    assert pretrain(pretrain_data_dir, "data-a", num_train_steps=2, do_train=False, do_eval=True) == 0  # evaluates
+
+
 def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_data_dir: Path, capsys):
     """Later steps of a run under another learning rate or seed would not be the run its record describes; going on
     to more steps, or saving and logging differently, is how a run continues."""

@@ -452,3 +452,17 @@ def test_archives_and_compressed_files_read_as_the_reference_reads_openwebtext(v
     (packed / "notes.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(128, 256)))  # not UTF-8 either
     with pytest.raises(UserError, match=r"notes\.txt\.zst is a zstd archive.*extract it"):
         list_corpus_files(packed)
+
+
+def test_fingerprint_follows_the_data_not_file_times(english_corpus, vocab_file, tmp_path):
+    settings = BuildSettings(max_seq_length=20)
+    build(english_corpus, vocab_file, tmp_path / "first", settings=settings)
+    for path in english_corpus.iterdir():  # the same text, written again later
+        path.write_text(path.read_text())
+        os.utime(path, (path.stat().st_atime + 100, path.stat().st_mtime + 100))
+    build(english_corpus, vocab_file, tmp_path / "again", settings=settings)
+    first, again = (PretrainingData(tmp_path / name).fingerprint for name in ("first", "again"))
+    assert first == again
+    next(iter(sorted(english_corpus.iterdir()))).write_text("other text entirely , and shorter .\n")
+    build(english_corpus, vocab_file, tmp_path / "changed", settings=settings)
+    assert PretrainingData(tmp_path / "changed").fingerprint != first

@@ -128,8 +128,16 @@ def test_pretraining_continues_from_a_converted_checkpoint(tmp_path: Path) -> No
     in_place = convert_tf_checkpoint(FIXTURE, data_dir / "models" / "electra_small")
     evaluation = {"do_train": False, "do_eval": True, "num_eval_steps": 2, "eval_batch_size": 4}
     assert "disc_auc" in run_pretraining(data_dir, "electra_small", evaluation)["eval"]
-    outcome = run_pretraining(data_dir, "electra_small", {k: v for k, v in hparams.items() if k != "init_checkpoint"})
-    assert outcome["train"].step == 2
+    # It goes on from the checkpoint's global_step (7), as the reference's Estimator does: its README continues
+    # ELECTRA-Small (4 M steps) with "num_train_steps": 4010000 for 10,000 more. It had started again from 0.
+    in_place_hparams = {k: v for k, v in hparams.items() if k != "init_checkpoint"} | {"log_every_steps": 1}
+    outcome = run_pretraining(data_dir, "electra_small", {**in_place_hparams, "num_train_steps": 5})
+    assert outcome["train"].step == 7 and not outcome["train"].last_metrics  # already there: nothing to train
+    outcome = run_pretraining(data_dir, "electra_small", {**in_place_hparams, "num_train_steps": 9})
+    assert outcome["train"].step == 9
+    assert [path.name for path in (in_place / "checkpoints").iterdir()] == ["step-00000009"]
+    logged = (in_place / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [8, 9]
     after = load_file(str(in_place / "discriminator" / "model.safetensors"))
     assert all(torch.equal(before[key], after[key]) for key in before)
     assert json.loads((in_place / "pretrain_config.json").read_text())["converted_from"]
@@ -258,9 +266,10 @@ def test_export_refuses_what_the_reference_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="already holds other files"):
         export_tf_checkpoint(convert_tf_checkpoint(FIXTURE, tmp_path / "whole"), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-    # A released model, converted: the slots the reference's Estimator needs, fresh (the FAQ's "adam_m not found").
+    # A released model, converted: the slots the reference's Estimator needs, fresh (the FAQ's "adam_m not found"),
+    # and the step it was trained to.
     fresh = TFCheckpoint(export_tf_checkpoint(tmp_path / "whole", tmp_path / "fresh"))
-    assert int(fresh.tensor("global_step")) == 0
+    assert int(fresh.tensor("global_step")) == 7 and fresh.prefix.name == "model.ckpt-7"
     assert not fresh.tensor("electra/embeddings/word_embeddings/adam_m").any()
     np.testing.assert_array_equal(
         fresh.tensor("electra/embeddings/word_embeddings"),

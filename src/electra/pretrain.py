@@ -197,6 +197,13 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
             )
         if config.do_train and checkpoint_dirs(model_dir):
             _refuse_other_settings(model_dir, first_run, config)
+            if first_run.get("data_fingerprint", data.fingerprint) != data.fingerprint:  # older records: unknown
+                raise UserError(
+                    f"{model_dir} holds checkpoints of a run on other pre-training data than {data_path} (now "
+                    f"{len(data):,} examples, then {first_run['eval_examples'] + first_run['train_examples']:,}): "
+                    "resumed, its held-out examples would no longer be held out. Restore that data to resume, or "
+                    f"continue on this data as a new --model-name with init_checkpoint {model_dir}"
+                )
     if held_out is None:
         held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
     if config.do_train and len(data) - held_out < config.train_batch_size:
@@ -404,7 +411,8 @@ def open_pretrained(folder: Path) -> SavedPretraining:
             "it with electra pretrain, or convert a TF checkpoint with electra convert-tf)"
         )
     random_parts = load_init_checkpoint(model, str(folder))
-    return SavedPretraining(model, 0, None, vocab_file, config.do_lower_case, random_parts)
+    step = int(record.get("global_step", 0)) if record_file.is_file() else 0  # a converted model's
+    return SavedPretraining(model, step, None, vocab_file, config.do_lower_case, random_parts)
 
 
 def hf_config(config: ModelConfig, architecture: str) -> dict[str, Any]:
@@ -555,6 +563,17 @@ def _note_other_vocabulary(init: Path, vocab: list[str], vocab_file: Path) -> No
         )
 
 
+def _released_step(run: PretrainingRun) -> int:
+    """The step a downloaded model under --model-name was trained to (a converted TF checkpoint's global_step),
+    where the reference's Estimator goes on from: its README continues ELECTRA-Small, trained for 4 M steps, with
+    "num_train_steps": 4010000 for 10,000 more. Weights from elsewhere (init_checkpoint naming another folder, as
+    the reference's init_from_checkpoint) and Hugging Face pairs, which hold no step, start at 0."""
+    record_file = run.model_dir / "pretrain_config.json"
+    if Path(run.config.init_checkpoint or "") != run.model_dir or not record_file.is_file():
+        return 0
+    return int(read_json(record_file).get("global_step", 0))
+
+
 def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Processes) -> dict[str, Any]:
     config = run.config
     torch.manual_seed(config.seed)  # the initial weights
@@ -562,10 +581,12 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
     # Weights first: a checkpoint or init_checkpoint that does not fit stops the run before anything is written.
     checkpoints = checkpoint_dirs(run.model_dir)
+    start_step = 0
     if checkpoints:
         load_weights(model, checkpoints[-1] / "model.safetensors")  # training resumes from it
     elif config.init_checkpoint:
         random_parts = load_init_checkpoint(model, config.init_checkpoint)  # weights only, fresh optimizer
+        start_step = _released_step(run)
         if processes.is_main:
             _note_other_vocabulary(Path(config.init_checkpoint), vocab, run.vocab_file)
         if random_parts and processes.is_main:
@@ -577,6 +598,7 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     elif not config.do_train:
         raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
     record_file = run.model_dir / "pretrain_config.json"
+    reached = checkpoint_step(checkpoints[-1]) if checkpoints else start_step
     if processes.is_main:
         run.model_dir.mkdir(parents=True, exist_ok=True)
     # An evaluation only keeps the record of the run it evaluates: its defaults (batch 128, 10,000 warm-up steps)
@@ -584,12 +606,13 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     if processes.is_main and (config.do_train or not record_file.exists()):
         earlier = read_json(record_file) if record_file.exists() else {}
         record = {
-            **{key: earlier[key] for key in ("converted_from",) if key in earlier},
+            **{key: earlier[key] for key in ("converted_from", "global_step") if key in earlier},
             **config.to_dict(),
             # A re-run asking for fewer steps than were trained trains none: the model holds the steps it reached.
-            "num_train_steps": max(config.num_train_steps, checkpoint_step(checkpoints[-1]) if checkpoints else 0),
+            "num_train_steps": max(config.num_train_steps, reached),
             "vocab_size": len(vocab),
             "vocab_sha256": run.data.metadata["vocab_sha256"],
+            "data_fingerprint": run.data.fingerprint,
             "eval_examples": len(run.eval_range),
             "train_examples": len(run.train_range),
             "processes": processes.world_size,
@@ -609,6 +632,7 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
             run.model_dir,
             processes,
             description=f"pretrain {model_name}",
+            start_step=start_step,
         )
         result = trainer.train()
         outcome["train"] = result

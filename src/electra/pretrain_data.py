@@ -16,6 +16,7 @@ byte-for-byte the same for any number of processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -568,6 +569,17 @@ class PretrainingData:
 
     def __len__(self) -> int:
         return int(self.shard_starts[-1])
+
+    @property
+    def fingerprint(self) -> str:
+        """What the data was built from and how, and what it holds (not when its files were written: the same
+        corpus built again gives the same data, and the same fingerprint)."""
+        meta = self.metadata
+        described = {
+            "corpus": [(entry["file"], entry["bytes"]) for entry in meta["corpus"]],
+            **{key: meta[key] for key in ("settings", "vocab_sha256", "counts", "shards")},
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
     def input_ids(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Token ids [len(indices), max_seq_length] as int64, in the order of `indices`."""

@@ -513,7 +513,14 @@ def convert_tf_checkpoint(
         )
     model_dir = Path(output)
     _check_conversion_target(model_dir, [checkpoint.prefix.parent, vocab_path])
-    record = {**config.to_dict(), "vocab_size": vocab_size, "converted_from": str(checkpoint.prefix)}
+    # The step it was trained to: continuing it goes on from there, as the reference's Estimator restores it.
+    step = int(checkpoint.tensor("global_step")) if "global_step" in checkpoint.names() else 0
+    record = {
+        **config.to_dict(),
+        "vocab_size": vocab_size,
+        "converted_from": str(checkpoint.prefix),
+        "global_step": step,
+    }
     with atomic_directory(model_dir) as tmp:  # whole or not at all: an interrupted conversion leaves nothing
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "pretrain_config.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -419,8 +419,10 @@ class Trainer:
         processes: Processes,
         param_groups: list[dict] | None = None,
         description: str = "train",
+        start_step: int = 0,
     ):
         self.model = model.to(processes.device)
+        self.start_step = start_step  # where a run without checkpoints begins: a released model's step
         self.task = task
         self.settings = settings
         self.run_dir = run_dir
@@ -476,7 +478,7 @@ class Trainer:
         self.processes.barrier()
         found = checkpoint_dirs(self.run_dir)
         if not found:
-            return 0
+            return self.start_step
         latest = found[-1]
         state = load_checkpoint(self.model, latest, self.processes.device)
         try:
@@ -490,8 +492,10 @@ class Trainer:
         settings, processes, model = self.settings, self.processes, self.model
         step = self.resume()
         log = MetricsLog(self.run_dir / "logs", step, processes.is_main)
+        found = checkpoint_dirs(self.run_dir)
         if step and processes.is_main:
-            print(f"resuming from step {step:,} ({checkpoint_dirs(self.run_dir)[-1]})", file=sys.stderr)
+            source = found[-1] if found else "the step its weights were trained to"
+            print(f"resuming from step {step:,} ({source})", file=sys.stderr)
         params = [param for group in self.optimizer.param_groups for param in group["params"]]
         progress = tqdm(
             total=settings.num_train_steps,
@@ -504,7 +508,7 @@ class Trainer:
         )
         window = _Window()
         consecutive_bad, last_metrics = 0, {}
-        last_good = next(reversed(checkpoint_dirs(self.run_dir)), None)
+        last_good = next(reversed(found), None)
         self.forward.train()
 
         def batches_of(at: int) -> list[Any]:  # none past the last step
