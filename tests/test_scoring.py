@@ -139,6 +139,22 @@ def test_which_part_of_a_model_folder_scores(models: dict[str, Path], tmp_path: 
         locate_scoring_model(training)
 
 
+def test_damaged_or_mismatched_weights_are_named(models: dict[str, Path], tmp_path: Path) -> None:
+    """A cut-off weights file ended in safetensors' own traceback; weights of another shape said only "Error(s) in
+    loading state_dict"."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(models["electra"], damaged)
+    weights = damaged / "generator" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4])
+    with pytest.raises(UserError, match=r"cannot load .*generator/model\.safetensors \(.*\): export the model again"):
+        TextScorer(damaged)
+    shutil.copyfile(models["electra"] / "generator" / "model.safetensors", weights)
+    config = json.loads((damaged / "generator" / "config.json").read_text())
+    (damaged / "generator" / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
+    with pytest.raises(UserError, match=r"\(Error\(s\) in loading state_dict .* size mismatch for "):
+        TextScorer(damaged)
+
+
 def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path], tmp_path: Path, capsys) -> None:
     source = tmp_path / "texts.jsonl"
     source.write_text('{"id": 7, "sentence": "the cat sat"}\n{"id": 8, "sentence": "a red dog"}\n')

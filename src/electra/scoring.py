@@ -194,8 +194,12 @@ class TextScorer:
         self.model: nn.Module = (ElectraForPreTraining if self.method == "electric" else ElectraForMaskedLM)(config)
         try:
             missing, unexpected = load_model(self.model, str(folder / "model.safetensors"), strict=False)
-        except (RuntimeError, OSError) as error:
-            raise UserError(f"cannot load {folder / 'model.safetensors'}: {str(error).splitlines()[0]}") from None
+        except Exception as error:  # damaged (safetensors' own error type), or other shapes than config.json's
+            detail = " ".join(line.strip() for line in str(error).splitlines()[:3] if line.strip())[:300]
+            raise UserError(
+                f"cannot load {folder / 'model.safetensors'} ({detail}): export the model again, or give the "
+                "config.json that came with these weights"
+            ) from None
         if missing or unexpected:
             raise UserError(
                 f"{folder / 'model.safetensors'} does not hold a {type(self.model).__name__} "
