@@ -45,7 +45,6 @@ PRETRAINING_REFUSED = [
     ({"num_eval_steps": -1}, f"num_eval_steps -1 {WHOLE_0}"),
     ({"num_warmup_steps": -3}, f"num_warmup_steps -3 {WHOLE_0}"),
     ({"gradient_accumulation_steps": 0}, f"gradient_accumulation_steps 0 {WHOLE_1}"),
-    ({"iterations_per_loop": 0}, f"iterations_per_loop 0 {WHOLE_1}"),
     ({"keep_checkpoint_max": -1}, r"keep_checkpoint_max -1 must be a whole number of at least 0 \(0 keeps all\)"),
     ({"embedding_size": -4}, f"embedding_size -4 {WHOLE_1}"),
     ({"embedding_size": 0}, f"embedding_size 0 {WHOLE_1}"),
@@ -213,6 +212,14 @@ def test_every_numeric_hparam_has_a_range():
         assert numeric_fields(cls) - set(HPARAM_RANGES[cls]) == set(), cls.__name__
         assert set(HPARAM_RANGES[cls]) <= numeric_fields(cls), cls.__name__
     assert numeric_fields(ModelConfig) == set(MODEL_RANGES)
+
+
+@pytest.mark.parametrize("build", [build_pretraining_config, build_finetuning_config])
+def test_the_reference_tpu_hparams_are_ignored_with_a_note(build, capsys) -> None:
+    config = build({"use_tpu": True, "tpu_name": "x", "iterations_per_loop": 7, "learning_rate": 1e-4})
+    assert config.learning_rate == 1e-4
+    note = "note: iterations_per_loop, tpu_name, use_tpu: the reference's TPU settings, ignored"
+    assert note in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("build", [build_pretraining_config, build_finetuning_config])

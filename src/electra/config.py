@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,6 @@ DEBUG_SETTINGS = {
     "train_batch_size": 8,
     "num_train_steps": 20,
     "eval_batch_size": 4,
-    "iterations_per_loop": 1,
     "num_eval_steps": 2,
 }
 # Not one of the reference's sizes: 4 layers of width 128 (generator width 32), an ELECTRA that learns visibly
@@ -73,7 +73,16 @@ DEBUG_SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 
 # torch.compile's modes, which the "compile" hparam accepts besides true and false.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Accepted for compatibility with the reference's command lines; they configure TPUs, which this toolkit does not use.
-IGNORED_HPARAMS = {"use_tpu", "num_tpu_cores", "tpu_job_name", "tpu_name", "tpu_zone", "gcp_project"}
+# The reference's TPU settings (and its steps per TPU loop): accepted, so its hparams files work, with a note.
+IGNORED_HPARAMS = {
+    "use_tpu",
+    "num_tpu_cores",
+    "tpu_job_name",
+    "tpu_name",
+    "tpu_zone",
+    "gcp_project",
+    "iterations_per_loop",
+}
 # Paths the reference derives from --data-dir and --model-name and lets hparams override: where ours are instead.
 REFERENCE_PATHS = {
     "pretrain_tfrecords": "pre-training reads the shards of `electra build-data`: give their folder as pretrain_data",
@@ -197,7 +206,6 @@ class PretrainingConfig:
     weight_decay_rate: float = 0.01
     num_warmup_steps: int = 10000
     # training settings
-    iterations_per_loop: int = 200
     save_checkpoints_steps: int = 1000
     num_train_steps: int = 1_000_000
     num_eval_steps: int = 100
@@ -302,7 +310,6 @@ class FinetuningConfig:
     num_train_epochs: float = 3.0
     warmup_proportion: float = 0.1
     save_checkpoints_steps: int = 1_000_000
-    iterations_per_loop: int = 1000
     use_tfrecords_if_existing: bool = True  # accepted; features are rebuilt in seconds and never cached
     # writing model outputs
     write_test_outputs: bool = False
@@ -350,7 +357,6 @@ class FinetuningConfig:
 SHARED_RANGES: dict[str, Allowed] = {
     "learning_rate": AT_LEAST_0,
     "weight_decay_rate": AT_LEAST_0,
-    "iterations_per_loop": AT_LEAST_1,
     "save_checkpoints_steps": AT_LEAST_1,
     "keep_checkpoint_max": Allowed(0, text="a whole number of at least 0 (0 keeps all)"),
     "embedding_size": AT_LEAST_1,
@@ -581,6 +587,13 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
 def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
     """The user's hparams minus the ignored TPU ones, after checking every name, the size and the overrides."""
     check_names(hparams, {item.name for item in dataclasses.fields(cls)} | IGNORED_HPARAMS, "hparam")
+    ignored = sorted(IGNORED_HPARAMS & set(hparams))
+    if ignored and os.environ.get("RANK", "0") == "0":  # said once in a torchrun
+        print(
+            f"note: {', '.join(ignored)}: the reference's TPU settings, ignored here (devices: torchrun and "
+            "CUDA_VISIBLE_DEVICES; see the README)",
+            file=sys.stderr,
+        )
     values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
     size = values.get("model_size", cls.model_size)
     if not isinstance(size, str) or size not in SIZE_PRESETS:

@@ -293,6 +293,7 @@ def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
         if key not in RUN_INDEPENDENT_HPARAMS
         and previous.get(key) != record.get(key)
         and (key not in RECORD_CHECKSUMS or key in previous)  # trials recorded before the checksum existed
+        and key in record  # a setting since removed (iterations_per_loop) changed nothing
     )
     if changed:
         raise UserError(

@@ -224,7 +224,6 @@ RESUME_SAFE_HPARAMS = {
     "num_train_steps",
     "num_eval_steps",
     "eval_batch_size",
-    "iterations_per_loop",
     "save_checkpoints_steps",
     "keep_checkpoint_max",
     "log_every_steps",
