@@ -179,6 +179,13 @@ def test_resuming_on_other_data_is_refused(pretrain_data_dir: Path, capsys):
     assert pretrain(pretrain_data_dir, "data-a", num_train_steps=2, do_train=False, do_eval=True) == 0  # evaluates
 
 
+def test_evaluation_without_held_out_examples_is_refused_before_training(pretrain_data_dir: Path, capsys):
+    """It was found out after training, with advice (more eval steps) that could not help."""
+    assert pretrain(pretrain_data_dir, "no-eval", num_train_steps=2, do_eval=True, max_eval_share=1e-9) == 2
+    assert "max_eval_share 1e-09 of the" in capsys.readouterr().err
+    assert not (pretrain_data_dir / "models" / "no-eval" / "checkpoints").exists()
+
+
 def test_resuming_with_settings_that_change_what_is_learned_is_refused(pretrain_data_dir: Path, capsys):
     """Later steps of a run under another learning rate or seed would not be the run its record describes; going on
     to more steps, or saving and logging differently, is how a run continues."""

@@ -204,8 +204,16 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
                     "resumed, its held-out examples would no longer be held out. Restore that data to resume, or "
                     f"continue on this data as a new --model-name with init_checkpoint {model_dir}"
                 )
+    fixed = held_out is not None
     if held_out is None:
         held_out = min(config.num_eval_steps * config.eval_batch_size, int(config.max_eval_share * len(data)))
+    if config.do_eval and held_out == 0:  # found out after training, it had asked for more eval steps
+        raise UserError(
+            f"no held-out examples to evaluate on: {model_dir}'s split, fixed at its first run, holds none"
+            if fixed
+            else f"no held-out examples to evaluate on: max_eval_share {config.max_eval_share} of the "
+            f"{len(data):,} examples in {data_path} is less than one; raise it, build more data, or leave do_eval out"
+        )
     if config.do_train and len(data) - held_out < config.train_batch_size:
         raise UserError(
             f"{data_path} holds {len(data):,} examples: too few for train_batch_size "
@@ -495,7 +503,7 @@ def evaluate(model: PretrainingModel, run: PretrainingRun, device: torch.device)
             probabilities.append(torch.sigmoid(details["disc_logits"][real]).cpu())
             labels.append(details["labels"][real].cpu())
     if not totals:
-        raise UserError("no held-out examples to evaluate on: raise num_eval_steps or eval_batch_size")
+        raise UserError(f"no held-out examples to evaluate on: the held-out split of {run.model_dir} is empty")
     results = {
         "masked_lm_accuracy": totals["mlm_correct"] / totals["masked"],
         "masked_lm_loss": totals["mlm_loss"] / totals["cloze" if config.two_tower_generator else "masked"],
