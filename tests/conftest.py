@@ -41,10 +41,10 @@ def write_corpus(directory: Path, documents: list[list[str]], name: str = "corpu
     return directory
 
 
-def run_torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Two processes on this machine's CPUs (gloo), one thread each. On failure, the assertion shows what the
-    processes themselves printed: torchrun's own report of a failed rank is a long traceback that says only how
-    the process ended."""
+def run_torchrun(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Two processes on this machine's CPUs (gloo), one thread each. On failure (with `check`), the assertion shows
+    what the processes themselves printed: torchrun's own report of a failed rank is a long traceback that says
+    only how the process ended."""
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun is not on PATH: it comes with torch, in the same bin folder as python"
     done = subprocess.run(
@@ -55,7 +55,8 @@ def run_torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProces
         timeout=timeout,
     )
     ranks_said = re.split(r"^.*\] failed \(exitcode: ", done.stderr, maxsplit=1, flags=re.MULTILINE)[0]
-    assert done.returncode == 0, f"torchrun exited with {done.returncode}; the processes printed:\n{ranks_said[-4000:]}"
+    said = f"torchrun exited with {done.returncode}; the processes printed:\n{ranks_said[-4000:]}"
+    assert done.returncode == 0 or not check, said
     return done
 
 

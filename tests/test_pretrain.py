@@ -354,6 +354,11 @@ def test_two_processes_with_gloo_match_one_process(pretrain_data_dir: Path):
     subprocess.run([sys.executable, *base, "--model-name", "one"], check=True, capture_output=True)
     run_torchrun(*base, "--model-name", "two")
     assert json.loads((pretrain_data_dir / "models" / "two" / "pretrain_config.json").read_text())["processes"] == 2
+    # A batch the two processes cannot share is refused before the run's record is written.
+    uneven = ["-m", "electra.cli", "pretrain", "--data-dir", str(pretrain_data_dir), "--model-name", "uneven"]
+    refused = run_torchrun(*uneven, "--hparams", hparams(**no_dropout, train_batch_size=6), check=False)
+    assert refused.returncode != 0 and "train_batch_size 6 must be a multiple of processes (2)" in refused.stderr
+    assert not (pretrain_data_dir / "models" / "uneven" / "pretrain_config.json").exists()
     one, two = metrics(pretrain_data_dir / "models" / "one"), metrics(pretrain_data_dir / "models" / "two")
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "mlm_loss", "disc_loss", "disc_accuracy"):

@@ -604,6 +604,22 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
             )
     elif not config.do_train:
         raise UserError(f"{run.model_dir} holds no checkpoint to evaluate: train first, or set init_checkpoint")
+    trainer = None
+    if config.do_train:  # before the record is written: a batch the processes cannot share is refused here
+        settings = TrainSettings.from_config(
+            config,
+            batch_size=config.train_batch_size,
+            length_groups=config.length_groups or default_length_groups(processes.device),
+        )
+        trainer = Trainer(
+            model,
+            PretrainingTask(run.data, config, run.train_range),
+            settings,
+            run.model_dir,
+            processes,
+            description=f"pretrain {model_name}",
+            start_step=start_step,
+        )
     record_file = run.model_dir / "pretrain_config.json"
     reached = checkpoint_step(checkpoints[-1]) if checkpoints else start_step
     if processes.is_main:
@@ -626,21 +642,7 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
         }
         write_text_atomic(record_file, json.dumps(record, indent=2) + "\n")
     outcome: dict[str, Any] = {"model_dir": run.model_dir}
-    if config.do_train:
-        settings = TrainSettings.from_config(
-            config,
-            batch_size=config.train_batch_size,
-            length_groups=config.length_groups or default_length_groups(processes.device),
-        )
-        trainer = Trainer(
-            model,
-            PretrainingTask(run.data, config, run.train_range),
-            settings,
-            run.model_dir,
-            processes,
-            description=f"pretrain {model_name}",
-            start_step=start_step,
-        )
+    if trainer is not None:
         result = trainer.train()
         outcome["train"] = result
         if processes.is_main:
