@@ -72,8 +72,8 @@ COMPACT_SHAPE: dict[str, Any] = {
 DEBUG_SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 144 * 4, "num_attention_heads": 4}
 # torch.compile's modes, which the "compile" hparam accepts besides true and false.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# Accepted for compatibility with the reference's command lines; they configure TPUs, which this toolkit does not use.
-# The reference's TPU settings (and its steps per TPU loop): accepted, so its hparams files work, with a note.
+# The reference's TPU settings (and its steps per TPU loop), which this toolkit does not use: accepted, so its
+# hparams files work, with a note.
 IGNORED_HPARAMS = {
     "use_tpu",
     "num_tpu_cores",
