@@ -403,6 +403,8 @@ def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path:
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {"labels": ["pos"]}}})
     with pytest.raises(UserError, match=r"task_names: 'a/b' is not a task name"):
         run_finetuning(tmp_path, "m", {**hparams, "task_names": ["a/b"]})
+    with pytest.raises(UserError, match=r"task_names: 'tickets\.v2' holds a '\.', .* \(e\.g\. 'tickets_v2'\)"):
+        run_finetuning(tmp_path, "m", {**hparams, "task_names": ["tickets.v2"], "tasks": {"tickets.v2": {}}})
     # A tagger's "labels" name the corpus's tags; the model learns their BIOES forms.
     write_tagging(tmp_path, "chunk", 20, 0, "train")
     tags = {"chunk": {"type": "tagging", "labels": ["O", "B-NP", "I-NP", "B-VP"]}}

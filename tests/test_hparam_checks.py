@@ -231,6 +231,9 @@ def test_null_hparams_are_refused_unless_null_means_something(build) -> None:
             with pytest.raises(UserError, match=rf"^hparam '{name}' is null: give it a value \("):
                 build({name: None})
     assert build({"init_checkpoint": None, "embedding_size": None}).init_checkpoint is None  # null is "none" here
+    assert build({"keep_checkpoint_max": None}).keep_checkpoint_max == 0  # the reference: "0 or None" keeps all
+    with pytest.raises(UserError, match="hparam 'model_name' sets one of the reference's paths; here give the model"):
+        build({"model_name": "electra_small"})  # was "did you mean 'model_size'?"
 
 
 def test_generator_narrower_than_one_unit_is_a_user_error():

@@ -93,6 +93,10 @@ REFERENCE_PATHS = {
     "results_txt": "results are written to <model-dir>/results/: leave it out",
     "results_pkl": "results are written to <model-dir>/results/ (JSON beside the text): leave it out",
     "test_predictions": "test outputs go to <model-dir>/test_predictions/ (with write_test_outputs): leave it out",
+    "model_name": "give the model's name as --model-name",
+    "qa_eval_file": "question answering's predictions go to <model-dir>/results/<tasks>_qa/: leave it out",
+    "qa_preds_file": "question answering's predictions go to <model-dir>/results/<tasks>_qa/: leave it out",
+    "qa_na_file": "question answering's no-answer odds go to <model-dir>/results/<tasks>_qa/: leave it out",
 }
 
 
@@ -595,6 +599,8 @@ def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
             file=sys.stderr,
         )
     values = {key: value for key, value in hparams.items() if key not in IGNORED_HPARAMS}
+    if "keep_checkpoint_max" in values and values["keep_checkpoint_max"] is None:
+        values["keep_checkpoint_max"] = 0  # the reference: "0 or None to keep all checkpoints"
     size = values.get("model_size", cls.model_size)
     if not isinstance(size, str) or size not in SIZE_PRESETS:
         raise UserError(f"model_size {size!r} is not one of {', '.join(SIZE_PRESETS)}")

@@ -183,6 +183,12 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
             f"task_names: {unnamed!r} is not a task name: name the task's folder under finetuning_data/ "
             "(one folder, no path)"
         )
+    dotted = next((name for name in config.task_names if "." in name), None)
+    if dotted is not None:  # each task's head is a layer named after it, and PyTorch's layer names have no dots
+        raise UserError(
+            f"task_names: {dotted!r} holds a '.', which a task name cannot: rename its folder under finetuning_data/ "
+            f"(e.g. {dotted.replace('.', '_')!r}) and its task spec"
+        )
     if config.vocab_file:
         vocab_file = Path(config.vocab_file)
     else:
