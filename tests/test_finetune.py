@@ -633,7 +633,7 @@ def test_encoder_shape_mismatch_lists_tensors(tmp_path: Path) -> None:
         load_encoder_weights(other, tmp_path / "model.safetensors")
 
 
-def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path) -> None:
+def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path, capsys) -> None:
     """The default init_checkpoint is the pre-trained discriminator, whose shape is inherited."""
     import shutil
 
@@ -672,6 +672,11 @@ def test_finetune_from_pretrained_model(pretrain_data_dir: Path, tmp_path: Path)
     assert torch.equal(
         model.electra.encoder.layer[1].output.dense.weight, generator["electra.encoder.layer.1.output.dense.weight"]
     )
+    assert "note: fine-tuning the generator" not in capsys.readouterr().err  # a masked LM's only network
+    # An ELECTRA pair's generator named by mistake (the reference fine-tunes the discriminator) is said to be one.
+    generator_folder = str(data_dir / "models" / "tiny" / "generator")
+    prepare_finetuning(data_dir, "tiny", {**hparams, "init_checkpoint": generator_folder})
+    assert "the reference fine-tunes the discriminator: init_checkpoint " in capsys.readouterr().err
 
 
 def test_shared_glue_and_chunk_files_read() -> None:

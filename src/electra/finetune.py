@@ -217,6 +217,13 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
             )
         else:
             init_checkpoint = resolve_init_checkpoint(str(init))
+    discriminator = init_checkpoint.parent.parent / "discriminator" if init_checkpoint else None
+    if discriminator and init_checkpoint.parent.name == "generator" and discriminator.is_dir() and is_first_process():
+        print(
+            f"note: fine-tuning the generator in {init_checkpoint.parent}, the smaller network of an ELECTRA pair; "
+            f"the reference fine-tunes the discriminator: init_checkpoint {discriminator}",
+            file=sys.stderr,
+        )
     finetuning_data = data_dir / "finetuning_data"
     tasks = [
         get_task(name, finetuning_data, config.tasks, config.debug, config.double_unordered)
