@@ -512,7 +512,8 @@ def build_pretraining_data(
                 "the sentence that fills an example is cut at its end, as the reference builds examples (a longer "
                 "--max-seq-length loses less)"
                 if settings.split_sentences
-                else "the reference expects a sentence a line and cuts longer lines; --split-sentences keeps them"
+                else "the reference expects a sentence a line and cuts longer lines; `electra build-data "
+                "--split-sentences` keeps them"
             )
             print(
                 f"warning: {summary.dropped_tokens:,} tokens ({share:.0%} of the text) did not fit into the examples "
