@@ -97,6 +97,17 @@ def test_jsonl_in_jsonl_out_and_clear_errors(tmp_path: Path, capsys) -> None:
     one_class = write_table(tmp_path / "one.csv", [("书籍", f"书 {number}") for number in range(20)])
     with pytest.raises(UserError, match=r"every row of .*one\.csv has the label '书籍' in column 'cat'"):
         split_table(one_class, tmp_path / "w", SplitSettings("cat", "review"))
+    # Swapped columns: each review a "label" (it failed later, saying dev rounds to nothing).
+    many = write_table(tmp_path / "many.csv", [("书籍", f"书 {number}") for number in range(300)] + ROWS)
+    with pytest.raises(UserError, match=r"column 'review' of .* holds 360 different labels in 360 rows: it looks like"):
+        split_table(many, tmp_path / "x", SplitSettings("review", "cat"))
+    # JSON null is an empty cell (it was the text "None", a class of its own); an upper-case suffix is a table.
+    with_nulls = tmp_path / "NULLS.JSONL"
+    lines = [json.dumps({"label": label, "text": text}, ensure_ascii=False) for label, text in ROWS]
+    with_nulls.write_text("\n".join([*lines, '{"label": null, "text": "x"}', '{"label": "书籍", "text": null}']))
+    record = split_table(with_nulls, tmp_path / "y", SplitSettings("label", "text"))
+    assert record["dropped"] == {"empty": 2} and "None" not in record["counts"]["train"]
+    assert (tmp_path / "y" / "train.jsonl").is_file()
 
 
 def test_online_shopping_reviews_split_into_ten_routing_classes(tmp_path: Path) -> None:

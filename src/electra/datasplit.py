@@ -28,6 +28,8 @@ from electra.tasks import read_jsonl_rows, read_table_rows
 
 SPLITS = ("train", "dev", "test")
 SPLIT_RECORD = "split.json"
+# More classes than this, and more than one for every two rows: the label column holds text (swapped columns).
+MAX_PLAUSIBLE_CLASSES = 100
 
 
 @dataclass
@@ -51,11 +53,12 @@ class SplitSettings:
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     require_file(path, "input file")
-    if path.suffix not in (".csv", ".tsv", ".jsonl"):
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
         raise UserError(f"{path}: give a .csv or .tsv file with a header line, or .jsonl")
-    rows = read_jsonl_rows(path) if path.suffix == ".jsonl" else read_table_rows(path, header=True)
+    rows = read_jsonl_rows(path) if suffix == ".jsonl" else read_table_rows(path, header=True)
     if not rows:
-        raise UserError(f"{path} holds no rows to split" + ("" if path.suffix == ".jsonl" else " below its header"))
+        raise UserError(f"{path} holds no rows to split" + ("" if suffix == ".jsonl" else " below its header"))
     return list(dict.fromkeys(key for _, row in rows for key in row)), rows
 
 
@@ -68,6 +71,12 @@ def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> N
     writer.writerow(columns)
     writer.writerows([row[column] for column in columns] for row in rows)
     path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    """A cell as text; JSON null (or a missing key) is empty, not the text "None"."""
+    value = row.get(column)
+    return "" if value is None else str(value)
 
 
 def split_table(source: str | Path, output_dir: str | Path, settings: SplitSettings) -> dict[str, Any]:
@@ -83,8 +92,8 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
     dropped = Counter()
     for number, row in rows:
         # A stray byte-order mark (some reviews start with one) must not make a repeated text look new.
-        text = str(row.get(settings.text_column, "")).replace("\ufeff", "").strip()
-        label = str(row.get(settings.label_column, "")).strip()
+        text = _cell(row, settings.text_column).replace("\ufeff", "").strip()
+        label = _cell(row, settings.label_column).strip()
         if not text or not label:
             dropped["empty"] += 1
         elif text in seen:
@@ -94,6 +103,13 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
             by_label[label].append((number, row))
     if not by_label:
         raise UserError(f"{path} holds no rows with both a {settings.text_column!r} and a {settings.label_column!r}")
+    labelled = len(rows) - dropped["empty"]
+    labels = {_cell(row, settings.label_column).strip() for _, row in rows} - {""}
+    if len(labels) > max(MAX_PLAUSIBLE_CLASSES, labelled // 2):
+        raise UserError(
+            f"column {settings.label_column!r} of {path} holds {len(labels):,} different labels in {labelled:,} rows: "
+            "it looks like text, not labels; check --label-column and --text-column"
+        )
     if len(by_label) == 1:
         raise UserError(
             f"every row of {path} has the label {next(iter(by_label))!r} in column {settings.label_column!r}: a "
@@ -113,9 +129,9 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         for split, picked in zip(SPLITS, (train, dev, test), strict=True):
             chosen[split].extend(group[index] for index in picked)
 
-    suffix = path.suffix
+    suffix = path.suffix.lower()
     counts = {
-        split: dict(sorted(Counter(str(row[settings.label_column]).strip() for _, row in chosen[split]).items()))
+        split: dict(sorted(Counter(_cell(row, settings.label_column).strip() for _, row in chosen[split]).items()))
         for split in SPLITS
     }
     for split, share in (("dev", settings.dev_share), ("test", settings.test_share)):
