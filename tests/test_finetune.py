@@ -1048,3 +1048,26 @@ def test_a_task_written_in_python_fine_tunes_from_the_command_line(tmp_path: Pat
     assert "failed to load: ModuleNotFoundError: No module named 'no_such_package'" in capsys.readouterr().err
     assert main([*command, "--task-module", str(tmp_path / "missing.py")]) == 2
     assert "missing.py: no such file" in capsys.readouterr().err
+
+
+def test_exported_labels_stay_readable(tmp_path: Path, vocab_file: Path) -> None:
+    """Chinese class names were written as \\u escapes in config.json and electra_task.json."""
+    from electra.task_model import export_task_model
+
+    head = TaskHead("tickets", "classification", ["书籍", "手机"])
+    vocab = read_vocab(vocab_file)
+    model = FinetuningModel(
+        ModelConfig(
+            vocab_size=len(vocab),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            intermediate_size=16,
+            embedding_size=8,
+        ),
+        [head],
+    )
+    export_task_model(model, head, tmp_path / "model", vocab, {"max_seq_length": 16})
+    for name in ("config.json", "electra_task.json"):
+        assert "书籍" in (tmp_path / "model" / name).read_text(encoding="utf-8"), name
+    assert load_task_model(tmp_path / "model")[1].labels == ["书籍", "手机"]

@@ -386,7 +386,7 @@ def train_trial(
         )
     if processes.is_main:
         trial_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(trial_dir / "finetune_config.json", json.dumps(record, indent=2) + "\n")
+        write_text_atomic(trial_dir / "finetune_config.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     settings = TrainSettings.from_config(
         config,
         batch_size=config.train_batch_size,
@@ -550,7 +550,7 @@ def write_results(run: FinetuningRun, scores: list[dict[str, dict[str, float]]])
         base = folder / f"{run.tasks_name}_results_of_{named.name}"
     write_text_atomic(base.with_suffix(".txt"), "\n".join(lines) + "\n")
     payload = {"trials": scores, "summary": summary, "hparams": run.hparams}
-    write_text_atomic(base.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(base.with_suffix(".json"), json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return base.with_suffix(".txt")
 
 

@@ -222,14 +222,15 @@ def export_task_model(model: FinetuningModel, head: TaskHead, folder: Path, voca
         save_file(
             {key: value.detach().cpu().contiguous() for key, value in state.items()}, str(tmp / "model.safetensors")
         )
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        # Readable labels (书籍, not \u4e66\u7c4d), as transformers reads any UTF-8 JSON
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         write_task_spec(tmp, {**head.to_dict(), **extra})
         write_vocab(vocab, tmp / "vocab.txt")  # as vocab.txt, whatever file it was read from
 
 
 def write_task_spec(folder: Path, spec: dict[str, Any]) -> None:
     """electra_task.json: the head (`TaskHead.to_dict`) and what prediction needs to read inputs like training."""
-    (folder / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (folder / TASK_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def read_task_spec(folder: Path) -> tuple[TaskHead, dict[str, Any]]:
