@@ -23,6 +23,7 @@ from electra.config import (
     build_finetuning_config,
     build_pretraining_config,
     encoder_config,
+    parse_hparams,
     with_inherited_shape,
 )
 from electra.errors import UserError
@@ -325,3 +326,12 @@ def test_debug_shape_then_the_users_overrides_as_the_reference_orders_them():
     assert shape.hidden_dropout_prob == 0.0
     plain = encoder_config(build_pretraining_config({"model_hparam_overrides": {"hidden_size": 128}}), 300, 0)
     assert (plain.num_hidden_layers, plain.num_attention_heads, plain.intermediate_size) == (12, 2, 512)
+
+
+def test_full_width_punctuation_in_hparams_is_named() -> None:
+    """Typed with a Chinese input method, JSON's colon and quotes are full width: the error said only where."""
+    with pytest.raises(UserError, match="full-width punctuation \\(：\\), which JSON does not read"):
+        parse_hparams('{"task_names"：["tickets"]}')
+    with pytest.raises(UserError, match="full-width punctuation \\(“ ”\\)"):
+        parse_hparams('{“task_names”: ["tickets"]}')
+    assert parse_hparams('{"tasks": {"t": {"labels": ["好，很好", "差"]}}}')["tasks"]["t"]["labels"][0] == "好，很好"

@@ -528,6 +528,10 @@ def with_inherited_shape(hparams: dict[str, Any], folder: Path, generator: bool 
     return completed
 
 
+# What a Chinese or Japanese input method types for JSON's : " , [ ] { } (outside strings, JSON reads none of them).
+FULL_WIDTH_PUNCTUATION = "：“”，［］｛｝＂"
+
+
 def parse_hparams(text: str) -> dict[str, Any]:
     """`--hparams`: a JSON object, or the path of a .json file holding one (as in the reference)."""
     source = "--hparams"
@@ -540,9 +544,15 @@ def parse_hparams(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         if source == "--hparams" and not text.lstrip().startswith(("{", "[")):  # a mistyped file name, most likely
             raise UserError(f"--hparams {text!r} is neither a JSON object nor a file that exists") from None
+        wide = sorted(set(text) & set(FULL_WIDTH_PUNCTUATION))
+        hint = (
+            f'it holds full-width punctuation ({" ".join(wide)}), which JSON does not read: type : " , and [ ] '
+            "in half width"
+            if wide
+            else "write e.g. '{\"debug\": true}'"
+        )
         raise UserError(
-            f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}; "
-            "write e.g. '{\"debug\": true}'"
+            f"{source} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}; {hint}"
         ) from None
     if not isinstance(values, dict):
         raise UserError(f"{source} must be a JSON object such as '{{\"debug\": true}}', not {type(values).__name__}")
