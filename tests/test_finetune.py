@@ -17,7 +17,7 @@ from electra.finetune import describe_finetuning, prepare_finetuning, run_finetu
 from electra.finetune_data import Features, Featurizer, FinetuningBatches, TaskHead, collate, truncated_pair_lengths
 from electra.predict import read_prediction_inputs, run_prediction
 from electra.task_model import FinetuningModel, layerwise_param_groups, load_encoder_weights, load_task_model
-from electra.tasks import get_task
+from electra.tasks import Example, get_task
 from electra.tokenization import SPECIAL_TOKENS, build_tokenizer, read_vocab, write_vocab
 from tests.conftest import run_torchrun
 
@@ -1071,3 +1071,17 @@ def test_exported_labels_stay_readable(tmp_path: Path, vocab_file: Path) -> None
     for name in ("config.json", "electra_task.json"):
         assert "书籍" in (tmp_path / "model" / name).read_text(encoding="utf-8"), name
     assert load_task_model(tmp_path / "model")[1].labels == ["书籍", "手机"]
+
+
+def test_texts_past_max_seq_length_are_counted(finetuned_classifier: Path, tmp_path: Path, capsys) -> None:
+    """A text longer than the model reads was cut without a word; its row now says how much was left out."""
+    limit = json.loads((finetuned_classifier / "electra_task.json").read_text())["max_seq_length"]
+    source = tmp_path / "long.txt"
+    source.write_text("good film\n" + "good film " * limit + "\n", encoding="utf-8")
+    done = run_prediction(finetuned_classifier, source, show_progress=False)
+    short, long = (json.loads(line) for line in done.path.read_text().splitlines())
+    assert "cut_tokens" not in short and long["cut_tokens"] == 2 * limit - (limit - 2)
+    assert f"note: 1 of 2 texts were longer than the model's max_seq_length {limit}" in capsys.readouterr().err
+    pair = Featurizer(read_vocab(finetuned_classifier / "vocab.txt"), 8)
+    (feature,) = pair.features([Example(0, "good film good", "bad film bad film")], TaskHead("t", "regression", []), 0)
+    assert len(feature.input_ids) == 8 and feature.cut_tokens == 7 - 5  # 3 + 4 pieces, 5 places between 3 markers

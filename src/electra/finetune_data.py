@@ -68,6 +68,7 @@ class Features:
     word_starts: np.ndarray | None = None  # tagging: token position of each word's first piece, -1 if cut off
     span: tuple[int, int] = (0, 0)  # question answering: the answer's first and last token ([CLS] if none)
     window: Any = None  # question answering: the QAFeature, to map predictions back to the context
+    cut_tokens: int = 0  # classification and regression: word pieces past max_seq_length, which the model never reads
 
 
 def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
@@ -145,15 +146,18 @@ class Featurizer:
                 ids = [self.cls_id, *first[:length_a], self.sep_id, *second[:length_b], self.sep_id]
                 types = [0] * (length_a + 2) + [1] * (length_b + 1)
             else:
-                ids = [self.cls_id, *first[: self.max_seq_length - 2], self.sep_id]
+                length_a, length_b = min(len(first), self.max_seq_length - 2), 0
+                ids = [self.cls_id, *first[:length_a], self.sep_id]
                 types = [0] * len(ids)
+            cut = len(first) + len(second) - length_a - length_b
             if example.label is None:
                 label = 0.0
             elif head.kind == "regression":
                 label = (float(example.label) - low) / (high - low)
             else:
                 label = float(label_ids[str(example.label)])
-            features.append(Features(np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8), task_id, label))
+            ids_array, types_array = np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)
+            features.append(Features(ids_array, types_array, task_id, label, cut_tokens=cut))
         return features
 
     def _tagging_features(self, examples: list[Example], head: TaskHead, task_id: int) -> list[Features]:

@@ -233,12 +233,19 @@ def run_prediction(
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
     predictions = predictor.predict(examples, batch_size, show_progress)
-    cut = sum("untagged_words" in prediction for prediction in predictions)
+    limit = predictor.spec.get("max_seq_length", 128)
+    untagged = sum("untagged_words" in prediction for prediction in predictions)
+    if untagged:
+        print(
+            f"note: {untagged:,} sentence(s) were longer than the model's max_seq_length {limit}: their last words "
+            'were not tagged ("O", counted as "untagged_words" in their rows); split such sentences to tag them',
+            file=sys.stderr,
+        )
+    cut = sum("cut_tokens" in prediction for prediction in predictions)
     if cut:
         print(
-            f"note: {cut:,} sentence(s) were longer than the model's max_seq_length "
-            f'{predictor.spec.get("max_seq_length", 128)}: their last words were not tagged ("O", counted as '
-            '"untagged_words" in their rows); split such sentences to tag them',
+            f"note: {cut:,} of {len(predictions):,} texts were longer than the model's max_seq_length {limit}: "
+            'it read only their beginning (the word pieces left out are counted as "cut_tokens" in their rows)',
             file=sys.stderr,
         )
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:

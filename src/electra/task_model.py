@@ -356,9 +356,10 @@ def decode_predictions(
 
 def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]:
     """A prediction as the user sees it: label and probabilities, a value, or one tag per word."""
+    cut = {"cut_tokens": item.cut_tokens} if item.cut_tokens else {}  # the text's end, which the model never read
     if head.kind == "regression":
         low, high = head.value_range
-        return {"value": float(output) * (high - low) + low}
+        return {"value": float(output) * (high - low) + low, **cut}
     if head.kind == "classification":
         probabilities = np.exp(output - output.max())
         probabilities /= probabilities.sum()
@@ -367,6 +368,7 @@ def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]
             "label": head.labels[best],
             "probability": float(probabilities[best]),
             "probabilities": {label: float(p) for label, p in zip(head.labels, probabilities, strict=True)},
+            **cut,
         }
     tags = ["O" if start < 0 else head.labels[int(output[start].argmax())] for start in item.word_starts]
     decoded: dict[str, Any] = {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES -> IOB2, as corpora
