@@ -553,7 +553,7 @@ def test_predict_scores_a_labelled_file(finetuned_classifier: Path, tmp_path: Pa
     # A file without a header line (CoLA's dev.tsv, a task read with "header": false): columns by number.
     source = tmp_path / "headerless.csv"
     source.write_text("".join(f"{text},{label}\n" for text, label in rows[:20]), encoding="utf-8")
-    with pytest.raises(UserError, match=r"headerless\.csv:2: no column 'text' .* pass --no-header"):
+    with pytest.raises(UserError, match=r"headerless\.csv:1, the header: no column 'text' .* pass --no-header"):
         run_prediction(finetuned_classifier, source, show_progress=False)
     numbered = {"text_column": "0", "label_column": "1"}
     done = run_prediction(finetuned_classifier, source, columns=numbered, show_progress=False, header=False)

@@ -68,6 +68,10 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         plain = client.post("/predict", content='{"texts": ["good"]}', headers={"content-type": "text/plain"})
         assert plain.status_code == 422 and "Content-Type: application/json" in plain.json()["detail"][0]["msg"]
         assert client.head("/health").status_code == 200
+        json_header = {"content-type": "application/json"}
+        gbk = client.post("/predict", content='{"texts": ["好"]}'.encode("gbk"), headers=json_header)
+        assert gbk.status_code == 400 and "send JSON encoded as UTF-8" in gbk.json()["detail"]
+        assert client.get("/nowhere").status_code == 404 and client.get("/predict").status_code == 405
 
 
 def test_a_tagger_refuses_pairs(tmp_path: Path) -> None:

@@ -93,9 +93,11 @@ def read_prediction_inputs(
                 first_missing = text_column not in row
                 missing, flag = (text_column, "--text-column") if first_missing else (text_column_2, "--text-column-2")
                 unnamed = "; if line 1 is an example, not a header, pass --no-header and name columns by number from 0"
+                table = suffix != ".jsonl"  # every row has the header's columns: the header lacks it
                 raise UserError(
-                    f"{where}: no column {missing!r} (columns: {', '.join(map(str, row))}); name it with {flag}"
-                    + (unnamed if suffix != ".jsonl" and not missing.isdigit() else "")
+                    f"{f'{path}:1, the header' if table and has_header else where}: no column {missing!r} (columns: "
+                    f"{', '.join(map(str, row))}); name it with {flag}"
+                    + (unnamed if table and not missing.isdigit() else "")
                 )
             value = row[text_column]
             if tagging:

@@ -175,6 +175,7 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse
         from pydantic import BaseModel
+        from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError:
         raise UserError('serving needs FastAPI and uvicorn: pip install "electra[serve]"') from None
 
@@ -227,6 +228,14 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
             header = f'send the body as JSON, "Content-Type: application/json" (it came as {content_type or "none"})'
             problems.insert(0, {"msg": header})
         return JSONResponse(status_code=422, content={"detail": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's 400 for a body it cannot parse says only that; the usual cause is text not sent as UTF-8."""
+        detail = error.detail
+        if error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = f"{detail}: send JSON encoded as UTF-8 (a GBK or Latin-1 body cannot be read)"
+        return JSONResponse(status_code=error.status_code, content={"detail": detail}, headers=error.headers)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
