@@ -599,7 +599,7 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
     path = run_prediction(model_dir / "chunk", source, tmp_path / "long.jsonl", show_progress=False).path
     row = json.loads(path.read_text())
     assert len(row["tags"]) == 90 and row["untagged_words"] == 28 and row["tags"][62:] == ["O"] * 28
-    assert "1 sentence(s) were longer than the model's max_seq_length 64" in capsys.readouterr().err
+    assert "1 of 1 inputs were longer than the model's max_seq_length 64: their last words" in capsys.readouterr().err
     table = tmp_path / "scored.csv"
     table.write_text("text,score\ngood film,4.5\nbad film,nan\n")
     with pytest.raises(UserError, match=r"scored\.csv:3: score 'nan' is not a finite number"):
@@ -1052,22 +1052,10 @@ def test_a_task_written_in_python_fine_tunes_from_the_command_line(tmp_path: Pat
 
 def test_exported_labels_stay_readable(tmp_path: Path, vocab_file: Path) -> None:
     """Chinese class names were written as \\u escapes in config.json and electra_task.json."""
-    from electra.task_model import export_task_model
+    from tests.conftest import random_task_model
 
     head = TaskHead("tickets", "classification", ["书籍", "手机"])
-    vocab = read_vocab(vocab_file)
-    model = FinetuningModel(
-        ModelConfig(
-            vocab_size=len(vocab),
-            hidden_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            intermediate_size=16,
-            embedding_size=8,
-        ),
-        [head],
-    )
-    export_task_model(model, head, tmp_path / "model", vocab, {"max_seq_length": 16})
+    random_task_model(tmp_path / "model", head, read_vocab(vocab_file))
     for name in ("config.json", "electra_task.json"):
         assert "书籍" in (tmp_path / "model" / name).read_text(encoding="utf-8"), name
     assert load_task_model(tmp_path / "model")[1].labels == ["书籍", "手机"]
@@ -1081,7 +1069,7 @@ def test_texts_past_max_seq_length_are_counted(finetuned_classifier: Path, tmp_p
     done = run_prediction(finetuned_classifier, source, show_progress=False)
     short, long = (json.loads(line) for line in done.path.read_text().splitlines())
     assert "cut_tokens" not in short and long["cut_tokens"] == 2 * limit - (limit - 2)
-    assert f"note: 1 of 2 texts were longer than the model's max_seq_length {limit}" in capsys.readouterr().err
+    assert f"note: 1 of 2 inputs were longer than the model's max_seq_length {limit}" in capsys.readouterr().err
     pair = Featurizer(read_vocab(finetuned_classifier / "vocab.txt"), 8)
     (feature,) = pair.features([Example(0, "good film good", "bad film bad film")], TaskHead("t", "regression", []), 0)
     assert len(feature.input_ids) == 8 and feature.cut_tokens == 7 - 5  # 3 + 4 pieces, 5 places between 3 markers

@@ -76,22 +76,12 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
 
 def test_a_tagger_refuses_pairs(tmp_path: Path) -> None:
     """A tagger sent "pairs" answered 200 with no predictions."""
-    from electra.config import ModelConfig
     from electra.finetune_data import TaskHead
-    from electra.task_model import FinetuningModel, export_task_model
     from electra.tokenization import SPECIAL_TOKENS
+    from tests.conftest import random_task_model
 
     vocab = [*SPECIAL_TOKENS, "good", "film"]
-    head = TaskHead("chunks", "tagging", ["O", "S-NP"])
-    config = ModelConfig(
-        vocab_size=len(vocab),
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        intermediate_size=16,
-        embedding_size=8,
-    )
-    export_task_model(FinetuningModel(config, [head]), head, tmp_path / "tagger", vocab, {"max_seq_length": 16})
+    random_task_model(tmp_path / "tagger", TaskHead("chunks", "tagging", ["O", "S-NP"]), vocab)
     with TestClient(create_app(tmp_path / "tagger", precision="fp32")) as client:
         pairs = client.post("/predict", json={"pairs": [["good", "film"]]})
         assert pairs.status_code == 422

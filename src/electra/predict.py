@@ -236,20 +236,18 @@ def run_prediction(
         raise UserError(f"{source} holds no examples to predict")
     predictions = predictor.predict(examples, batch_size, show_progress)
     limit = predictor.spec.get("max_seq_length", 128)
-    untagged = sum("untagged_words" in prediction for prediction in predictions)
-    if untagged:
-        print(
-            f"note: {untagged:,} sentence(s) were longer than the model's max_seq_length {limit}: their last words "
-            'were not tagged ("O", counted as "untagged_words" in their rows); split such sentences to tag them',
-            file=sys.stderr,
-        )
-    cut = sum("cut_tokens" in prediction for prediction in predictions)
-    if cut:
-        print(
-            f"note: {cut:,} of {len(predictions):,} texts were longer than the model's max_seq_length {limit}: "
-            'it read only their beginning (the word pieces left out are counted as "cut_tokens" in their rows)',
-            file=sys.stderr,
-        )
+    past_the_limit = {  # what a row past max_seq_length carries, and what that means
+        "untagged_words": 'their last words were not tagged ("O"); split such sentences to tag them',
+        "cut_tokens": "the model read only their beginning",
+    }
+    for key, meaning in past_the_limit.items():
+        count = sum(key in prediction for prediction in predictions)
+        if count:
+            print(
+                f"note: {count:,} of {len(predictions):,} inputs were longer than the model's max_seq_length {limit}: "
+                f'{meaning} (counted as "{key}" in their rows)',
+                file=sys.stderr,
+            )
     with atomic_output(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for example, prediction in zip(examples, predictions, strict=True):
             handle.write(json.dumps({**input_line(example), **prediction}, ensure_ascii=False) + "\n")
