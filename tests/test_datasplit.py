@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from electra.cli import main
-from electra.datasplit import SplitSettings, split_table
+from electra.datasplit import SplitSettings, describe_split, split_table
 from electra.errors import UserError
 from tests.conftest import shared_data
 
@@ -107,6 +107,8 @@ def test_jsonl_in_jsonl_out_and_clear_errors(tmp_path: Path, capsys) -> None:
     with_nulls.write_text("\n".join([*lines, '{"label": null, "text": "x"}', '{"label": "书籍", "text": null}']))
     record = split_table(with_nulls, tmp_path / "y", SplitSettings("label", "text"))
     assert record["dropped"] == {"empty": 2} and "None" not in record["counts"]["train"]
+    assert record["dropped_lines"] == {"empty": [61, 62]}  # the rows to look at, named
+    assert "dropped: 2 empty (lines 61, 62)" in describe_split(record, tmp_path / "y")
     assert (tmp_path / "y" / "train.jsonl").is_file()
 
 

@@ -30,6 +30,7 @@ SPLITS = ("train", "dev", "test")
 SPLIT_RECORD = "split.json"
 # More classes than this, and more than one for every two rows: the label column holds text (swapped columns).
 MAX_PLAUSIBLE_CLASSES = 100
+SHOWN_LINES = 5  # dropped rows named by line, of each reason
 
 
 @dataclass
@@ -90,14 +91,22 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
     by_label: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     seen: dict[str, str] = {}
     dropped = Counter()
+    dropped_lines: dict[str, list[int]] = defaultdict(list)  # the first few of each reason, for the user to look at
     for number, row in rows:
         # A stray byte-order mark (some reviews start with one) must not make a repeated text look new.
         text = _cell(row, settings.text_column).replace("\ufeff", "").strip()
         label = _cell(row, settings.label_column).strip()
-        if not text or not label:
-            dropped["empty"] += 1
-        elif text in seen:
-            dropped["duplicate" if seen[text] == label else "duplicate_with_other_label"] += 1
+        why = (
+            "empty"
+            if not text or not label
+            else ("duplicate" if seen[text] == label else "duplicate_with_other_label")
+            if text in seen
+            else None
+        )
+        if why:
+            dropped[why] += 1
+            if len(dropped_lines[why]) < SHOWN_LINES:
+                dropped_lines[why].append(number)
         else:
             seen[text] = label
             by_label[label].append((number, row))
@@ -153,6 +162,7 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
         **asdict(settings),
         "rows_read": len(rows),
         "dropped": dict(dropped),
+        "dropped_lines": dict(dropped_lines),
         "counts": counts,
         "files": {split: f"{split}{suffix}" for split in SPLITS if chosen[split]},
     }
@@ -173,8 +183,14 @@ def describe_split(record: dict[str, Any], output_dir: str | Path) -> str:
     sizes = ", ".join(f"{split} {sum(record['counts'][split].values()):,}" for split in SPLITS)
     lines = [f"split {record['rows_read']:,} rows of {record['source']} (seed {record['seed']}): {sizes}"]
     if record["dropped"]:
+        where = record.get("dropped_lines", {})
         lines.append(
-            "dropped: " + ", ".join(f"{count:,} {why.replace('_', ' ')}" for why, count in record["dropped"].items())
+            "dropped: "
+            + ", ".join(
+                f"{count:,} {why.replace('_', ' ')} (line{'s' if count > 1 else ''} "
+                f"{', '.join(map(str, where.get(why, [])))}{', ...' if count > SHOWN_LINES else ''})"
+                for why, count in record["dropped"].items()
+            )
         )
     classes = record["counts"]["train"]
     lines.append(
