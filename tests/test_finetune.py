@@ -1073,3 +1073,16 @@ def test_texts_past_max_seq_length_are_counted(finetuned_classifier: Path, tmp_p
     pair = Featurizer(read_vocab(finetuned_classifier / "vocab.txt"), 8)
     (feature,) = pair.features([Example(0, "good film good", "bad film bad film")], TaskHead("t", "regression", []), 0)
     assert len(feature.input_ids) == 8 and feature.cut_tokens == 7 - 5  # 3 + 4 pieces, 5 places between 3 markers
+
+
+def test_inputs_mostly_unknown_to_the_vocabulary_are_noted(finetuned_classifier: Path, tmp_path: Path, capsys) -> None:
+    """Traditional characters with a simplified-Chinese vocabulary, full-width letters, emoji: each became [UNK]
+    without a word."""
+    featurizer = Featurizer([*SPECIAL_TOKENS, "好", "书", "a"], 16)
+    assert featurizer.unknown_note([Example(0, "好书 a")], "x") is None
+    note = featurizer.unknown_note([Example(0, "這本書好 👍", "ＡＢＣ")], "tickets.csv")
+    assert note.startswith("note: 83% of the word pieces of tickets.csv are [UNK] (e.g. 這 本 書 👍 ＡＢＣ)")
+    source = tmp_path / "emoji.txt"
+    source.write_text("good film 👍👍\n😀 🍎 🍌\n", encoding="utf-8")
+    run_prediction(finetuned_classifier, source, show_progress=False)
+    assert "[UNK] (e.g. 👍👍 😀 🍎 🍌)" in capsys.readouterr().err

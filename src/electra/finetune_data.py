@@ -17,11 +17,12 @@ from electra.metrics import bioes_tags
 from electra.modeling import QAHeadConfig
 from electra.qa import QAFeaturizer
 from electra.tasks import Example
-from electra.tokenization import CLS, PAD, SEP, build_tokenizer, normalization_settings
+from electra.tokenization import CLS, PAD, SEP, UNK, build_tokenizer, normalization_settings
 from electra.trainer import to_device
 
 IGNORE_INDEX = -100  # token label of positions that are not the first piece of a word
 BUCKET_BATCHES = 50  # length bucketing sorts this many batches' worth of shuffled examples at a time
+UNKNOWN_NOTE_SHARE = 0.05  # [UNK] share of an input's word pieces above which fine-tuning and predict say so
 
 
 # ----------------------------------------------------------------------------------------------- task heads
@@ -113,6 +114,30 @@ class Featurizer:
             max_query_length=spec.get("max_query_length", 64),
             doc_stride=spec.get("doc_stride", 128),
             **normalization_settings(spec),
+        )
+
+    def unknown_note(self, examples: list[Any], where: str) -> str | None:
+        """A note when over UNKNOWN_NOTE_SHARE of the examples' word pieces are [UNK], naming some of what they stand
+        for: another script (traditional characters with a simplified-Chinese vocabulary), full-width letters,
+        emoji. The model reads each as one unknown token, and nothing else says so."""
+        texts = [getattr(example, name, None) for example in examples for name in ("text_a", "text_b")]
+        texts += [" ".join(example.words) for example in examples if getattr(example, "words", None)]
+        texts = [text for text in texts if text]
+        unknown_id = self.qa.index[UNK]
+        total, unknown, spans = 0, 0, {}
+        for text, encoding in zip(texts, self.tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
+            total += len(encoding.ids)
+            for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+                if token_id == unknown_id:
+                    unknown += 1
+                    if len(spans) < 6:
+                        spans.setdefault(text[start:end], None)
+        if not total or unknown <= UNKNOWN_NOTE_SHARE * total:
+            return None
+        return (
+            f"note: {unknown / total:.0%} of the word pieces of {where} are [UNK] (e.g. {' '.join(spans)}): the "
+            "model's vocabulary does not know them and reads each as one unknown token; a vocabulary built from text "
+            "like this would"
         )
 
     def _pieces(self, texts: list[str]) -> list[list[int]]:

@@ -234,6 +234,8 @@ def run_prediction(
     examples = read_prediction_inputs(source, predictor.head, predictor.spec, columns or {}, header)
     if not examples:
         raise UserError(f"{source} holds no examples to predict")
+    if predictor.head.kind != "qa" and (note := predictor.featurizer.unknown_note(examples, str(source))):
+        print(note, file=sys.stderr)
     predictions = predictor.predict(examples, batch_size, show_progress)
     limit = predictor.spec.get("max_seq_length", 128)
     past_the_limit = {  # what a row past max_seq_length carries, and what that means
