@@ -64,6 +64,11 @@ class PretrainingRun:
     data: PretrainingData
     train_range: range
     eval_range: range
+    # A downloaded model under --model-name (a converted TF checkpoint) goes on from the step it was trained to, as
+    # the reference's Estimator does: its README continues ELECTRA-Small, trained for 4 M steps, with
+    # "num_train_steps": 4010000 for 10,000 more. Weights from another folder (the reference's init_from_checkpoint)
+    # and Hugging Face pairs, which hold no step, start at 0.
+    start_step: int = 0
 
 
 class PretrainingTask:
@@ -142,10 +147,11 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     """
     data_dir = Path(data_dir)
     model_dir = Path(hparams["model_dir"]) if hparams.get("model_dir") else data_dir / "models" / model_name
-    if "init_checkpoint" not in hparams and not checkpoint_dirs(model_dir) and holds_weights(model_dir):
+    resuming = bool(checkpoint_dirs(model_dir))
+    if "init_checkpoint" not in hparams and not resuming and holds_weights(model_dir):
         hparams = {**hparams, "init_checkpoint": str(model_dir)}
     init = Path(hparams["init_checkpoint"]) if hparams.get("init_checkpoint") else None
-    if checkpoint_dirs(model_dir):  # resuming or evaluating: the shape it was trained with
+    if resuming:  # resuming or evaluating: the shape it was trained with
         hparams = with_inherited_shape(hparams, model_dir, generator=True)
     elif init is not None and init.is_dir():
         hparams = with_inherited_shape(hparams, init, generator=True)
@@ -186,8 +192,8 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
         setattr(config, name, built)  # the text the model sees is the text the data was built from
     split_file = model_dir / "pretrain_config.json"
     held_out = None
-    if split_file.exists():  # keep the split of the first run, so evaluation stays held out
-        first_run = read_json(split_file)
+    first_run = read_json(split_file) if split_file.exists() else {}
+    if first_run:  # keep the split of the first run, so evaluation stays held out
         held_out = first_run.get("eval_examples")  # absent from a converted TF checkpoint's record
         if first_run.get("vocab_sha256", data.metadata["vocab_sha256"]) != data.metadata["vocab_sha256"]:
             raise UserError(
@@ -195,7 +201,7 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
                 "the new token ids as the old ones. Use the vocabulary and data it was trained with, or another "
                 "--model-name to start afresh"
             )
-        if config.do_train and checkpoint_dirs(model_dir):
+        if config.do_train and resuming:
             _refuse_other_settings(model_dir, first_run, config)
             if first_run.get("data_fingerprint", data.fingerprint) != data.fingerprint:  # older records: unknown
                 raise UserError(
@@ -219,9 +225,9 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
             f"{data_path} holds {len(data):,} examples: too few for train_batch_size "
             f"{config.train_batch_size} after holding out {held_out:,} for evaluation"
         )
-    return PretrainingRun(
-        config, model_dir, vocab_file, data, range(0, len(data) - held_out), range(len(data) - held_out, len(data))
-    )
+    start_step = int(first_run.get("global_step", 0)) if init == model_dir and not resuming else 0
+    train_range, eval_range = range(0, len(data) - held_out), range(len(data) - held_out, len(data))
+    return PretrainingRun(config, model_dir, vocab_file, data, train_range, eval_range, start_step)
 
 
 # What may differ between an interrupted run and its resumption: how long, how often to save, log and evaluate, where
@@ -570,17 +576,6 @@ def _note_other_vocabulary(init: Path, vocab: list[str], vocab_file: Path) -> No
         )
 
 
-def _released_step(run: PretrainingRun) -> int:
-    """The step a downloaded model under --model-name was trained to (a converted TF checkpoint's global_step),
-    where the reference's Estimator goes on from: its README continues ELECTRA-Small, trained for 4 M steps, with
-    "num_train_steps": 4010000 for 10,000 more. Weights from elsewhere (init_checkpoint naming another folder, as
-    the reference's init_from_checkpoint) and Hugging Face pairs, which hold no step, start at 0."""
-    record_file = run.model_dir / "pretrain_config.json"
-    if Path(run.config.init_checkpoint or "") != run.model_dir or not record_file.is_file():
-        return 0
-    return int(read_json(record_file).get("global_step", 0))
-
-
 def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Processes) -> dict[str, Any]:
     config = run.config
     torch.manual_seed(config.seed)  # the initial weights
@@ -588,12 +583,10 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
     model = PretrainingModel(config, len(vocab), vocab.index(PAD))
     # Weights first: a checkpoint or init_checkpoint that does not fit stops the run before anything is written.
     checkpoints = checkpoint_dirs(run.model_dir)
-    start_step = 0
     if checkpoints:
         load_weights(model, checkpoints[-1] / "model.safetensors")  # training resumes from it
     elif config.init_checkpoint:
         random_parts = load_init_checkpoint(model, config.init_checkpoint)  # weights only, fresh optimizer
-        start_step = _released_step(run)
         if processes.is_main:
             _note_other_vocabulary(Path(config.init_checkpoint), vocab, run.vocab_file)
         if random_parts and processes.is_main:
@@ -618,10 +611,10 @@ def _train_and_evaluate(run: PretrainingRun, model_name: str, processes: Process
             run.model_dir,
             processes,
             description=f"pretrain {model_name}",
-            start_step=start_step,
+            start_step=run.start_step,
         )
     record_file = run.model_dir / "pretrain_config.json"
-    reached = checkpoint_step(checkpoints[-1]) if checkpoints else start_step
+    reached = checkpoint_step(checkpoints[-1]) if checkpoints else run.start_step
     if processes.is_main:
         run.model_dir.mkdir(parents=True, exist_ok=True)
     # An evaluation only keeps the record of the run it evaluates: its defaults (batch 128, 10,000 warm-up steps)

@@ -16,6 +16,7 @@ byte-for-byte the same for any number of processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -571,7 +572,7 @@ class PretrainingData:
     def __len__(self) -> int:
         return int(self.shard_starts[-1])
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """What the data was built from and how, and what it holds (not when its files were written: the same
         corpus built again gives the same data, and the same fingerprint)."""
