@@ -92,28 +92,27 @@ def split_table(source: str | Path, output_dir: str | Path, settings: SplitSetti
     seen: dict[str, str] = {}
     dropped = Counter()
     dropped_lines: dict[str, list[int]] = defaultdict(list)  # the first few of each reason, for the user to look at
+    labels: set[str] = set()  # of every row with one, duplicates included
     for number, row in rows:
         # A stray byte-order mark (some reviews start with one) must not make a repeated text look new.
         text = _cell(row, settings.text_column).replace("\ufeff", "").strip()
         label = _cell(row, settings.label_column).strip()
-        why = (
-            "empty"
-            if not text or not label
-            else ("duplicate" if seen[text] == label else "duplicate_with_other_label")
-            if text in seen
-            else None
-        )
-        if why:
-            dropped[why] += 1
-            if len(dropped_lines[why]) < SHOWN_LINES:
-                dropped_lines[why].append(number)
+        if label:
+            labels.add(label)
+        if not text or not label:
+            why = "empty"
+        elif text in seen:
+            why = "duplicate" if seen[text] == label else "duplicate_with_other_label"
         else:
             seen[text] = label
             by_label[label].append((number, row))
+            continue
+        dropped[why] += 1
+        if len(dropped_lines[why]) < SHOWN_LINES:
+            dropped_lines[why].append(number)
     if not by_label:
         raise UserError(f"{path} holds no rows with both a {settings.text_column!r} and a {settings.label_column!r}")
     labelled = len(rows) - dropped["empty"]
-    labels = {_cell(row, settings.label_column).strip() for _, row in rows} - {""}
     if len(labels) > max(MAX_PLAUSIBLE_CLASSES, labelled // 2):
         raise UserError(
             f"column {settings.label_column!r} of {path} holds {len(labels):,} different labels in {labelled:,} rows: "

@@ -580,10 +580,11 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         config.doc_stride,
         config.strip_accents,
     )
-    for item in data if processes.is_main else []:
-        note = item.head.kind != "qa" and featurizer.unknown_note(item.train, f"task {item.head.name}'s training data")
-        if note:
-            print(note, file=sys.stderr)
+    if processes.is_main:
+        for item in data:
+            where = f"task {item.head.name}'s training data"
+            if item.head.kind != "qa" and (note := featurizer.unknown_note(item.train, where)):
+                print(note, file=sys.stderr)
     scores: list[dict[str, dict[str, float]]] = []
     outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}
     for trial in range(1, config.num_trials + 1):
