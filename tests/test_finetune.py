@@ -1086,3 +1086,16 @@ def test_inputs_mostly_unknown_to_the_vocabulary_are_noted(finetuned_classifier:
     source.write_text("good film 👍👍\n😀 🍎 🍌\n", encoding="utf-8")
     run_prediction(finetuned_classifier, source, show_progress=False)
     assert "[UNK] (e.g. 👍👍 😀 🍎 🍌)" in capsys.readouterr().err
+
+
+def test_inputs_without_text_are_noted(finetuned_classifier: Path, tmp_path: Path, capsys) -> None:
+    """An empty cell got a confident-looking prediction without a word."""
+    source = tmp_path / "reviews.csv"
+    source.write_text('text\ngood film\n""\n   \nbad film\n', encoding="utf-8")
+    done = run_prediction(finetuned_classifier, source, show_progress=False)
+    assert done.count == 4
+    err = capsys.readouterr().err
+    assert f"note: 2 of 4 inputs have no text (e.g. {source}:3, {source}:4)" in err
+    source.write_text("text\ngood film\n", encoding="utf-8")
+    run_prediction(finetuned_classifier, source, show_progress=False)
+    assert "no text" not in capsys.readouterr().err

@@ -592,9 +592,8 @@ def _run_split(args: argparse.Namespace) -> None:
 
 def _run_pretrain(args: argparse.Namespace) -> None:
     _check_model_name(args.model_name)  # before the slow imports
-    from electra.config import parse_hparams
+    from electra.config import is_first_process, parse_hparams
     from electra.pretrain import describe, run_pretraining
-    from electra.trainer import is_first_process
 
     outcome = run_pretraining(args.data_dir, args.model_name, parse_hparams(args.hparams))
     if ("train" in outcome or "eval" in outcome) and is_first_process():
@@ -603,10 +602,9 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 
 def _run_finetune(args: argparse.Namespace) -> None:
     _check_model_name(args.model_name)  # before the slow imports
-    from electra.config import parse_hparams
+    from electra.config import is_first_process, parse_hparams
     from electra.finetune import describe_finetuning, run_finetuning
     from electra.tasks import import_task_module
-    from electra.trainer import is_first_process
 
     for source in args.task_module:
         import_task_module(source)

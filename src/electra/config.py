@@ -598,11 +598,17 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
     return config
 
 
+def is_first_process() -> bool:
+    """False in every process of a torchrun but the first: what a run prints, it prints once. Here, not in the
+    trainer, so that checking hparams does not import torch."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _known_values(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
     """The user's hparams minus the ignored TPU ones, after checking every name, the size and the overrides."""
     check_names(hparams, {item.name for item in dataclasses.fields(cls)} | IGNORED_HPARAMS, "hparam")
     ignored = sorted(IGNORED_HPARAMS & set(hparams))
-    if ignored and os.environ.get("RANK", "0") == "0":  # said once in a torchrun
+    if ignored and is_first_process():
         print(
             f"note: {', '.join(ignored)}: the reference's TPU settings, ignored here (devices: torchrun and "
             "CUDA_VISIBLE_DEVICES; see the README)",

@@ -30,6 +30,7 @@ from electra.config import (
     ModelConfig,
     build_finetuning_config,
     encoder_config,
+    is_first_process,
     pretraining_objective,
     with_inherited_shape,
 )
@@ -59,7 +60,6 @@ from electra.trainer import (
     Trainer,
     TrainSettings,
     checkpoint_dirs,
-    is_first_process,
     setup_processes,
 )
 

@@ -236,6 +236,14 @@ def run_prediction(
         raise UserError(f"{source} holds no examples to predict")
     if predictor.head.kind != "qa" and (note := predictor.featurizer.unknown_note(examples, str(source))):
         print(note, file=sys.stderr)
+    if predictor.head.kind in ("classification", "regression"):
+        blank = [e.source for e in examples if not (e.text_a or "").strip() and not (e.text_b or "").strip()]
+        if blank:
+            print(
+                f"note: {len(blank):,} of {len(examples):,} inputs have no text (e.g. {', '.join(blank[:3])}): the model "
+                "predicts from [CLS] and [SEP] alone there, which says nothing about a text",
+                file=sys.stderr,
+            )
     predictions = predictor.predict(examples, batch_size, show_progress)
     limit = predictor.spec.get("max_seq_length", 128)
     past_the_limit = {  # what a row past max_seq_length carries, and what that means

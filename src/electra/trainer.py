@@ -123,11 +123,6 @@ class Processes:
 GLOO_DRAIN_SECONDS = 0.2
 
 
-def is_first_process() -> bool:
-    """False in every process of a torchrun but the first: what a run prints, it prints once."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def setup_processes() -> Processes:
     """One process, or one of several started by torchrun (NCCL on GPUs, gloo on CPUs)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
