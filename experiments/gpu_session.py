@@ -19,13 +19,14 @@ fine-tuning results as <out>/finetuning.tar, and every stage's output goes to <o
 
 First build the stage where ../shared/data is (minutes on a CPU), then run on the GPU machine from the
 repository root (the device tool: carry .gpu, which .git/info/exclude ignores):
-  python experiments/gpu_session.py --build-stage --stage .gpu [--shared-data ../shared/data] [--en-init MODEL_DIR]
+  python experiments/gpu_session.py --build-stage --stage .gpu [--shared-data ../shared/data]
+      [--en-init MODEL_DIR | --vocab-size N]
   PYTHONPATH=src python3 experiments/gpu_session.py --stage .gpu --out "$OUT" [--deadline 540] [--en-seconds 200]
       [--zh-seconds 200] [--trials 3] [--benchmarks]   (PYTHONPATH: the GPU machine's image has torch, not this package)
-The stage holds en/ (an 8,000-WordPiece vocabulary and pre-training data of pretrain_en split into sentences; with
---en-init, a model brought back from an earlier lease, in bfloat16, under en/init/, and its vocabulary: the English
-run then continues that model), zh/ (the same of pretrain_zh, as the CPU check builds it) and data/ (squadv1, sst,
-cola, mrpc and zh_cls/waimai_10k); about 35 MB.
+The stage holds en/ (a WordPiece vocabulary of --vocab-size pieces, 8,000 by default, and pre-training data of
+pretrain_en split into sentences; with --en-init, a model brought back from an earlier lease, in bfloat16, under
+en/init/, and its vocabulary: the English run then continues that model), zh/ (the same of pretrain_zh, as the CPU
+check builds it) and data/ (squadv1, sst, cola, mrpc and zh_cls/waimai_10k); about 35 MB.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def stage_init_model(source: Path, target: Path) -> None:
     print(f"staged {source} in {target} (bfloat16)")
 
 
-def build_stage(shared: Path, stage: Path, en_init: Path | None = None) -> None:
+def build_stage(shared: Path, stage: Path, en_init: Path | None = None, en_vocab_size: int = 8000) -> None:
     if en_init is not None:  # continuing a model: its vocabulary, not a new one
         stage_init_model(en_init, stage / "en" / "init")
         shutil.copyfile(en_init / "discriminator" / "vocab.txt", stage / "en" / "vocab.txt")
@@ -215,7 +216,8 @@ def build_stage(shared: Path, stage: Path, en_init: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if not (language == "en" and en_init is not None):
             vocab = ["vocab", "--corpus-dir", str(source), "--output", str(folder / "vocab.txt")]
-            subprocess.run(electra(*vocab, "--vocab-size", "8000"), check=True)
+            size = en_vocab_size if language == "en" else 8000
+            subprocess.run(electra(*vocab, "--vocab-size", str(size)), check=True)
         data = ["build-data", "--corpus-dir", str(source), "--vocab-file", str(folder / "vocab.txt")]
         data += ["--output-dir", str(folder / "pretrain_data"), "--overwrite", "--split-sentences", *extra]
         subprocess.run(electra(*data), check=True)
@@ -240,6 +242,12 @@ def main() -> None:
     parser.add_argument(
         "--en-init", type=Path, help="with --build-stage: an English model of an earlier lease to continue pre-training"
     )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8000,
+        help="with --build-stage, without --en-init: the English vocabulary's size (the reference's is 30,522)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-session"))
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
@@ -254,7 +262,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.build_stage:
-        build_stage(args.shared_data, args.stage, args.en_init)
+        if args.en_init is not None and args.vocab_size != 8000:
+            parser.error("--vocab-size builds a new vocabulary; --en-init continues a model with its own")
+        build_stage(args.shared_data, args.stage, args.en_init, args.vocab_size)
         return
     if args.out is None:
         parser.error("--out is required to run the session")
