@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -179,3 +180,26 @@ def test_failing_request_does_not_fail_others_in_its_batch(classifier: Path) -> 
     assert [answer["label"] for answer in answers] == [prediction["label"] for prediction in expected]
     for answer, prediction in zip(answers, expected, strict=True):
         assert answer["probability"] == pytest.approx(prediction["probability"], abs=1e-3)
+
+
+def test_a_failure_while_gathering_a_batch_fails_its_requests_not_the_worker(classifier: Path) -> None:
+    """On Python 3.10 the wait for more requests raised asyncio.TimeoutError, which the worker did not catch: it died
+    and every request waited for ever. Any failure there must answer the requests it holds and keep serving."""
+    app = create_app(classifier, ServeLimits(batch_wait_ms=50))
+    batcher = app.state.batcher
+    calls = 0
+
+    class BrokenOnce(asyncio.Queue):
+        async def get(self) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the first wait for a second request
+                raise RuntimeError("gathering failed")
+            return await super().get()
+
+    batcher.queue = BrokenOnce()
+    with TestClient(app) as client:
+        first = client.post("/predict", json={"texts": ["the movie was good"]})
+        second = client.post("/predict", json={"texts": ["the movie was good"]})
+    assert first.status_code == 500 and "RuntimeError" in first.json()["detail"]
+    assert second.status_code == 200 and second.json()["predictions"][0]["label"] == "pos"

@@ -240,8 +240,8 @@ def run_prediction(
         blank = [e.source for e in examples if not (e.text_a or "").strip() and not (e.text_b or "").strip()]
         if blank:
             print(
-                f"note: {len(blank):,} of {len(examples):,} inputs have no text (e.g. {', '.join(blank[:3])}): the model "
-                "predicts from [CLS] and [SEP] alone there, which says nothing about a text",
+                f"note: {len(blank):,} of {len(examples):,} inputs have no text (e.g. {', '.join(blank[:3])}): the "
+                "model predicts from [CLS] and [SEP] alone there, which says nothing about a text",
                 file=sys.stderr,
             )
     predictions = predictor.predict(examples, batch_size, show_progress)

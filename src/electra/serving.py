@@ -116,15 +116,21 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             pending = [await self.queue.get()]
-            size = len(pending[0][0])
-            deadline = loop.time() + self.limits.batch_wait_ms / 1000
-            while size < self.limits.max_batch_size:
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    break
-                pending.append(item)
-                size += len(item[0])
+            try:
+                size = len(pending[0][0])
+                deadline = loop.time() + self.limits.batch_wait_ms / 1000
+                while size < self.limits.max_batch_size:
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                        break
+                    pending.append(item)
+                    size += len(item[0])
+            except Exception as error:  # the worker must live on: a dead one leaves every later request waiting
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
             await self._answer(pending)
 
     async def _answer(self, pending: list[tuple[list[Example], asyncio.Future]]) -> None:
