@@ -401,6 +401,9 @@ def test_training_rows_are_checked_against_the_labels_a_task_can_learn(tmp_path:
     write_user_task(tmp_path, {"train": [("good", "pos"), ("fine", "pos")]})
     with pytest.raises(UserError, match='the task spec\'s "labels" lists one label'):
         run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {"labels": ["pos"]}}})
+    write_user_task(tmp_path, {"train": [("good", "pos"), ("bad", "neg"), ("fine", "neutral")]})
+    with pytest.raises(UserError, match=r'"f1" is the F1 of the second of two labels .* has 3 \(neg, neutral, pos\)'):
+        run_finetuning(tmp_path, "m", {**hparams, "tasks": {"tickets": {"metrics": ["accuracy", "f1"]}}})
     with pytest.raises(UserError, match=r"task_names: 'a/b' is not a task name"):
         run_finetuning(tmp_path, "m", {**hparams, "task_names": ["a/b"]})
     with pytest.raises(UserError, match=r"task_names: 'tickets\.v2' holds a '\.', .* \(e\.g\. 'tickets_v2'\)"):

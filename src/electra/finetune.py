@@ -270,6 +270,11 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
                 f"task {task.name!r}: every training row has the label {labels[0]!r}, and a classifier needs two or "
                 'more: check the label column, or list the labels in the task spec\'s "labels"'
             )
+        if need_train and task.kind == "classification" and "f1" in task.metrics and len(labels) != 2:
+            raise UserError(
+                f'task {task.name!r}: metric "f1" is the F1 of the second of two labels (as GLUE\'s MRPC), and this '
+                f"task has {len(labels)} ({', '.join(labels[:10])}): use \"macro_f1\""
+            )
         splits = [*(task.eval_splits() if run.config.do_eval else [])]
         if run.config.write_test_outputs:  # read now, so that a malformed test file stops the run before training
             splits += [split for split in task.test_splits() if task.has_split(split)]
