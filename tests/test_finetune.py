@@ -1102,3 +1102,16 @@ def test_inputs_without_text_are_noted(finetuned_classifier: Path, tmp_path: Pat
     source.write_text("text\ngood film\n", encoding="utf-8")
     run_prediction(finetuned_classifier, source, show_progress=False)
     assert "no text" not in capsys.readouterr().err
+
+
+def test_an_empty_sentence_does_not_void_a_taggers_scores(tmp_path: Path, vocab_file: Path) -> None:
+    """A JSONL sentence without words ([] tags) was taken for an unlabelled one, and the whole dev split went unscored."""
+    folder = tmp_path / "finetuning_data" / "tags"
+    folder.mkdir(parents=True)
+    sentence = {"tokens": ["the", "movie", "was"], "tags": ["B-NP", "I-NP", "B-VP"]}
+    for split, count in (("train", 40), ("dev", 4)):
+        rows = [sentence] * count + [{"tokens": [], "tags": []}]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    hparams = {**TINY_MODEL, "task_names": ["tags"], "tasks": {"tags": {"type": "tagging"}}}
+    outcome = run_finetuning(tmp_path, "m", {**hparams, "vocab_file": str(vocab_file), "max_seq_length": 16})
+    assert set(outcome["trials"][0]["scores"]["tags/dev"]) == {"f1", "precision", "recall", "accuracy"}

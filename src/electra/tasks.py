@@ -610,7 +610,7 @@ class TableTask(Task):
                     f"{source}: {self.text_column!r} has {len(words)} words and {self.label_column!r} "
                     f"{len(tags)} tags: give one tag per word"
                 )
-            return Example(index, words=words, label=tags or None, source=source)
+            return Example(index, words=words, label=tags, source=source)
         if self.kind == "regression" and label is not None:
             try:
                 label = float(label)
