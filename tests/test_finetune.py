@@ -595,6 +595,10 @@ def test_multitask_tagging_and_regression_with_trials(tmp_path: Path, vocab_file
     assert json.loads(path.read_text())["tags"] == ["B-NP", "I-NP", "B-VP"]
     assert json.loads(path.read_text())["words"] == ["the", "movie", "was"]
     assert "untagged_words" not in json.loads(path.read_text())
+    empty_last = tmp_path / "words.jsonl"  # a last word without word pieces is untagged, but was not cut off
+    empty_last.write_text(json.dumps({"tokens": ["the", "movie", "was", "\u200b"]}) + "\n")
+    row = json.loads(run_prediction(model_dir / "chunk", empty_last, show_progress=False).path.read_text())
+    assert len(row["tags"]) == 4 and "untagged_words" not in row
     source.write_text("北京 很好\n")  # Chinese: a character a word, as tagging corpora have them
     row = json.loads(run_prediction(model_dir / "chunk", source, tmp_path / "zh.jsonl").path.read_text())
     assert row["words"] == ["北", "京", "很", "好"] and len(row["tags"]) == 4
@@ -1105,7 +1109,7 @@ def test_inputs_without_text_are_noted(finetuned_classifier: Path, tmp_path: Pat
 
 
 def test_an_empty_sentence_does_not_void_a_taggers_scores(tmp_path: Path, vocab_file: Path) -> None:
-    """A JSONL sentence without words ([] tags) was taken for an unlabelled one, and the whole dev split went unscored."""
+    """A JSONL sentence without words ([] tags) was taken for an unlabelled one: the dev split went unscored."""
     folder = tmp_path / "finetuning_data" / "tags"
     folder.mkdir(parents=True)
     sentence = {"tokens": ["the", "movie", "was"], "tags": ["B-NP", "I-NP", "B-VP"]}

@@ -273,7 +273,7 @@ def load_task_data(run: FinetuningRun, need_train: bool) -> list[TaskData]:
         if need_train and task.kind == "classification" and "f1" in task.metrics and len(labels) != 2:
             raise UserError(
                 f'task {task.name!r}: metric "f1" is the F1 of the second of two labels (as GLUE\'s MRPC), and this '
-                f"task has {len(labels)} ({', '.join(labels[:10])}): use \"macro_f1\""
+                f'task has {len(labels)} ({", ".join(labels[:10])}): use "macro_f1"'
             )
         splits = [*(task.eval_splits() if run.config.do_eval else [])]
         if run.config.write_test_outputs:  # read now, so that a malformed test file stops the run before training

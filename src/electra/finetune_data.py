@@ -70,6 +70,7 @@ class Features:
     span: tuple[int, int] = (0, 0)  # question answering: the answer's first and last token ([CLS] if none)
     window: Any = None  # question answering: the QAFeature, to map predictions back to the context
     cut_tokens: int = 0  # classification and regression: word pieces past max_seq_length, which the model never reads
+    cut_words: int = 0  # tagging: words past max_seq_length, tagged "O" without the model seeing them
 
 
 def truncated_pair_lengths(length_a: int, length_b: int, budget: int) -> tuple[int, int]:
@@ -219,6 +220,8 @@ class Featurizer:
                     task_id,
                     token_labels=token_labels,
                     word_starts=starts,
+                    # counted from the first word cut: a word without pieces (a lone control character) is no sign
+                    cut_words=len(example.words) - word_ids[kept] if kept < len(word_ids) else 0,
                 )
             )
         return features

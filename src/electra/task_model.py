@@ -372,10 +372,8 @@ def decode(head: TaskHead, output: np.ndarray, item: Features) -> dict[str, Any]
         }
     tags = ["O" if start < 0 else head.labels[int(output[start].argmax())] for start in item.word_starts]
     decoded: dict[str, Any] = {"tags": iob2_tags(tags) if head.span_labels else tags}  # BIOES -> IOB2, as corpora
-    tagged = np.flatnonzero(item.word_starts >= 0)
-    untagged = len(tags) - (int(tagged[-1]) + 1 if len(tagged) else 0)
-    if untagged:  # the words past max_seq_length: "O" without the model having seen them
-        decoded["untagged_words"] = untagged
+    if item.cut_words:
+        decoded["untagged_words"] = item.cut_words
     return decoded
 
 
