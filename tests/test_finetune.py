@@ -774,6 +774,12 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
     tuned = load_file(str(exported / "model.safetensors"))
     encoder_keys = [key for key in original if key.startswith("electra.")]
     assert encoder_keys and all(torch.equal(original[key], tuned[key]) for key in encoder_keys)  # lr 0: unchanged
+    # The weights file itself: shape, casing and vocabulary from its folder (they came from the data dir's defaults).
+    from_file = run_finetuning(tmp_path, "file", {**hparams, "init_checkpoint": str(released / weights)})
+    exported = from_file["trials"][0]["dir"] / "model"
+    assert json.loads((exported / "config.json").read_text())["hidden_size"] == 48
+    assert json.loads((exported / "electra_task.json").read_text())["do_lower_case"] is False
+    assert read_vocab(exported / "vocab.txt") == read_vocab(vocab_file)
 
 
 def test_text_in_another_encoding_stops_with_the_line_and_the_fix(tmp_path: Path) -> None:

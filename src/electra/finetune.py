@@ -171,8 +171,10 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         candidate = init / "model" if (init / "model").is_dir() else init
         if (candidate / TASK_FILE).is_file() or any(candidate.glob(f"*/{TASK_FILE}")):
             finetuned = init = candidate
-    if init is not None:
-        hparams = {**_inherited_normalization(init), **with_inherited_shape(hparams, init)}
+    # A weights file's folder holds its record, config and vocabulary, as a folder named itself does.
+    init_folder = init.parent if init is not None and init.is_file() else init
+    if init_folder is not None:
+        hparams = {**_inherited_normalization(init_folder), **with_inherited_shape(hparams, init_folder)}
     config = build_finetuning_config(hparams)
     repeated = sorted({name for name in config.task_names if config.task_names.count(name) > 1})
     if repeated:
@@ -193,11 +195,11 @@ def prepare_finetuning(data_dir: str | Path, model_name: str, hparams: dict[str,
         vocab_file = Path(config.vocab_file)
     else:
         candidates = model_vocab_places(model_dir, data_dir)
-        if init is not None and init.is_dir() and init != model_dir:
-            own = [init / "vocab.txt", init / "tokenizer.json"]
-            if (init / "config.json").is_file() and not any(path.is_file() for path in own):
+        if init_folder is not None and init_folder.is_dir() and init_folder != model_dir:
+            own = [init_folder / "vocab.txt", init_folder / "tokenizer.json"]
+            if (init_folder / "config.json").is_file() and not any(path.is_file() for path in own):
                 raise UserError(
-                    f"{init} holds no vocab.txt or tokenizer.json: its token ids mean nothing without them. "
+                    f"{init_folder} holds no vocab.txt or tokenizer.json: its token ids mean nothing without them. "
                     'Give its vocabulary with "vocab_file"'
                 )
             candidates[:0] = own
