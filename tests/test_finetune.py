@@ -896,6 +896,17 @@ def test_keep_all_models_false_keeps_only_the_last_trials_model(tmp_path: Path, 
     # Its own trials again, without training: the first one's model is gone, and the error says why.
     with pytest.raises(UserError, match=r"model was deleted after training .* dev scores are in .*scores\.json"):
         run_finetuning(tmp_path, "m", {**hparams, **settings, "do_train": False})
+    # Scores of other dev data (or none, without do_eval) are not reused: the trial trains again to be scored.
+    write_user_task(tmp_path, {"dev": sentiment_rows(12, 2)})
+    changed = run_finetuning(tmp_path, "m", {**hparams, **settings})
+    assert (first["dir"] / "finetune_config.json").stat().st_mtime_ns != recorded
+    assert all(trial["scores"]["tickets/dev"] for trial in changed["trials"])
+    assert changed["trials"][0]["scores"] != first["scores"]
+    unevaluated = run_finetuning(tmp_path, "quiet", {**hparams, **settings, "do_eval": False})
+    assert [trial["scores"] for trial in unevaluated["trials"]] == [{}, {}]
+    evaluated = run_finetuning(tmp_path, "quiet", {**hparams, **settings})
+    assert set(evaluated["summary"]) == {"tickets/dev accuracy", "tickets/dev macro_f1"}
+    assert all(trial["scores"]["tickets/dev"] for trial in evaluated["trials"])
 
 
 def test_evaluating_a_saved_model_scores_with_the_labels_it_learned(finetuned_classifier: Path, tmp_path: Path) -> None:

@@ -301,6 +301,15 @@ def training_data_fingerprint(examples: list[Any]) -> str:
     return digest.hexdigest()[:16]
 
 
+def evaluation_fingerprint(run: FinetuningRun, data: list[TaskData]) -> str:
+    """What a trial's dev scores were computed on (none without do_eval): the scores kept for a trial whose model
+    keep_all_models deleted are reused only for the same evaluation data."""
+    splits = [(item, split) for item in data for split in (item.task.eval_splits() if run.config.do_eval else [])]
+    return ",".join(
+        f"{item.task.name}/{split}:{training_data_fingerprint(item.evaluation[split])}" for item, split in splits
+    )
+
+
 def _check_trial_record(trial_dir: Path, record: dict[str, Any]) -> None:
     """Refuse to resume or reuse a trial that was trained with other hparams or other training data."""
     path = trial_dir / "finetune_config.json"
@@ -526,7 +535,7 @@ def write_test_outputs(
 def summarise_trials(scores: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per "task/split metric": the median, mean, standard deviation, min and max over trials."""
     summary = {}
-    for key in scores[0]:
+    for key in dict.fromkeys(key for trial in scores for key in trial):  # a reused trial may lack a task's scores
         values = [trial[key] for trial in scores if key in trial]
         for metric in values[0]:
             series = [value[metric] for value in values]
@@ -594,15 +603,24 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
                 print(note, file=sys.stderr)
     scores: list[dict[str, dict[str, float]]] = []
     outcome: dict[str, Any] = {"model_dir": run.model_dir, "trials": []}
+    evaluated = evaluation_fingerprint(run, data)
     for trial in range(1, config.num_trials + 1):
         trial_dir = run.trial_dir(trial)
         exported = run.finetuned_model or trial_dir / "model"
         kept_scores = trial_dir / SCORES_FILE
         if config.do_train and not config.keep_all_models and kept_scores.is_file() and not exported.exists():
             _check_trial_record(trial_dir, trial_record(run, data, trial))
-            scores.append(read_json(kept_scores))
-            outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": scores[-1]})
-            continue
+            kept = read_json(kept_scores)
+            if kept.get("evaluated") == evaluated:
+                scores.append(kept["scores"])
+                outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": scores[-1]})
+                continue
+            if processes.is_main:
+                print(
+                    f"note: trial {trial}'s model was not kept (keep_all_models) and its scores are of other dev data "
+                    "or none: training it again",
+                    file=sys.stderr,
+                )
         if config.do_train:
             model = train_trial(run, data, trial, featurizer, processes)
         else:
@@ -638,7 +656,8 @@ def _run_trials(run: FinetuningRun, processes: Processes) -> dict[str, Any]:
         if config.do_train and not config.keep_all_models and trial < config.num_trials and processes.is_main:
             # The model goes, its record and scores stay: a re-run (or one resumed after an interruption in a
             # later trial) reuses them instead of training this trial again.
-            write_text_atomic(kept_scores, json.dumps(trial_scores, indent=2) + "\n")
+            kept = {"scores": trial_scores, "evaluated": evaluated}
+            write_text_atomic(kept_scores, json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
             shutil.rmtree(exported, ignore_errors=True)
         scores.append(trial_scores)
         outcome["trials"].append({"dir": trial_dir, "model": exported, "scores": trial_scores})
