@@ -19,6 +19,7 @@ from electra.scoring import (
     plan_windows,
     read_nbest,
     read_references,
+    read_texts,
     rerank,
     word_error_rate,
 )
@@ -260,6 +261,12 @@ def test_malformed_nbest_and_references_name_file_and_line(tmp_path: Path) -> No
     references.write_text('{"id": "u1", "text": "a"}\n')
     with pytest.raises(UserError, match=r"refs.jsonl has no reference for id\(s\) u2"):
         read_references(references, read_nbest(nbest))
+    upper = tmp_path / "REFS.JSONL"  # read as JSONL, not as lines of text
+    upper.write_text('{"id": "u1", "text": "a"}\n{"id": "u2", "text": "b"}\n')
+    lists = read_nbest(nbest)
+    read_references(upper, lists)
+    assert [nbest_list.reference for nbest_list in lists] == ["a", "b"]
+    assert read_texts(upper) == [({"id": "u1", "text": "a"}, "a"), ({"id": "u2", "text": "b"}, "b")]
 
 
 # ----------------------------------------------------------------------------------------------- real text

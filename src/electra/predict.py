@@ -200,12 +200,12 @@ class Predictor:
 
 def read_questions(path: Path) -> list[Any]:
     """Questions to answer: a SQuAD/MRQA file, or JSONL with "context" and "question" (and an optional "id")."""
-    if path.suffix not in (".json", ".jsonl"):
+    if path.suffix.lower() not in (".json", ".jsonl"):
         raise UserError(
             f'{path}: a question-answering model reads JSONL, one {{"context": ..., "question": ...}} a line, or a '
             "SQuAD (.json) or MRQA (.jsonl) file"
         )
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         return read_squad(path, training=False, v2=False)
     rows = read_jsonl_rows(path)
     if any("qas" in row for _, row in rows):  # MRQA: its first line is a header

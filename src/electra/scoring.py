@@ -316,7 +316,7 @@ def read_texts(path: Path, text_field: str = "text") -> list[tuple[dict[str, Any
     """(fields, text) for each text: JSONL rows (all their fields, `text_field` the text), or plain text, one a
     line (blank lines are skipped, so each text keeps its line number as a field beside "text")."""
     require_file(path, "input file")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         texts = []
         for number, row in read_jsonl_rows(path):
             if text_field not in row:
@@ -414,7 +414,7 @@ def read_nbest(path: Path) -> list[NBestList]:
 def read_references(path: Path, lists: list[NBestList]) -> None:
     """Attach references: JSONL {"id", "text"} matched by id, or plain text with one line per list, in order."""
     require_file(path, "references file")
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         rows = read_jsonl_rows(path)
         for number, row in rows:
             if not isinstance(row.get("text"), str):
