@@ -154,6 +154,14 @@ def test_damaged_or_mismatched_weights_are_named(models: dict[str, Path], tmp_pa
     (damaged / "generator" / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
     with pytest.raises(UserError, match=r"\(Error\(s\) in loading state_dict .* size mismatch for "):
         TextScorer(damaged)
+    # A Hugging Face folder of an older release holds pytorch_model.bin alone.
+    released = tmp_path / "released"
+    shutil.copytree(models["electra"] / "generator", released)
+    scorer = TextScorer(released)
+    torch.save(scorer.model.state_dict(), released / "pytorch_model.bin")
+    (released / "model.safetensors").unlink()
+    texts = ["the cat sat", "a red dog"]
+    assert [s.total for s in TextScorer(released).score(texts)] == [s.total for s in scorer.score(texts)]
 
 
 def test_score_command_writes_jsonl_keeping_other_fields(models: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -30,8 +30,17 @@ from tqdm import tqdm
 
 from electra.config import ModelConfig, pretraining_objective
 from electra.errors import UserError
-from electra.fileio import choose_output_file, open_text, read_json, read_text, require_file, write_text_atomic
+from electra.fileio import (
+    choose_output_file,
+    open_text,
+    read_json,
+    read_text,
+    read_weights,
+    require_file,
+    write_text_atomic,
+)
 from electra.modeling import ElectraForMaskedLM, ElectraForPreTraining
+from electra.pretrain import weights_file
 from electra.tasks import read_jsonl_rows
 from electra.tokenization import CLS, MASK, PAD, SEP, UNK, build_tokenizer, normalization_settings, read_vocab
 from electra.trainer import checkpoint_dirs, resolve_precision
@@ -192,17 +201,23 @@ class TextScorer:
         folder = self.source.folder
         config = ModelConfig.from_dict(read_json(folder / "config.json"))
         self.model: nn.Module = (ElectraForPreTraining if self.method == "electric" else ElectraForMaskedLM)(config)
+        weights = weights_file(folder) or folder / "model.safetensors"  # older Hugging Face folders: the .bin
         try:
-            missing, unexpected = load_model(self.model, str(folder / "model.safetensors"), strict=False)
-        except Exception as error:  # damaged (safetensors' own error type), or other shapes than config.json's
+            if weights.suffix == ".safetensors":  # load_model restores the tensors that save_model stored once
+                missing, unexpected = load_model(self.model, str(weights), strict=False)
+            else:
+                missing, unexpected = self.model.load_state_dict(read_weights(weights), strict=False)
+        except UserError:
+            raise
+        except Exception as error:  # damaged, or other shapes than config.json's
             detail = " ".join(line.strip() for line in str(error).splitlines()[:3] if line.strip())[:300]
             raise UserError(
-                f"cannot load {folder / 'model.safetensors'} ({detail}): export the model again, or give the "
-                "config.json that came with these weights"
+                f"cannot load {weights} ({detail}): export the model again, or give the config.json that came "
+                "with these weights"
             ) from None
         if missing or unexpected:
             raise UserError(
-                f"{folder / 'model.safetensors'} does not hold a {type(self.model).__name__} "
+                f"{weights} does not hold a {type(self.model).__name__} "
                 f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})"
             )
         self.vocab = read_vocab(folder / "vocab.txt")
