@@ -125,13 +125,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def random_task_model(folder: Path, head, vocab: list[str]) -> Path:
+def random_task_model(folder: Path, head, vocab: list[str], max_position_embeddings: int = 512) -> Path:
     """A fine-tuned model folder as `electra finetune` exports it, with tiny random weights: for tests of what reads
     such folders (prediction, serving, export), where training would only cost time."""
     from electra.config import ModelConfig
     from electra.task_model import FinetuningModel, export_task_model
 
     shape = {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 16}
+    shape["max_position_embeddings"] = max_position_embeddings
     model = FinetuningModel(ModelConfig(vocab_size=len(vocab), embedding_size=8, **shape), [head])
     export_task_model(model, head, folder, vocab, {"max_seq_length": 16})
     return folder

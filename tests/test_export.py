@@ -168,3 +168,25 @@ def test_int8_onnx_export_is_smaller_and_predicts_like_pytorch(finetuned_classif
     assert max(gaps) < 0.02
     with pytest.raises(UserError, match="choose one of fp32, int8"):
         export_onnx(finetuned_classifier, tmp_path / "int4", weights="int4")
+
+
+def test_onnx_export_of_a_short_model_and_no_hf_export_of_an_onnx_folder(
+    finetuned_classifier: Path, tmp_path: Path
+) -> None:
+    """The export's check ran 40 tokens through any model (a traceback under 40 positions); export --format hf of an
+    ONNX folder wrote a folder without weights and said it had succeeded."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from electra.export import OnnxPredictor
+    from electra.finetune_data import TaskHead
+    from electra.tokenization import read_vocab
+    from tests.conftest import random_task_model
+
+    head, vocab = TaskHead("t", "classification", ["a", "b"]), read_vocab(finetuned_classifier / "vocab.txt")
+    short = random_task_model(tmp_path / "short", head, vocab, max_position_embeddings=16)
+    folder = export_onnx(short, tmp_path / "onnx").parent
+    examples = [Example(0, "good film " * 20)]  # cut to the 16 positions the model has
+    assert OnnxPredictor(folder).predict(examples)[0]["label"] == Predictor(short, "fp32").predict(examples)[0]["label"]
+    with pytest.raises(UserError, match=r"holds no weights .* \(it holds model\.onnx: export from the folder"):
+        export_hf(folder, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

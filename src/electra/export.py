@@ -77,9 +77,16 @@ def tokenizer_files(folder: Path, normalization: dict[str, bool], max_length: in
 
 def _copy_model_folder(source: Path, target: Path, normalization: dict[str, bool]) -> None:
     check_replaceable(target, "config.json", [source], [path.name for path in source.iterdir()] + TOKENIZER_FILES)
-    for weights in (source / name for name in WEIGHT_FILES):
-        if weights.is_file():
-            read_weights(weights)  # a damaged file is refused here rather than copied on
+    held = [source / name for name in WEIGHT_FILES if (source / name).is_file()]
+    if not held:
+        onnx = (
+            " (it holds model.onnx: export from the folder that was exported to ONNX)"
+            if (source / "model.onnx").is_file()
+            else ""
+        )
+        raise UserError(f"{source} holds no weights ({' or '.join(WEIGHT_FILES)}) to export{onnx}")
+    for weights in held:
+        read_weights(weights)  # a damaged file is refused here rather than copied on
     with atomic_directory(target) as tmp:
         for path in source.iterdir():
             if path.is_file():
@@ -152,9 +159,10 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
     model, _, spec = load_task_model(source)
     read_model_vocab(source)  # the vocab.txt copied beside the graph must be the model's
     wrapper = _LogitsOnly(model).eval()
-    example = _sample_inputs(2, 16, model.config.vocab_size, seed=0)
+    positions = model.config.max_position_embeddings
+    example = _sample_inputs(2, min(16, positions), model.config.vocab_size, seed=0)
     batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence", max=model.config.max_position_embeddings)
+    sequence = torch.export.Dim("sequence", max=positions)
     check_replaceable(target, "model.onnx", [source], ["model.onnx", "config.json", "vocab.txt", TASK_FILE])
     with atomic_directory(target) as tmp, quiet_exporter():
         try:
@@ -177,7 +185,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, weights: str = "fp32"
         for name in ("config.json", "vocab.txt"):
             shutil.copyfile(source / name, tmp / name)
         write_task_spec(tmp, spec | {"onnx_weights": weights})
-        check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size, relative=weights == "int8")
+        check_onnx(tmp / "model.onnx", wrapper, model.config.vocab_size, positions, relative=weights == "int8")
     return target / "model.onnx"
 
 
@@ -211,7 +219,9 @@ def quantize_int8(source: Path, target: Path) -> None:
     optimised.unlink()
 
 
-def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int, relative: bool = False) -> float | None:
+def check_onnx(
+    path: Path, wrapper: nn.Module, vocab_size: int, max_length: int, relative: bool = False
+) -> float | None:
     """Largest difference between ONNX Runtime and PyTorch on shapes other than the traced ones (None
     without onnxruntime), or with `relative` (int8 weights) that difference over the largest output
     magnitude; a UserError above ONNX_TOLERANCE (INT8_TOLERANCE)."""
@@ -221,7 +231,7 @@ def check_onnx(path: Path, wrapper: nn.Module, vocab_size: int, relative: bool =
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst, scale = 0.0, 0.0
-    for batch, length in ((1, 7), (3, 40)):
+    for batch, length in ((1, min(7, max_length)), (3, min(40, max_length))):
         inputs = _sample_inputs(batch, length, vocab_size, seed=batch)
         (onnx_logits,) = session.run(
             None, {name: tensor.numpy() for name, tensor in zip(ONNX_INPUTS, inputs, strict=True)}
