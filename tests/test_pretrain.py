@@ -321,7 +321,7 @@ def test_learning_rate_warms_up_then_decays_linearly_to_zero():
 
 def test_objectives_train_end_to_end(pretrain_data_dir: Path):
     for name, extra in (
-        ("mlm", {"electra_objective": False}),
+        ("mlm", {"electra_objective": False, "mask_prob": 0.25}),
         ("electric", {"electra_objective": False, "electric_objective": True}),
     ):
         assert pretrain(pretrain_data_dir, name, num_train_steps=6, do_eval=True, **extra) == 0
@@ -330,6 +330,12 @@ def test_objectives_train_end_to_end(pretrain_data_dir: Path):
         assert exported == (["generator"] if name == "mlm" else ["discriminator"])
         logged = metrics(model_dir)
         assert all(record["loss"] == record["loss"] for record in logged)  # finite, not NaN
+        # Evaluated again as training suggests, with little more than "do_train": false: as it was trained (the
+        # objective, and mask_prob's 0.25 below, had been the defaults'), so with the same held-out results.
+        results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
+        bare = '{"do_train": false, "do_eval": true, "precision": "fp32"}'
+        assert main(["pretrain", "--data-dir", str(pretrain_data_dir), "--model-name", name, "--hparams", bare]) == 0
+        assert json.loads((model_dir / "results" / "unsup_results.json").read_text()) == results
 
 
 NO_DROPOUT = {"model_hparam_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}

@@ -138,6 +138,21 @@ def default_length_groups(device: torch.device) -> int:
     return 1 if device.type == "cuda" else 4
 
 
+# What an evaluation of a trained model takes from this command, not from the run's record: where things are, what
+# to do, and what suits this machine.
+NOT_INHERITED_BY_EVALUATION = {
+    "do_train",
+    "do_eval",
+    "pretrain_data",
+    "vocab_file",
+    "model_dir",
+    "init_checkpoint",
+    "precision",
+    "compile",
+    "gradient_accumulation_steps",
+}
+
+
 def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) -> PretrainingRun:
     """Resolve hparams, paths, vocabulary and data as the reference's configure_pretraining does.
 
@@ -150,6 +165,16 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
     resuming = bool(checkpoint_dirs(model_dir))
     if "init_checkpoint" not in hparams and not resuming and holds_weights(model_dir):
         hparams = {**hparams, "init_checkpoint": str(model_dir)}
+    record_file = model_dir / "pretrain_config.json"
+    if resuming and hparams.get("do_train") is False and record_file.is_file():
+        # Evaluating (the command training suggests gives little more than "do_train": false): what the run masked
+        # and learned (objective, mask_prob, generator, seed, ...), unless this command says otherwise.
+        recorded = {
+            key: value
+            for key, value in read_json(record_file).items()
+            if key in PretrainingConfig.__dataclass_fields__ and key not in NOT_INHERITED_BY_EVALUATION
+        }
+        hparams = {**recorded, **hparams}
     init = Path(hparams["init_checkpoint"]) if hparams.get("init_checkpoint") else None
     if resuming:  # resuming or evaluating: the shape it was trained with
         hparams = with_inherited_shape(hparams, model_dir, generator=True)
@@ -190,9 +215,8 @@ def prepare_run(data_dir: str | Path, model_name: str, hparams: dict[str, Any]) 
                 f"{flags[name][getattr(config, name)]}` or drop {name} from --hparams"
             )
         setattr(config, name, built)  # the text the model sees is the text the data was built from
-    split_file = model_dir / "pretrain_config.json"
     held_out = None
-    first_run = read_json(split_file) if split_file.exists() else {}
+    first_run = read_json(record_file) if record_file.exists() else {}
     if first_run:  # keep the split of the first run, so evaluation stays held out
         held_out = first_run.get("eval_examples")  # absent from a converted TF checkpoint's record
         if first_run.get("vocab_sha256", data.metadata["vocab_sha256"]) != data.metadata["vocab_sha256"]:
