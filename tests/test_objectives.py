@@ -192,6 +192,13 @@ def test_electric_refuses_a_noise_model_whose_probabilities_it_does_not_have(set
         build_pretraining_config({"electra_objective": False, "electric_objective": True, **setting})
 
 
+@pytest.mark.parametrize("setting", ["uniform_generator", "two_tower_generator"])
+def test_a_masked_lm_refuses_generator_settings_of_the_other_objectives(setting):
+    """Both crashed at the first step (an AttributeError, and a loss without a gradient)."""
+    with pytest.raises(UserError, match=f'"{setting}": true with electra_objective and electric_objective both false'):
+        build_pretraining_config({"electra_objective": False, setting: True})
+
+
 def test_electric_noise_model_does_not_depend_on_the_padding_width():
     """Rows are padded to their micro-batch's longest, which length grouping changes from step to step: the noise
     logits of every real position, [CLS] and a full row's [SEP] included, must not move with the width."""

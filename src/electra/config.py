@@ -590,6 +590,14 @@ def build_pretraining_config(hparams: dict[str, Any]) -> PretrainingConfig:
             f"{setting} does not go with Electric: its noise distribution must be the two-tower cloze model's, "
             "whose probabilities the loss corrects for; remove that hparam"
         )
+    masked_lm = not (config.electra_objective or config.electric_objective)
+    if masked_lm and (config.uniform_generator or config.two_tower_generator):
+        setting = "uniform_generator" if config.uniform_generator else "two_tower_generator"
+        raise UserError(
+            f'"{setting}": true with electra_objective and electric_objective both false: that model is a plain '
+            "masked LM (the generator alone), which a uniform generator leaves nothing to learn and a two-tower one "
+            "does not fit; remove that hparam"
+        )
     if config.max_predictions_per_seq < 1:
         raise UserError(
             f"mask_prob {config.mask_prob} of max_seq_length {config.max_seq_length} masks no token "
