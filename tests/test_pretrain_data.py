@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -466,3 +467,19 @@ def test_fingerprint_follows_the_data_not_file_times(english_corpus, vocab_file,
     next(iter(sorted(english_corpus.iterdir()))).write_text("other text entirely , and shorter .\n")
     build(english_corpus, vocab_file, tmp_path / "changed", settings=settings)
     assert PretrainingData(tmp_path / "changed").fingerprint != first
+
+
+def test_the_first_example_of_a_unit_is_sometimes_short_as_every_other():
+    """In the reference the first example of a file has the random target its previous file's last example drew;
+    a builder of our own per unit started at max_seq_length, so corpora of small files had half the short examples."""
+    from electra.pretrain_data import RANDOM_LENGTH_PROB, ExampleBuilder
+
+    firsts = []
+    for seed in range(2000):
+        builder = ExampleBuilder(128, random.Random(seed))
+        segments = None
+        while segments is None:  # lines of 10 tokens until the target is reached
+            segments = builder.add_line(list(range(10)))
+        firsts.append(sum(map(len, segments)))
+    short = sum(length < 100 for length in firsts) / len(firsts)
+    assert 0.5 * RANDOM_LENGTH_PROB < short < RANDOM_LENGTH_PROB  # a random target is under 100 ~77% of the time

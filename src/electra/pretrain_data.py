@@ -60,9 +60,17 @@ class ExampleBuilder:
     def __init__(self, max_length: int, rng: random.Random):
         self.max_length = max_length
         self.rng = rng
-        self.target_length = max_length
+        # The reference draws the next target after each example, so a file's first example gets the draw its
+        # previous file's last example left. A builder here reads one unit (a file, or a part of a large one):
+        # it draws that first target itself, or no first example would ever be short.
+        self.target_length = self._draw_target_length()
         self.sentences: list[list[int]] = []
         self.length = 0
+
+    def _draw_target_length(self) -> int:
+        if self.rng.random() < RANDOM_LENGTH_PROB:
+            return self.rng.randint(MIN_RANDOM_LENGTH, self.max_length)
+        return self.max_length
 
     def add_line(self, token_ids: list[int] | None) -> tuple[list[int], list[int]] | None:
         """Add a tokenized line, or None for a blank line; returns segments (A, B) when an example is done."""
@@ -94,10 +102,7 @@ class ExampleBuilder:
         second = second[: max(0, self.max_length - len(first) - 3)]
         self.sentences = []
         self.length = 0
-        if rng.random() < RANDOM_LENGTH_PROB:
-            self.target_length = rng.randint(MIN_RANDOM_LENGTH, self.max_length)
-        else:
-            self.target_length = self.max_length
+        self.target_length = self._draw_target_length()
         return first, second
 
 
