@@ -194,6 +194,8 @@ def test_vocab_rejects_bad_corpus_and_size(tmp_path: Path, english_corpus: Path)
         list_corpus_files(tmp_path / "empty")
     with pytest.raises(UserError, match="too small"):
         train_on(english_corpus, vocab_size=5)
+    with pytest.raises(UserError, match=r"6 tokens has no room for the corpus's most frequent character .* ## form"):
+        train_on(english_corpus, vocab_size=6)  # it said the corpus held no text
     blank = tmp_path / "blank"
     blank.mkdir()
     (blank / "a.txt").write_text("\n\n   \n", encoding="utf-8")

@@ -191,6 +191,12 @@ def train_vocab(
         if room < 0:
             break
         alphabet.append(char)
+    if not alphabet:
+        raise UserError(
+            f"a vocabulary of {vocab_size} tokens has no room for the corpus's most frequent character "
+            f"{by_frequency[0]!r} after the {len(SPECIAL_TOKENS)} special tokens (it takes 2 entries, itself and its "
+            "## form): raise --vocab-size"
+        )
     # The trainer numbers the "##" pieces in hash order, and those numbers break ties between equally frequent
     # merges, so the vocabulary changed from run to run (huggingface/tokenizers#1794). Declared up front,
     # in a fixed order, the pieces get fixed numbers.
