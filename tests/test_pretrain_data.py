@@ -14,7 +14,7 @@ from transformers import BertTokenizerLegacy
 
 import electra.pretrain_data as pretrain_data
 from electra.cli import main
-from electra.corpus import list_corpus_files, plan_units
+from electra.corpus import InvalidUtf8Report, iter_corpus_lines, list_corpus_files, plan_units
 from electra.errors import UserError
 from electra.pretrain_data import METADATA_FILE, BuildSettings, PretrainingData, build_pretraining_data
 from electra.tokenization import build_tokenizer, read_vocab, train_vocab, write_vocab
@@ -261,6 +261,23 @@ def test_files_that_are_not_utf8_text_are_refused(tmp_path: Path):
         list_corpus_files(corpus)
     (corpus / "gbk.txt").write_bytes("un café, deux cafés.\n".encode("latin-1") + b"plain ascii text.\n" * 20)
     assert len(list_corpus_files(corpus)) == 2  # a stray Latin-1 accent: replaced and reported, as before
+    # Compressed, the same GBK text was trained on as replacement characters.
+    import gzip
+    import io
+    import tarfile
+
+    (corpus / "gbk.txt").unlink()
+    gbk = "这是一个中文句子，用来测试编码。".encode("gbk") * 20
+    (corpus / "gbk.txt.gz").write_bytes(gzip.compress(gbk))
+    with pytest.raises(UserError, match=r"gbk\.txt\.gz holds text that is mostly not UTF-8 .*iconv -f GB18030"):
+        list(iter_corpus_lines(list_corpus_files(corpus), InvalidUtf8Report()))
+    (corpus / "gbk.txt.gz").unlink()
+    with tarfile.open(corpus / "pages.tar", "w") as archive:
+        member = tarfile.TarInfo("page1.txt")
+        member.size = len(gbk)
+        archive.addfile(member, io.BytesIO(gbk))
+    with pytest.raises(UserError, match=r"pages\.tar \(page1\.txt\) holds text that is mostly not UTF-8"):
+        list(iter_corpus_lines(list_corpus_files(corpus), InvalidUtf8Report()))
 
 
 def test_a_cased_vocabulary_with_lower_cased_data_is_warned_about(tmp_path: Path, capsys):

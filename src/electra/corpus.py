@@ -153,11 +153,25 @@ def _require_text(path: Path) -> None:
     if kind:
         raise UserError(f"{path} is {kind}, not text: move it out of the corpus folder")
     if not head or compression(head) or head[257:262] == b"ustar" or is_utf8(head):
-        return
-    decoded = head.decode("utf-8", errors="replace")
-    invalid = len(decoded) - len(head.decode("utf-8", errors="ignore"))
-    if invalid > MOSTLY_NOT_UTF8 * len(decoded):
+        return  # compressed text is tested once unpacked (read_unit)
+    if _mostly_not_utf8(head):
         raise UserError(not_utf8_message(path) + " (or move it out of the corpus folder if it is not text)")
+
+
+def _mostly_not_utf8(data: bytes) -> bool:
+    """Whether the start of `data` is mostly not UTF-8 (another encoding, e.g. GBK, or not text at all)."""
+    head = data[:HEAD_BYTES]
+    decoded = head.decode("utf-8", errors="replace")
+    return len(decoded) - len(head.decode("utf-8", errors="ignore")) > MOSTLY_NOT_UTF8 * len(decoded)
+
+
+def _refuse_packed_non_utf8(path: Path, data: bytes, member: str = "") -> None:
+    if _mostly_not_utf8(data):
+        inside = f" ({member})" if member else ""
+        raise UserError(
+            f"{path}{inside} holds text that is mostly not UTF-8 (e.g. GBK): unpack it, convert it (e.g. `iconv -f "
+            "GB18030 -t UTF-8`) and pack it again, or move it out of the corpus folder if it is not text"
+        )
 
 
 def plan_units(files: list[Path], unit_bytes: int = UNIT_BYTES, at_blank_lines: bool = True) -> list[CorpusUnit]:
@@ -204,6 +218,7 @@ def read_unit(unit: CorpusUnit) -> DecodedUnit:
         if kind == "compressed":
             packed = unit.path.read_bytes()
             data = compression(packed[:10]).decompress(packed)
+            _refuse_packed_non_utf8(unit.path, data)
             lines, invalid, first_line = _decode(data)
             return DecodedUnit(lines, invalid, first_line, text_bytes=len(data))
     except DAMAGED as error:
@@ -245,6 +260,7 @@ def _read_archive(path: Path) -> DecodedUnit:
                     f"{path} holds compressed archives ({member.name}, ...): extract it first (`tar xf {path.name}`, "
                     "as for OpenWebText's openwebtext.tar.xz) and pass the extracted folder as --corpus-dir"
                 )
+            _refuse_packed_non_utf8(path, data, member.name)
             member_lines, member_invalid, _ = _decode(data)
             invalid += member_invalid
             text_bytes += len(data)
