@@ -30,6 +30,7 @@ TRICKY_TEXT = [
     "numbers 3.14159 and 1,000,000 and emails a.b@c.com and URLs https://x.org/a?b=c",
     "Ελληνικά Кириллица العربية עברית",
     "Η ΟΔΟΣ ΤΟΥ ΟΔΥΣΣΕΑ, ΟΠΩΣ ΛΕΝΕ ΟΙ ΦΙΛΟΙ ΣΑΣ: ΚΟΣΜΟΣ. Σ ΑΣΑ",  # a word-final capital sigma lower-cases to ς
+    "ΟΔΟΣ\x00Α ΟΔΟΣ\x85Α ΑΣ’Α ΑΣ‘Α Α\x00Σ Σ\x00Σ",  # sigma beside controls the reference removes first, quotes
     "x" * (MAX_INPUT_CHARS_PER_WORD + 5),
 ]
 

@@ -79,9 +79,14 @@ def write_vocab(tokens: list[str], path: str | os.PathLike) -> None:
 # Python's str.lower(), which the reference uses, writes a capital sigma that ends a word as the final form ς;
 # the tokenizers library lower-cases letter by letter (σ), which gives Greek words other pieces. A capital sigma
 # after a letter and not before one (either side skipping case-ignorable marks, as Unicode's rule) becomes ς first.
+# Skipped too: the control characters the reference removes before it lower-cases (not tab and line breaks).
+_CASE_IGNORABLE = (
+    r"[\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:·"  # marks, format characters, modifiers, mid-word punctuation
+    r"\x{2018}\x{2019}\x{2024}\x{2027}\x{0387}\x{FE13}\x{FE52}\x{FE55}\x{FF07}\x{FF0E}\x{FF1A}"
+    r"\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\x{FFFD}]"  # controls (not tab, \n, \r) and U+FFFD
+)
 _FINAL_SIGMA = Regex(
-    r"(?<=[\p{Lu}\p{Ll}\p{Lt}][\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:·]{0,8})Σ"
-    r"(?![\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:·]*[\p{Lu}\p{Ll}\p{Lt}])"
+    rf"(?<=[\p{{Lu}}\p{{Ll}}\p{{Lt}}]{_CASE_IGNORABLE}{{0,8}})Σ(?!{_CASE_IGNORABLE}*[\p{{Lu}}\p{{Ll}}\p{{Lt}}])"
 )
 
 
