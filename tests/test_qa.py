@@ -171,6 +171,24 @@ def test_answers_and_offsets_are_cut_from_the_context_itself() -> None:
         assert found["start"] == expected_start
         assert found["answer"] == context[found["start"] : found["end"]]
     assert found["answer"] == "John Smith" and expected_start > 0  # the second one, not the first "John  Smith"
+    # [CLS] and the closing [SEP] compete for the n-best places, as in the reference, which leaves them unmasked.
+    output = np.zeros((len(feature.input_ids), 2), dtype=np.float32)
+    output[positions[0], 0] = output[positions[1], 1] = 5.0
+    for place in (0, len(feature.input_ids) - 1):
+        output[place, 0] = 9.0
+        one_best = QADecoding(n_best_size=1)
+        found = best_answer(example, [(feature, output)], VOCAB, featurizer.tokenizer, QAHeadConfig(), one_best)
+        assert found["answer"] == ""
+        output[place, 0] = 0.0
+    found = best_answer(example, [(feature, output)], VOCAB, featurizer.tokenizer, QAHeadConfig(), one_best)
+    assert found["answer"] == "John  Smith"
+    # A context without word pieces has no span: the reference's "empty" entry (score 0), not odds of +inf, which
+    # JSON writes as the non-standard Infinity.
+    (empty,) = records_to_examples("q.jsonl", [(1, {"context": "\ufffd\u200b", "question": "who ?"})])
+    (feature,) = featurizer.features([empty])
+    output = np.zeros((len(feature.input_ids), 2), dtype=np.float32)
+    found = best_answer(empty, [(feature, output)], VOCAB, featurizer.tokenizer, QAHeadConfig(), QADecoding())
+    assert (found["answer"], found["start"], found["no_answer_odds"]) == ("", -1, 0.0)
 
 
 def test_malformed_qa_files_are_named_where_they_break(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

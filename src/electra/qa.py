@@ -412,7 +412,8 @@ def span_candidates(
 ) -> Iterator[tuple[float, int, int]]:
     """(score, start, end) of the spans the reference's decoding weighs in one window, from the head's rows
     (see `ElectraQuestionAnsweringHead`): the `n_best_size` best starts x best ends by logit among the `context`
-    positions (the reference masks the others before choosing; Hugging Face's plain head does not mask them), or
+    positions (the context's, its closing [SEP] and [CLS]: the reference masks the others before choosing; Hugging
+    Face's plain head does not mask them, and spans that start or end outside the context are dropped afterwards), or
     with the joint head each beam start with its `beam_size` most likely ends, scored by log-probability."""
     if head.joint_prediction:
         beam = output.shape[1] - ElectraQuestionAnsweringHead.BEAM_ENDS
@@ -491,7 +492,10 @@ def best_answer(
     lowest_null = float("inf")
     for feature, output in windows:
         lowest_null = min(lowest_null, null_score(output, head))
-        for score, start, end in span_candidates(output, head, decoding.n_best_size, sorted(feature.token_to_word)):
+        # What the reference leaves unmasked (segment B, so the context and its closing [SEP], and [CLS]): the
+        # n-best places include [CLS] and [SEP], whose spans are dropped below.
+        ranked = [0, *sorted(feature.token_to_word), len(feature.input_ids) - 1]
+        for score, start, end in span_candidates(output, head, decoding.n_best_size, ranked):
             if best is not None and score <= best[0]:
                 continue
             if start not in feature.token_to_word or not feature.token_is_max_context.get(start, False):
@@ -517,7 +521,7 @@ def best_answer(
 
         span = (in_context(begin), in_context(finish - 1) + 1)
         best_text = example.context[span[0] : span[1]]
-    best_score = best[0] if best is not None else -float("inf")
+    best_score = best[0] if best is not None else 0.0  # none valid: the reference's "empty" entry, logits 0
     odds = lowest_null if head.answerable_classifier else lowest_null - best_score
     answer = best_text
     if decoding.allow_no_answer and (best is None or odds > decoding.no_answer_threshold):
