@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -100,6 +101,18 @@ def test_quickstart_runs_end_to_end_and_again_without_redoing_work(tmp_path: Pat
     again = capsys.readouterr().out
     assert f"keeping {data_dir / 'vocab.txt'} (3,000 tokens;" in again and "nothing to do" in again
     assert "is already pre-trained for 3 steps: nothing to train" in again  # not "pre-training ... for 3 steps"
+    # Fewer steps evaluates what is there, more goes on: both were refused for another warm-up than the run's.
+    assert main(["quickstart", "--data-dir", str(data_dir), "--train-steps", "2"]) == 0
+    assert "[5/5] held-out evaluation" in capsys.readouterr().out
+    assert main(["quickstart", "--data-dir", str(data_dir), "--train-steps", "5"]) == 0
+    assert "pre-training a tiny ELECTRA for 5 steps" in capsys.readouterr().out
+    model_dir = data_dir / "models" / "electra_tiny"
+    assert max(path.name for path in (model_dir / "checkpoints").iterdir()) == "step-00000005"
+    # A folder name that is not UTF-8 is refused before anything is written (TensorBoard's writer crashed on it).
+    undecodable = os.fsdecode(bytes(tmp_path) + b"/d\xe9")
+    assert main(["quickstart", "--data-dir", undecodable]) == 2
+    assert "is not valid UTF-8, which the training logs (TensorBoard) need" in capsys.readouterr().err
+    assert not os.path.exists(undecodable)
 
 
 FAULTS_OF_REPEATED_BUFFERS = """
@@ -182,3 +195,19 @@ def test_sigterm_stops_a_parallel_build_like_ctrl_c(tmp_path: Path) -> None:
     assert not [pid for pid in workers if _running(pid)], "no worker outlives the command"
     assert not (output / "pretrain_data.json").exists()
     assert main(command) == 0 and (output / "pretrain_data.json").is_file()  # the same command redoes it
+
+
+def test_a_full_disk_while_writing_weights_is_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    """safetensors reports a failed write with its own error type, which escaped as a traceback."""
+    from safetensors import SafetensorError
+
+    import electra.cli
+
+    def disk_full(args: argparse.Namespace) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(electra.cli, "_run_plot", disk_full)
+    assert main(["plot", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("electra: error: Error while serializing: I/O error: No space left on device")
+    assert "free some space" in error

@@ -178,7 +178,7 @@ def test_other_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 def test_resuming_survives_a_cut_off_log_line_and_a_failed_checkpoint_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from electra.trainer import MetricsLog, save_checkpoint
+    from electra.trainer import MetricsLog, checkpoint_dirs, save_checkpoint
 
     log = tmp_path / "logs" / "metrics.jsonl"
     log.parent.mkdir()
@@ -197,6 +197,51 @@ def test_resuming_survives_a_cut_off_log_line_and_a_failed_checkpoint_write(
     with pytest.raises(UserError, match=r"could not write checkpoint .* earlier checkpoints are intact"):
         save_checkpoint(tmp_path, 2, model, optimizer, {}, keep=3)
     assert (earlier / "trainer_state.pt").is_file() and not (tmp_path / "checkpoints" / "step-00000002").exists()
+    # safetensors reports a full disk with its own error type (it escaped as a traceback).
+    from safetensors import SafetensorError
+
+    import electra.trainer
+
+    def weights_disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(electra.trainer, "save_model", weights_disk_full)
+    with pytest.raises(UserError, match=r"could not write checkpoint .*No space left.* earlier checkpoints are intact"):
+        save_checkpoint(tmp_path, 2, model, optimizer, {}, keep=3)
+    # A copy beside the checkpoints (step-N.bak) is no checkpoint; it made every listing fail on int("N.bak").
+    shutil.copytree(earlier, earlier.with_name(f"{earlier.name}.bak"))
+    assert [path.name for path in checkpoint_dirs(tmp_path)] == [earlier.name]
+    # A log that is not UTF-8 where it was cut off (a bad copy) is read, the damaged line dropped.
+    log.write_bytes(b'{"step": 1, "loss": 2.0}\n\xff\xfe\n')
+    MetricsLog(log.parent, resume_step=2, enabled=True).close()
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]
+
+
+def test_a_failed_folder_replacement_keeps_the_earlier_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier folder was deleted in place before the new one was renamed in: a deletion or rename that failed
+    half-way left neither."""
+    target = tmp_path / "split"
+    with atomic_directory(target) as tmp:
+        for name in ("train.csv", "dev.csv", "split.json"):
+            (tmp / name).write_text("old")
+    real_replace = os.replace
+
+    def refuse_the_new_folder(source, destination):
+        if Path(source).name.startswith(".split.tmp-"):
+            raise OSError(39, "Directory not empty", str(source), str(destination))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", refuse_the_new_folder)
+    with pytest.raises(OSError), atomic_directory(target) as tmp:
+        (tmp / "train.csv").write_text("new")
+    monkeypatch.undo()
+    assert sorted(path.name for path in target.iterdir()) == ["dev.csv", "split.json", "train.csv"]
+    assert (target / "train.csv").read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["split"]
+    with atomic_directory(target) as tmp:
+        (tmp / "train.csv").write_text("new")
+    assert [path.name for path in target.iterdir()] == ["train.csv"] and [p.name for p in tmp_path.iterdir()] == [
+        "split"
+    ]
 
 
 def test_temporaries_of_killed_runs_are_cleared(tmp_path: Path) -> None:
@@ -260,3 +305,30 @@ def test_damaged_files_give_one_line_errors(
     (data / "pretrain_data" / "pretrain_data.json").write_text("{")
     with pytest.raises(UserError, match=r"pretrain_data\.json is damaged"):
         PretrainingData(data / "pretrain_data")
+
+
+def test_a_run_that_starts_over_drops_its_earlier_tensorboard_points(tmp_path: Path) -> None:
+    """metrics.jsonl was trimmed to the checkpoint a run resumes from, but TensorBoard kept a restarted run's points."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from electra.trainer import MetricsLog
+
+    for values in ([1.0, 2.0, 3.0], [9.0, 8.0]):  # interrupted before its first checkpoint, then run again
+        log = MetricsLog(tmp_path, resume_step=0, enabled=True)
+        for step, value in enumerate(values, 1):
+            log.write(step, {"loss": value})
+        log.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("loss")] == [(1, 9.0), (2, 8.0)]
+
+
+def test_plot_names_a_log_line_that_is_not_text(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from electra.plotting import plot_training_curves
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.jsonl").write_bytes(b'{"step": 10, "loss": 1.0}\n\xff\xfe\n')
+    with pytest.raises(UserError, match=r"metrics\.jsonl, line 2: not a logged step"):  # was a UnicodeDecodeError
+        plot_training_curves(tmp_path)

@@ -13,11 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from electra import __version__
 from electra.config import COMPACT_SHAPE
 from electra.errors import UserError
 
 DEFAULT_QUICKSTART_DIR = "electra-quickstart"
+QUICKSTART_MODEL = "electra_tiny"
 MIN_VOCAB_SIZE = 6  # the five special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) and at least one more
 QUICKSTART_VOCAB_SIZE = 8000
 QUICKSTART_STEPS = 300
@@ -81,6 +84,19 @@ def _check_model_name(name: str) -> None:
             f"--model-name {name!r} is not a folder name: give the model's name under <data-dir>/models, "
             "without / or .., e.g. --model-name electra_small"
         )
+
+
+def _check_run_folder(data_dir: str | os.PathLike, model_name: str) -> None:
+    """Where a training run writes: a model name that is one folder, and names TensorBoard's log writer can encode
+    (a folder name that is not UTF-8 ended in its UnicodeEncodeError after the run had started)."""
+    _check_model_name(model_name)
+    for flag, value in (("--data-dir", os.fspath(data_dir)), ("--model-name", model_name)):
+        try:
+            os.fsencode(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{flag} {value!r} is not valid UTF-8, which the training logs (TensorBoard) need: rename it"
+            ) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -591,7 +607,7 @@ def _run_split(args: argparse.Namespace) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    _check_model_name(args.model_name)  # before the slow imports
+    _check_run_folder(args.data_dir, args.model_name)  # before the slow imports
     from electra.config import is_first_process, parse_hparams
     from electra.pretrain import describe, run_pretraining
 
@@ -601,7 +617,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> None:
-    _check_model_name(args.model_name)  # before the slow imports
+    _check_run_folder(args.data_dir, args.model_name)  # before the slow imports
     from electra.config import is_first_process, parse_hparams
     from electra.finetune import describe_finetuning, run_finetuning
     from electra.tasks import import_task_module
@@ -703,7 +719,9 @@ def _run_plot(args: argparse.Namespace) -> None:
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
+    _check_run_folder(args.data_dir, QUICKSTART_MODEL)
     from electra.default_corpus import write_stdlib_corpus
+    from electra.fileio import read_json
     from electra.plotting import plot_training_curves
     from electra.pretrain import run_pretraining
     from electra.pretrain_data import BuiltWithOtherSettings, build_pretraining_data
@@ -722,7 +740,7 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         corpus_dir = Path(args.corpus_dir)
         print(f"[1/5] corpus: {corpus_dir}")
     vocab_file = data_dir / "vocab.txt"
-    model_dir = data_dir / "models" / "electra_tiny"
+    model_dir = data_dir / "models" / QUICKSTART_MODEL
     if vocab_file.exists():
         tokens = len(read_vocab(vocab_file))
         print(
@@ -759,12 +777,13 @@ def _run_quickstart(args: argparse.Namespace) -> None:
         )
     else:
         print(f"[4/5] pre-training a tiny ELECTRA for {args.train_steps} steps (re-run to resume if interrupted)")
-    hparams = {
-        **QUICKSTART_HPARAMS,
-        "num_train_steps": args.train_steps,
-        "num_warmup_steps": max(1, args.train_steps // 10),
-    }
-    outcome = run_pretraining(data_dir, "electra_tiny", hparams)
+    record = model_dir / "pretrain_config.json"
+    # Going on keeps the warm-up the run began with (a change of it is refused on resuming); done, it is evaluated.
+    warmup = read_json(record)["num_warmup_steps"] if record.is_file() else max(1, args.train_steps // 10)
+    hparams = {**QUICKSTART_HPARAMS, "num_train_steps": args.train_steps, "num_warmup_steps": warmup}
+    if reached >= args.train_steps:
+        hparams = {**QUICKSTART_HPARAMS, "do_train": False}
+    outcome = run_pretraining(data_dir, QUICKSTART_MODEL, hparams)
     results = outcome["eval"]
     print(
         "[5/5] held-out evaluation of the discriminator (chance: AUC 0.5, accuracy "
@@ -802,6 +821,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # a path that is not UTF-8 is printed escaped, as on stderr, not a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     retain_freed_memory()
     # SIGTERM stops a command as Ctrl-C does: unfinished outputs are discarded and worker processes are stopped
@@ -822,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except OSError as error:  # the file system refused: read-only, full, a file where a folder belongs, ...
         print(f"electra: error: {file_system_message(error)}", file=sys.stderr)
+        return 2
+    except SafetensorError as error:  # its own type, also when the disk fills while writing weights
+        full = "os error 28" in str(error) or "os error 122" in str(error)
+        hint = FILE_SYSTEM_HINTS[errno.ENOSPC] if full else "check the path and the disk"
+        print(f"electra: error: {str(error).splitlines()[0]}; {hint}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -158,8 +158,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     replaces `path` (whatever was there before) by a rename, so `path` is always absent or complete."""
     final = Path(path)
     tmp = final.with_name(f".{final.name}{TMP_MARKER}{os.getpid()}")
+    # The earlier output is renamed aside, not deleted in place: a deletion that fails half-way (or is interrupted)
+    # would leave a folder that is neither the old output nor the new one.
+    replaced = final.with_name(f"{final.name}.old")
+    aside = final.with_name(f".{replaced.name}{TMP_MARKER}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     remove_abandoned_temporaries(final)
+    remove_abandoned_temporaries(replaced)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -168,8 +173,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
                 with open(written, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.chmod(written, new_file_mode())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        if final.exists():
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if aside.exists() and not final.exists():
+                os.replace(aside, final)
+            raise
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,7 +25,7 @@ def plot_training_curves(model_dir: str | Path, output: str | Path | None = None
     if not log_file.exists():
         raise UserError(f"{log_file} does not exist: plot a folder written by `electra pretrain`")
     records = []
-    for number, line in enumerate(log_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(log_file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if line.strip():
             try:
                 record = json.loads(line)

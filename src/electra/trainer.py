@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm import tqdm
@@ -41,6 +43,7 @@ from electra.errors import UserError
 from electra.fileio import atomic_directory, is_temporary, write_text_atomic
 
 CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_NAME = re.compile(rf"{CHECKPOINT_PREFIX}\d+")
 NO_DECAY_MARKERS = ("LayerNorm", "layer_norm", "bias")  # as the reference's exclude_from_weight_decay
 
 
@@ -267,7 +270,8 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    found = [path for path in root.iterdir() if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX)]
+    # By full name: a copy such as step-00000130.bak, or a temporary being written, is no checkpoint.
+    found = [path for path in root.iterdir() if path.is_dir() and CHECKPOINT_NAME.fullmatch(path.name)]
     return sorted(found, key=checkpoint_step)
 
 
@@ -286,7 +290,7 @@ def save_checkpoint(
         try:
             save_model(model, str(tmp / "model.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "trainer_state.pt")
-        except RuntimeError as error:  # how torch reports a failed write, e.g. a full disk
+        except (RuntimeError, SafetensorError) as error:  # how torch and safetensors report a failed write
             free = shutil.disk_usage(root).free / 2**20
             raise UserError(
                 f"could not write checkpoint {final} ({error}; {free:,.0f} MiB free there); the earlier checkpoints "
@@ -358,7 +362,7 @@ class MetricsLog:
         if self.path.exists():  # drop what an interrupted run logged past the checkpoint it resumes from
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
+                for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
                 if (record := _complete_record(line)) is not None and record.get("step", 0) <= resume_step
             ]
             write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
@@ -366,7 +370,8 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return
-        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
+        # From the first step after the checkpoint: also a run that starts over drops the points of an earlier try.
+        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
