@@ -205,7 +205,9 @@ def _add_build_data_parser(commands: argparse._SubParsersAction) -> None:
         "treat blank lines as document boundaries",
     )
     _add_casing_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random example lengths (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random example lengths and segment splits (default: 0)"
+    )
     parser.add_argument(
         "--split-sentences",
         action="store_true",
