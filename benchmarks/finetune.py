@@ -6,8 +6,9 @@ batches in random order, fp32, torch AdamW, the loss from `labels=`. Ours is `el
 (`FinetuningBatches`), the layer-wise AdamWeightDecay, gradient clipping at 1.0, in fp32 and in the
 default precision ("auto": bf16 autocast on CPUs with fast bf16). Both start from random weights of the
 same shape (ELECTRA-Small by default, a 30,522-row embedding table as the released models, whatever the
-size of the vocabulary the text is tokenised with) and see the same real SST-2 examples. With --device cuda the
-peer also runs under bf16 autocast (peer-bf16), as a PyTorch user on a GPU would, and "auto" is bf16 there.
+size of the vocabulary the text is tokenised with) and see the same real SST-2 examples. The peer also runs under
+bf16 autocast (peer-bf16), as a PyTorch user would where bf16 is fast; each of our variants is compared with the peer
+in its own precision ("auto" with peer-bf16 where "auto" is bf16), and the headline also with the fp32 peer.
 
 Training examples/s counts whole steps (forward, backward, clipping, optimizer) over --train-steps after
 2 warm-up steps; bucketed batches vary in length, so it is total examples over total time, not a
@@ -21,7 +22,7 @@ Without --vocab, a WordPiece vocabulary is trained on the SST-2 training sentenc
 Prints a table, then one JSON line of headline figures.
 Usage: python benchmarks/finetune.py [--size small|tiny] [--batch 32] [--train-steps 20] [--eval-examples 872]
        [--threads 2] [--vocab VOCAB_TXT] [--data SST_FOLDER] [--device cpu|cuda]
-       [--variants peer-fp32,ours-fp32,ours-auto]  (on CUDA add peer-bf16)
+       [--variants peer-fp32,peer-bf16,ours-fp32,ours-auto]
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def model_vocab_size(vocab_file: Path) -> int:
 
 
 def ours(
-    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device
+    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device, steps: int
 ) -> tuple[Callable, Callable]:
     from electra.config import ModelConfig
     from electra.finetune_data import FinetuningBatches
@@ -102,10 +103,16 @@ def ours(
     params = [param for group in optimizer.param_groups for param in group["params"]]
     batches = FinetuningBatches(train, batch, seed=0, bucketing=True, pad_id=pad_id)
     dtype = resolve_precision(precision, device)
+    # A bucketed batch costs what its longest example does: the timed batches are the epoch's at evenly spaced
+    # quantiles of that length (the first few of the epoch were shorter than its average, which flattered ours).
+    epoch = [batches.batch_indices(step) for step in range(len(train) // batch)]
+    by_length = sorted(range(len(epoch)), key=lambda step: batches.example_lengths(epoch[step]).max())
+    chosen = [by_length[round(place)] for place in np.linspace(0, len(epoch) - 1, steps)]
+    order = np.random.default_rng(0).permutation(steps)  # warm-up and timed steps drawn from the whole range
 
     def train_step(step: int) -> int:
         model.train()
-        inputs = batches.make_batch(batches.batch_indices(step), np.arange(batch), batch, 0, device)
+        inputs = batches.make_batch(epoch[chosen[order[step]]], np.arange(batch), batch, 0, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             sums = model(inputs)
         (sums["task_loss"] / batch).backward()
@@ -123,7 +130,7 @@ def ours(
 
 
 def peer(
-    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device
+    size: str, precision: str, vocab_file: Path, data: Path, batch: int, device: torch.device, steps: int
 ) -> tuple[Callable, Callable]:
     import transformers
 
@@ -174,7 +181,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     name, precision = variant.split("-")
     device = torch.device(args.device)
     train_step, evaluate = (ours if name == "ours" else peer)(
-        args.size, precision, args.vocab, args.data, args.batch, device
+        args.size, precision, args.vocab, args.data, args.batch, device, WARMUP_STEPS + args.train_steps
     )
     for step in range(WARMUP_STEPS):
         train_step(step)
@@ -231,41 +238,51 @@ def report(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     for variant, row in rows.items():
         if variant.startswith("ours"):
             print(f"{variant}: timed training batches padded to {row['train_padded_len']:.1f} tokens on average")
-    peer_row = rows.get("peer-fp32")
     memory = "peak GPU GiB" if device.type == "cuda" else "peak RSS GB"
+    same = "bf16" if auto == torch.bfloat16 else "fp32"  # the precision "auto" runs in here
+
+    def peer_of(variant: str) -> str:
+        """The peer in the same precision: ratios compare like with like."""
+        precision = variant.split("-")[1]
+        return f"peer-{same if precision == 'auto' else precision}"
+
+    def ratio(variant: str, key: str, against: str | None = None) -> float | None:
+        against = against or peer_of(variant)
+        return round(rows[variant][key] / rows[against][key], 2) if variant in rows and against in rows else None
+
     print(
         f"{'variant':<10} | {'train ex/s':>10} | {'eval ex/s':>10} | {memory:>11} | "
-        f"{'train vs peer':>13} | {'eval vs peer':>12}"
+        f"{'train vs peer':>13} | {'eval vs peer':>12} | same-precision peer"
     )
     for variant, row in rows.items():
-        train_ratio = f"{row['train_ex_s'] / peer_row['train_ex_s']:.2f}x" if peer_row else "-"
-        eval_ratio = f"{row['eval_ex_s'] / peer_row['eval_ex_s']:.2f}x" if peer_row else "-"
+        train_ratio, eval_ratio = (
+            f"{found:.2f}x" if (found := ratio(variant, key)) else "-" for key in ("train_ex_s", "eval_ex_s")
+        )
         print(
             f"{variant:<10} | {row['train_ex_s']:10,.1f} | {row['eval_ex_s']:10,.1f} | {row['peak_gb']:11.2f} | "
-            f"{train_ratio:>13} | {eval_ratio:>12}"
+            f"{train_ratio:>13} | {eval_ratio:>12} | {peer_of(variant) if variant.startswith('ours') else ''}"
         )
 
     def figure(variant: str, key: str) -> float | None:
         return round(rows[variant][key], 1) if variant in rows else None
 
-    def ratio(variant: str, key: str) -> float | None:
-        return round(rows[variant][key] / peer_row[key], 2) if variant in rows and peer_row else None
-
     default = "ours-auto" if "ours-auto" in rows else "ours-fp32"  # see main: auto may be fp32 here
     headline = {
-        "ours_precision": str(auto or "fp32").removeprefix("torch."),
+        "ours_precision": same,
         "ours_train_ex_s": figure(default, "train_ex_s"),
-        "peer_train_ex_s": figure("peer-fp32", "train_ex_s"),
+        "peer_train_ex_s": figure(peer_of(default), "train_ex_s"),
         "train_ratio": ratio(default, "train_ex_s"),
         "ours_eval_ex_s": figure(default, "eval_ex_s"),
-        "peer_eval_ex_s": figure("peer-fp32", "eval_ex_s"),
+        "peer_eval_ex_s": figure(peer_of(default), "eval_ex_s"),
         "eval_ratio": ratio(default, "eval_ex_s"),
+        "train_ratio_vs_peer_fp32": ratio(default, "train_ex_s", "peer-fp32"),
+        "eval_ratio_vs_peer_fp32": ratio(default, "eval_ex_s", "peer-fp32"),
         "ours_fp32_train_ex_s": figure("ours-fp32", "train_ex_s"),
         "ours_fp32_train_ratio": ratio("ours-fp32", "train_ex_s"),
         "ours_fp32_eval_ex_s": figure("ours-fp32", "eval_ex_s"),
         "ours_fp32_eval_ratio": ratio("ours-fp32", "eval_ex_s"),
-        "peer_bf16_train_ex_s": figure("peer-bf16", "train_ex_s"),
-        "peer_bf16_eval_ex_s": figure("peer-bf16", "eval_ex_s"),
+        "peer_fp32_train_ex_s": figure("peer-fp32", "train_ex_s"),
+        "peer_fp32_eval_ex_s": figure("peer-fp32", "eval_ex_s"),
         "mean_train_tokens": round(float(train_tokens), 1),
         "mean_dev_tokens": round(float(dev_tokens), 1),
     }
@@ -282,7 +299,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=Path, default=None, help="vocab.txt; default: trained on SST-2 train")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding SST-2 train.tsv, dev.tsv")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--variants", default="peer-fp32,ours-fp32,ours-auto")
+    parser.add_argument("--variants", default="peer-fp32,peer-bf16,ours-fp32,ours-auto")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
@@ -303,6 +320,8 @@ def main() -> None:
     if cpu_auto_is_fp32 and "ours-fp32" in variants and "ours-auto" in variants:
         variants.remove("ours-auto")  # the same run twice on CPUs without fast bf16
         print('"auto" is fp32 on this CPU: ours-auto is ours-fp32', flush=True)
+    if cpu_auto_is_fp32 and "peer-bf16" in variants and "ours-bf16" not in variants:
+        variants.remove("peer-bf16")  # emulated bf16, compared with nothing of ours
     args.eval_examples = min(args.eval_examples, len(get_task("sst", args.data.parent, {}).examples("dev")))
     with tempfile.TemporaryDirectory() as folder:
         if args.vocab is None:
