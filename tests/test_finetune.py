@@ -1136,4 +1136,3 @@ def test_an_empty_sentence_does_not_void_a_taggers_scores(tmp_path: Path, vocab_
     hparams = {**TINY_MODEL, "task_names": ["tags"], "tasks": {"tags": {"type": "tagging"}}}
     outcome = run_finetuning(tmp_path, "m", {**hparams, "vocab_file": str(vocab_file), "max_seq_length": 16})
     assert set(outcome["trials"][0]["scores"]["tags/dev"]) == {"f1", "precision", "recall", "accuracy"}
-
