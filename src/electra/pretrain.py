@@ -139,12 +139,15 @@ def default_length_groups(device: torch.device) -> int:
 
 
 # What an evaluation of a trained model takes from this command, not from the run's record: where things are, what
-# to do, what suits this machine, and the shape (with_inherited_shape decides it: a shape given that differs from
-# the recorded one is the user's, and loading the weights then says what does not fit).
+# to do, what suits this machine, the shape (with_inherited_shape decides it: a shape given that differs from the
+# recorded one is the user's, and loading the weights then says what does not fit) and what the data decides.
 NOT_INHERITED_BY_EVALUATION = {
     *SHAPE_HPARAMS,
     *GENERATOR_SHAPE_HPARAMS,
     "debug",
+    "max_seq_length",
+    "do_lower_case",
+    "strip_accents",
     "do_train",
     "do_eval",
     "pretrain_data",
