@@ -266,8 +266,11 @@ def main() -> None:
         return "-".join(["peer", precision, *flags])
 
     best = max((row["tok_s"], variant) for variant, row in rows.items() if variant.startswith("ours"))
-    paired = [(rows[v]["tok_s"] / rows[counterpart(v)]["tok_s"], v) for v in rows if v.startswith("ours")]
-    paired = [(ratio, variant) for ratio, variant in paired if counterpart(variant) in rows]
+    paired = [
+        (rows[variant]["tok_s"] / rows[counterpart(variant)]["tok_s"], variant)
+        for variant in rows
+        if variant.startswith("ours") and counterpart(variant) in rows
+    ]
     ratio, ours_variant = max(paired) if paired else (None, None)
     peer_variant = counterpart(ours_variant) if ours_variant else None
     headline = {
