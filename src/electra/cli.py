@@ -777,14 +777,13 @@ def _run_quickstart(args: argparse.Namespace) -> None:
             f"[4/5] {model_dir} is already pre-trained for {reached} steps: nothing to train (give more "
             "--train-steps to go on, or delete it to start again)"
         )
+        hparams = {**QUICKSTART_HPARAMS, "do_train": False}  # evaluated with the settings it was trained with
     else:
         print(f"[4/5] pre-training a tiny ELECTRA for {args.train_steps} steps (re-run to resume if interrupted)")
-    record = model_dir / "pretrain_config.json"
-    # Going on keeps the warm-up the run began with (a change of it is refused on resuming); done, it is evaluated.
-    warmup = read_json(record)["num_warmup_steps"] if record.is_file() else max(1, args.train_steps // 10)
-    hparams = {**QUICKSTART_HPARAMS, "num_train_steps": args.train_steps, "num_warmup_steps": warmup}
-    if reached >= args.train_steps:
-        hparams = {**QUICKSTART_HPARAMS, "do_train": False}
+        # Going on keeps the warm-up the run began with: another one is refused on resuming.
+        record = model_dir / "pretrain_config.json"
+        warmup = read_json(record)["num_warmup_steps"] if record.is_file() else max(1, args.train_steps // 10)
+        hparams = {**QUICKSTART_HPARAMS, "num_train_steps": args.train_steps, "num_warmup_steps": warmup}
     outcome = run_pretraining(data_dir, QUICKSTART_MODEL, hparams)
     results = outcome["eval"]
     print(
