@@ -1,10 +1,16 @@
-"""Load check of `electra serve` on loopback: concurrent one-text requests, throughput, latency, errors and memory.
+"""Load check of `electra serve` on loopback against a peer server: concurrent one-text requests, throughput,
+latency, errors and memory.
 
-Serves the ELECTRA-Small-shaped 2-label classifier of `latency.py` (random weights, synthetic vocabulary)
-with `python -m electra.cli serve` on 127.0.0.1 at a free port, waits for GET /health, sends three rounds
-of concurrent warm-up requests, then runs --clients concurrent clients (asyncio + httpx, one connection each), each
-POSTing /predict {"texts": [one short text]} in a loop, for --seconds or until --max-requests have been
-sent, whichever comes first. The server micro-batches concurrent requests (see `electra.serving`).
+Serves the ELECTRA-Small-shaped 2-label classifier of `latency.py` (random weights, synthetic vocabulary) on
+127.0.0.1 at a free port, once per variant, one after the other:
+  ours  `python -m electra.cli serve`, which micro-batches concurrent requests (see `electra.serving`);
+  peer  what a `transformers` user deploys without this package: the model exported by `export_hf`, a
+        `transformers.pipeline("text-classification")` behind a FastAPI app with the same /health and /predict,
+        under uvicorn. FastAPI runs the synchronous handler in its thread pool, so concurrent requests run the
+        pipeline side by side, one text each.
+For each: wait for GET /health, send three rounds of concurrent warm-up requests, then run --clients concurrent
+clients (asyncio + httpx, one connection each), each POSTing /predict {"texts": [one short text]} in a loop, for
+--seconds or until --max-requests have been sent, whichever comes first.
 
 Counts a request as an error unless it is answered 200 with one prediction of a known label. Samples the
 server's resident memory (VmRSS) once a second and reports it when the load starts, at the middle and at
@@ -14,7 +20,7 @@ then it should stay flat: compare middle and end. The server is stopped whatever
 machine's cores, so on a small machine the clients' own CPU time lowers what the server can do.
 Prints a table, then one JSON line.
 Usage: python benchmarks/serve_load.py [--clients 32] [--seconds 30] [--max-requests 200000] [--threads N]
-       [--max-batch-size 64] [--batch-wait-ms 2]
+       [--max-batch-size 64] [--batch-wait-ms 2] [--variants ours,peer]
 """
 
 from __future__ import annotations
@@ -62,13 +68,37 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
-def start_server(folder: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "electra.cli", "serve", "--model-dir", str(folder), "--port", str(port)]
-    command += ["--host", "127.0.0.1", "--max-batch-size", str(args.max_batch_size)]
-    command += ["--batch-wait-ms", str(args.batch_wait_ms)]
+def run_peer_server(folder: Path, port: int) -> None:
+    """The peer's server (see the module's docstring), answering as `electra serve` does."""
+    import transformers
+    import uvicorn
+    from fastapi import FastAPI
+
+    pipe = transformers.pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu")
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    def predict(body: dict) -> dict:
+        answers = pipe(body["texts"])
+        return {"predictions": [{"label": answer["label"], "probability": answer["score"]} for answer in answers]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def start_server(variant: str, root: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    if variant == "ours":
+        command = [sys.executable, "-m", "electra.cli", "serve", "--model-dir", str(root / "model")]
+        command += ["--port", str(port), "--host", "127.0.0.1", "--max-batch-size", str(args.max_batch_size)]
+        command += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    else:
+        command = [sys.executable, __file__, "--run-peer-server", str(root / "hf"), "--port", str(port)]
     env = dict(os.environ)
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)  # `electra serve` has no thread flag; torch reads this
+        env["OMP_NUM_THREADS"] = str(args.threads)  # neither server has a thread flag; torch reads this
     with open(log, "wb") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
@@ -148,10 +178,9 @@ async def run_load(base: str, pid: int, args: argparse.Namespace) -> tuple[Load,
     return load, elapsed
 
 
-def report(args: argparse.Namespace, load: Load, elapsed: float, rss_ready: float) -> None:
+def figures_of(load: Load, elapsed: float, rss_ready: float) -> dict:
     ms = np.asarray(load.latencies) * 1000
-    middle = min(load.rss_mb, key=lambda sample: abs(sample[0] - elapsed / 2))[1]
-    figures = {
+    return {
         "requests": len(ms),
         "requests_per_s": len(ms) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
@@ -161,33 +190,52 @@ def report(args: argparse.Namespace, load: Load, elapsed: float, rss_ready: floa
         "errors": load.errors,
         "rss_mb_ready": rss_ready,
         "rss_mb_start": load.rss_mb[0][1],
-        "rss_mb_middle": middle,
+        "rss_mb_middle": min(load.rss_mb, key=lambda sample: abs(sample[0] - elapsed / 2))[1],
         "rss_mb_end": load.rss_mb[-1][1],
         "rss_mb_max": max(sample[1] for sample in load.rss_mb),
     }
+
+
+def report(args: argparse.Namespace, results: dict[str, tuple[dict, list[str], float]]) -> None:
+    """`results`: each variant's figures, error examples and seconds of load."""
     print(
-        f"electra serve on loopback: {args.clients} clients x one {len(TEXT)}-character text per request, "
-        f"{elapsed:.1f} s; server threads {args.threads or 'default'}, max batch {args.max_batch_size}, "
-        f"batch wait {args.batch_wait_ms} ms; RSS 'ready' is before the first request"
+        f"servers on loopback, one after the other: {args.clients} clients x one {len(TEXT)}-character text per "
+        f"request, {args.seconds:g} s each; threads {args.threads or 'default'}; ours: max batch "
+        f"{args.max_batch_size}, batch wait {args.batch_wait_ms} ms; RSS 'ready' is before the first request"
     )
-    print(f"{'figure':<15} | {'value':>10}")
-    for name, value in figures.items():
-        print(f"{name:<15} | {value:10,.1f}" if isinstance(value, float) else f"{name:<15} | {value:10,d}")
-    for example in load.error_examples:
-        print(f"error: {example}")
-    headline = {
-        "requests_per_s": round(figures["requests_per_s"], 1),
-        "p50_ms": round(figures["p50_ms"], 2),
-        "p99_ms": round(figures["p99_ms"], 2),
-        "errors": load.errors,
-        "requests": len(ms),
-        "clients": args.clients,
-        "rss_mb_start": round(figures["rss_mb_start"], 1),
-        "rss_mb_middle": round(middle, 1),
-        "rss_mb_end": round(figures["rss_mb_end"], 1),
-        "rss_mb_max": round(figures["rss_mb_max"], 1),
-    }
+    print(f"{'figure':<15} | " + " | ".join(f"{variant:>10}" for variant in results))
+    for name in next(iter(results.values()))[0]:
+        cells = [results[variant][0][name] for variant in results]
+        print(f"{name:<15} | " + " | ".join(f"{c:10,.1f}" if isinstance(c, float) else f"{c:10,d}" for c in cells))
+    for variant, (_, examples, _) in results.items():
+        for example in examples:
+            print(f"{variant} error: {example}")
+    headline: dict[str, float | int] = {"clients": args.clients}
+    for variant, (figures, _, _) in results.items():
+        prefix = "" if variant == "ours" else f"{variant}_"
+        for name in ("requests_per_s", "p50_ms", "p99_ms", "errors", "requests", "rss_mb_max"):
+            headline[prefix + name] = round(figures[name], 2) if isinstance(figures[name], float) else figures[name]
+        if variant == "ours":
+            headline |= {name: round(figures[name], 1) for name in ("rss_mb_start", "rss_mb_middle", "rss_mb_end")}
+    if {"ours", "peer"} <= results.keys():
+        headline["ratio"] = round(results["ours"][0]["requests_per_s"] / results["peer"][0]["requests_per_s"], 2)
     print(json.dumps(headline))
+
+
+def measure(variant: str, root: Path, args: argparse.Namespace) -> tuple[dict, list[str], float]:
+    """Serve the model with `variant`, load it, stop it: its figures, error examples and seconds of load."""
+    port, log = free_port(), root / f"{variant}-server.log"
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(variant, root, port, args, log)
+    try:
+        wait_healthy(server, base, log)
+        rss_ready = rss_mb(server.pid)
+        load, elapsed = asyncio.run(run_load(base, server.pid, args))
+        if server.poll() is not None:
+            sys.exit(f"the {variant} server died during the load:\n{log.read_text()[-4000:]}")
+    finally:
+        stop_server(server)
+    return figures_of(load, elapsed, rss_ready), load.error_examples, elapsed
 
 
 def main() -> None:
@@ -195,26 +243,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop after this many requests in all")
-    parser.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: its own)")
+    parser.add_argument("--threads", type=int, default=None, help="the servers' torch threads (default: their own)")
     parser.add_argument("--max-batch-size", type=int, default=64, help="passed to electra serve")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="passed to electra serve")
+    parser.add_argument("--variants", default="ours,peer", help="comma-separated, of: ours, peer")
+    parser.add_argument("--run-peer-server", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        folder = build_model(Path(root))
-        port, log = free_port(), Path(root) / "server.log"
-        base = f"http://127.0.0.1:{port}"
-        server = start_server(folder, port, args, log)
-        try:
-            wait_healthy(server, base, log)
-            rss_ready = rss_mb(server.pid)
-            load, elapsed = asyncio.run(run_load(base, server.pid, args))
-            if server.poll() is not None:
-                sys.exit(f"the server died during the load:\n{log.read_text()[-4000:]}")
-        finally:
-            stop_server(server)
-    report(args, load, elapsed, rss_ready)
-    if load.errors:
-        sys.exit(f"{load.errors} request(s) failed")
+    if args.run_peer_server:
+        run_peer_server(args.run_peer_server, args.port)
+        return
+    variants = args.variants.split(",")
+    if unknown := set(variants) - {"ours", "peer"}:
+        sys.exit(f"unknown variant(s) {sorted(unknown)}: choose from ours, peer")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = build_model(root)
+        if "peer" in variants:
+            from electra.export import export_hf
+
+            export_hf(folder, root / "hf")
+        results = {variant: measure(variant, root, args) for variant in variants}
+    report(args, results)
+    if failed := {variant: figures["errors"] for variant, (figures, _, _) in results.items() if figures["errors"]}:
+        sys.exit(f"request(s) failed: {failed}")
 
 
 if __name__ == "__main__":
