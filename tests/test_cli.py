@@ -211,3 +211,30 @@ def test_a_full_disk_while_writing_weights_is_one_line(monkeypatch, tmp_path: Pa
     error = capsys.readouterr().err
     assert error.startswith("electra: error: Error while serializing: I/O error: No space left on device")
     assert "free some space" in error
+
+
+def test_output_read_by_a_reader_that_leaves_is_not_an_error(tmp_path: Path) -> None:
+    """`electra vocab ... | true`: the vocabulary was written, then printing to the closed pipe was reported as
+    "Broken pipe; check the path and the disk" with exit status 2. Now it stops quietly, as shell tools do."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "text.txt").write_text("\n".join(f"line {i} of some text to count" for i in range(200)) + "\n")
+    vocab = tmp_path / "vocab.txt"
+    command = [sys.executable, "-m", "electra.cli", "vocab", "--corpus-dir", str(corpus), "--output", str(vocab)]
+    process = subprocess.Popen([*command, "--vocab-size", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # long before the command prints: its start-up alone takes a second
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGPIPE, err
+    assert err == b""
+    assert len(read_vocab(vocab)) == 60
+
+
+def test_a_broken_pipe_elsewhere_is_still_reported(monkeypatch, tmp_path: Path, capsys) -> None:
+    import electra.cli
+
+    def pipe_to_a_dead_worker(args: argparse.Namespace) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(electra.cli, "_run_plot", pipe_to_a_dead_worker)
+    assert main(["plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("electra: error: Broken pipe")

@@ -7,6 +7,7 @@ import ctypes
 import errno
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -842,6 +843,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    except BrokenPipeError as error:
+        if not stdout_reader_gone():
+            print(f"electra: error: {file_system_message(error)}", file=sys.stderr)
+            return 2
+        # The reader of our output left (`| head`, `| true`): stop quietly, as shell tools do. The files are written.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting does not flush into it
+        return 128 + signal.SIGPIPE
     except OSError as error:  # the file system refused: read-only, full, a file where a folder belongs, ...
         print(f"electra: error: {file_system_message(error)}", file=sys.stderr)
         return 2
@@ -853,6 +861,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (the pipe reports an error to a poll)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
 
 
 FILE_SYSTEM_HINTS = {
