@@ -97,6 +97,19 @@ def test_layerwise_learning_rates_follow_reference() -> None:
     assert {group["lr_scale"] for group in off} == {1.0}
 
 
+def test_the_optimizer_moves_each_group_by_its_learning_rate_scale() -> None:
+    from electra.trainer import AdamWeightDecay
+
+    gradient = torch.tensor([1.0, -2.0, 0.5])
+    top, deep = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    optimizer = AdamWeightDecay([{"params": [top], "lr_scale": 1.0}, {"params": [deep], "lr_scale": 0.8**4}], lr=0.1)
+    top.grad, deep.grad = gradient.clone(), gradient.clone()
+    optimizer.step()
+    # Adam's first bias-corrected step moves each element by the learning rate against its gradient's sign.
+    torch.testing.assert_close(top.detach(), -0.1 * gradient.sign(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(deep.detach(), -0.1 * 0.8**4 * gradient.sign(), atol=1e-5, rtol=0)
+
+
 @pytest.fixture
 def vocab_file(tmp_path: Path) -> Path:
     path = tmp_path / "vocab.txt"
@@ -780,6 +793,36 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
     assert json.loads((exported / "config.json").read_text())["hidden_size"] == 48
     assert json.loads((exported / "electra_task.json").read_text())["do_lower_case"] is False
     assert read_vocab(exported / "vocab.txt") == read_vocab(vocab_file)
+
+
+def test_fine_tuning_applies_layerwise_decay_to_the_updates(tmp_path: Path, vocab_file: Path) -> None:
+    """One real update from a known starting point: each layer moves by the learning rate times its layer's
+    scale (Adam's first step moves every element with a gradient by the step's rate)."""
+    from safetensors.torch import load_file
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    shape = {"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    released = tmp_path / "start"
+    hf_config = ElectraConfig(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), intermediate_size=64, **shape)
+    ElectraForPreTraining(hf_config).save_pretrained(released)
+    shutil.copyfile(vocab_file, released / "vocab.txt")
+    start = load_file(str(released / "model.safetensors"))
+    write_user_task(tmp_path, {"train": sentiment_rows(16, 0), "dev": sentiment_rows(8, 1)})
+    hparams = {"task_names": ["tickets"], "tasks": {"tickets": {}}, "train_batch_size": 16, "num_train_epochs": 1}
+    hparams.update(init_checkpoint=str(released), learning_rate=1e-3, layerwise_lr_decay=0.5, warmup_proportion=0.0)
+    hparams.update(weight_decay_rate=0.0, max_seq_length=64)
+    outcome = run_finetuning(tmp_path, "m", hparams)
+    tuned = load_file(str(outcome["trials"][0]["dir"] / "model" / "model.safetensors"))
+
+    def moved(name: str) -> float:
+        return float((tuned[name] - start[name]).abs().max()) if name in start else float(tuned[name].abs().max())
+
+    layers = 2
+    depths = {"electra.embeddings.LayerNorm.weight": 0, "electra.embeddings_project.bias": 0}
+    depths |= {f"electra.encoder.layer.{i}.output.dense.bias": i + 1 for i in range(layers)}
+    for name, depth in depths.items():
+        assert moved(name) == pytest.approx(1e-3 * 0.5 ** (layers + 2 - depth), rel=1e-3), name
+    assert moved("classifier.out_proj.bias") == pytest.approx(1e-3, rel=1e-3)  # the head: new, and not decayed
 
 
 def test_text_in_another_encoding_stops_with_the_line_and_the_fix(tmp_path: Path) -> None:

@@ -231,3 +231,38 @@ def test_electric_cloze_model_never_sees_the_token_it_predicts():
     assert torch.allclose(before[:, 5], after[:, 5], atol=1e-5)
     assert not torch.allclose(before[:, 4], after[:, 4], atol=1e-5)
     assert not torch.allclose(before[:, 6], after[:, 6], atol=1e-5)
+
+
+def test_electric_scores_energy_plus_noise_log_likelihood_plus_prior_odds():
+    """Electric's discriminator logit is the energy model's output plus log q(x) of the token it sees (q: the
+    two-tower cloze model) plus log(k / (1 - k)), k the masking rate (the paper's noise-contrastive estimation).
+    Every masked position is labelled noise (sampled, even when the sample equals the original), and the cloze
+    loss is -log q of the original token at every candidate position."""
+    model = tiny_model(electra_objective=False, electric_objective=True, mask_prob=0.25).eval()
+    batch = batch_for(model)
+    seen: dict = {}
+    model.discriminator.register_forward_pre_hook(lambda module, inputs: seen.setdefault("ids", inputs[0]))
+    details: dict = {}
+    sums = model(batch, details)
+    fake_ids = seen["ids"]
+    with torch.no_grad():
+        energy = model.discriminator(fake_ids, batch.attention_mask, batch.token_type_ids).float()
+        log_q = model.cloze_logits(batch).float().log_softmax(-1)
+    expected = energy + log_q.gather(-1, fake_ids[:, :, None]).squeeze(-1) + math.log(0.25 / 0.75)
+    assert torch.allclose(details["disc_logits"], expected, atol=1e-5)
+    masked_positions = torch.zeros_like(fake_ids).scatter(1, batch.positions, batch.weights.long())
+    masked_positions[:, 0] = 0
+    assert torch.equal(details["labels"], masked_positions) and masked_positions.sum() > 0
+    cloze_loss = -(log_q.gather(-1, batch.input_ids[:, :, None]).squeeze(-1) * batch.candidates).sum()
+    assert torch.allclose(sums["mlm_loss"], cloze_loss, rtol=1e-5)
+    assert model.normalizers["mlm_loss"] == "cloze"
+
+
+def test_masked_lm_loss_is_cross_entropy_at_the_masked_positions():
+    model = tiny_model(electra_objective=False).eval()
+    batch = batch_for(model)
+    sums = model(batch)
+    logits = model.generator(batch.masked_ids, batch.attention_mask, batch.token_type_ids, batch.positions)
+    log_probs = logits.float().log_softmax(-1).gather(-1, batch.targets[:, :, None]).squeeze(-1)
+    assert torch.allclose(sums["mlm_loss"], -(log_probs * batch.weights).sum(), rtol=1e-5)
+    assert batch.weights.sum() > 0 and model.normalizers["mlm_loss"] == "masked"
