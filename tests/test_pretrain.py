@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -317,6 +318,52 @@ def test_learning_rate_warms_up_then_decays_linearly_to_zero():
     assert learning_rate_at(5, settings) == pytest.approx(0.5 * 0.95)
     assert learning_rate_at(50, settings) == pytest.approx(0.5)
     assert learning_rate_at(100, settings) == 0.0
+    squared = TrainSettings(learning_rate=1.0, num_train_steps=100, batch_size=1, lr_decay_power=2.0)
+    assert learning_rate_at(0, squared) == 1.0  # no warm-up: the full rate at once
+    assert learning_rate_at(50, squared) == pytest.approx(0.25)
+    assert learning_rate_at(90, squared) == pytest.approx(0.01)
+
+
+def test_training_never_reads_the_held_out_examples(pretrain_data_dir: Path):
+    from electra.pretrain import PretrainingTask, prepare_run
+
+    run = prepare_run(pretrain_data_dir, "held-out", {"debug": True, "train_batch_size": 8, "num_eval_steps": 2})
+    assert run.train_range.stop == run.eval_range.start and run.eval_range.stop == len(run.data)
+    assert len(run.eval_range) == 2 * run.config.eval_batch_size
+    task = PretrainingTask(run.data, run.config, run.train_range)
+    steps_per_epoch = -(-len(run.train_range) // 8)
+    seen = np.concatenate([task.batch_indices(step) for step in range(2 * steps_per_epoch)])
+    assert set(seen.tolist()) == set(run.train_range)  # every training example, and nothing held out
+
+
+def test_evaluation_metrics_are_those_of_the_discriminators_predictions(pretrain_data_dir: Path):
+    """precision, recall, accuracy and AUC of "replaced" over the real held-out tokens, from the per-token logits."""
+    from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
+    from electra.objectives import PretrainingModel
+    from electra.pretrain import eval_batches, evaluate, prepare_run
+    from electra.tokenization import read_vocab
+
+    run = prepare_run(pretrain_data_dir, "metrics", {"debug": True, "num_eval_steps": 3})
+    torch.manual_seed(0)
+    vocab = read_vocab(run.vocab_file)
+    model = PretrainingModel(run.config, len(vocab), vocab.index("[PAD]"))
+    results = evaluate(model, run, torch.device("cpu"))
+    probabilities, labels = [], []
+    with torch.no_grad():
+        for batch in eval_batches(run, torch.device("cpu")):
+            details: dict = {}
+            model(batch, details)
+            real = details["attention_mask"].bool()
+            probabilities.append(torch.sigmoid(details["disc_logits"][real]))
+            labels.append(details["labels"][real])
+    probs, truth = torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+    assert 0 < truth.sum() < len(truth) and (probs > 0.5).sum() > 0
+    assert results["disc_auc"] == pytest.approx(roc_auc_score(truth, probs))
+    assert results["disc_precision"] == pytest.approx(precision_score(truth, probs > 0.5))
+    assert results["disc_recall"] == pytest.approx(recall_score(truth, probs > 0.5))
+    assert results["disc_accuracy"] == pytest.approx(accuracy_score(truth, probs > 0.5))
+    assert results["replaced_share"] == pytest.approx(truth.mean())
 
 
 def test_objectives_train_end_to_end(pretrain_data_dir: Path):
