@@ -238,3 +238,26 @@ def test_a_broken_pipe_elsewhere_is_still_reported(monkeypatch, tmp_path: Path, 
     monkeypatch.setattr(electra.cli, "_run_plot", pipe_to_a_dead_worker)
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("electra: error: Broken pipe")
+
+
+def test_ctrl_c_ends_with_130_and_says_what_was_kept(monkeypatch, tmp_path: Path, capsys) -> None:
+    import electra.cli
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(electra.cli, "_run_plot", interrupted)
+    assert main(["plot", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "electra: interrupted; finished files are complete, unfinished ones were discarded" in err
+
+
+def test_vocab_names_the_file_and_line_of_text_that_is_not_utf8(tmp_path: Path, capsys) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("plain english text here\n" * 50, encoding="utf-8")
+    (corpus / "latin.txt").write_bytes(b"fine line\n" * 3 + "caf\xe9 cr\xe8me\n".encode("latin-1") + b"more\n" * 50)
+    assert main(["vocab", "--corpus-dir", str(corpus), "--output", str(tmp_path / "vocab.txt")]) == 0
+    err = capsys.readouterr().err
+    assert f"{corpus / 'latin.txt'}: 2 invalid UTF-8 byte sequence(s)" in err and "(first at line 4)" in err
+    assert "good.txt" not in err

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import electra.export
 from electra.errors import UserError
@@ -53,7 +54,9 @@ def test_hugging_face_export_of_a_pretrained_model(
     written = export_hf(data_dir / "models" / "tiny", tmp_path / "hf")
     assert [path.name for path in written] == ["discriminator", "generator"]
     assert ElectraForPreTraining.from_pretrained(written[0]).config.hidden_size == 144
-    assert ElectraForMaskedLM.from_pretrained(written[1]) is not None
+    generator = ElectraForMaskedLM.from_pretrained(written[1]).state_dict()
+    trained = load_file(str(data_dir / "models" / "tiny" / "generator" / "model.safetensors"))
+    assert trained and all(torch.equal(generator[name], value) for name, value in trained.items())
     assert AutoTokenizer.from_pretrained(written[0])("a fox")["input_ids"][0] == 2  # [CLS]
     with pytest.raises(UserError, match="neither a fine-tuned model folder"):
         export_hf(data_dir, tmp_path / "nothing")

@@ -175,6 +175,28 @@ def test_sentence_pairs_and_an_empty_second_text(vocab_file: Path) -> None:
         assert single.input_ids.tolist() == [cls, good, film, sep] and not single.token_type_ids.any()
 
 
+def test_a_word_of_several_pieces_is_labelled_and_read_at_its_first_piece() -> None:
+    """As the reference tags: the label sits on a word's first piece, the other pieces are not trained on, and a
+    prediction reads the first piece's output."""
+    from electra.task_model import decode
+
+    vocab = [*SPECIAL_TOKENS, "the", "play", "##ing", "##s", "cat"]
+    head = TaskHead("t", "tagging", ["B-NP", "I-NP", "E-NP", "S-NP", "S-VP", "O"])
+    words = ["the", "cats", "playing"]
+    example = Example(0, words=words, label=["B-NP", "I-NP", "B-VP"])
+    feature = Featurizer(vocab, 16).features([example], head, 0)[0]
+    pieces = [vocab[i] for i in feature.input_ids]
+    assert pieces == ["[CLS]", "the", "cat", "##s", "play", "##ing", "[SEP]"]
+    ignored = -100
+    # IOB2 is trained as BIOES: B-NP I-NP -> B-NP E-NP; a lone B-VP -> S-VP
+    assert feature.token_labels.tolist() == [ignored, 0, 2, ignored, 4, ignored, ignored]
+    assert feature.word_starts.tolist() == [1, 2, 4]
+    output = np.zeros((len(pieces), len(head.labels)), dtype=np.float32)
+    for position, tag in {1: "B-NP", 2: "E-NP", 3: "O", 4: "S-VP", 5: "O"}.items():
+        output[position, head.labels.index(tag)] = 1.0  # the later pieces say "O": they must not count
+    assert decode(head, output, feature)["tags"] == ["B-NP", "I-NP", "B-VP"]
+
+
 def test_length_bucketing_covers_every_example_once_per_epoch(vocab_file: Path) -> None:
     lengths = np.random.default_rng(0).integers(3, 100, size=400)
     features = [Features(np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8), 0) for n in lengths]

@@ -332,3 +332,20 @@ def test_plot_names_a_log_line_that_is_not_text(tmp_path: Path) -> None:
     (tmp_path / "logs" / "metrics.jsonl").write_bytes(b'{"step": 10, "loss": 1.0}\n\xff\xfe\n')
     with pytest.raises(UserError, match=r"metrics\.jsonl, line 2: not a logged step"):  # was a UnicodeDecodeError
         plot_training_curves(tmp_path)
+
+
+def test_a_file_write_that_fails_half_way_leaves_the_earlier_file(tmp_path: Path) -> None:
+    from electra.fileio import atomic_output, write_text_atomic
+
+    target = tmp_path / "results.json"
+    target.write_text("earlier\n")
+    with pytest.raises(RuntimeError, match="stopped"), atomic_output(target) as partial:
+        partial.write_text("half of the new")
+        raise RuntimeError("stopped")
+    assert target.read_text() == "earlier\n"
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate fails part-way through encoding
+        write_text_atomic(target, "x" * 100_000 + "\ud800")
+    assert target.read_text() == "earlier\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["results.json"], "no temporary is left behind"
+    write_text_atomic(target, "new\n")
+    assert target.read_text() == "new\n"
