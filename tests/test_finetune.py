@@ -130,6 +130,27 @@ def test_dynamic_padding_equals_static_padding(vocab_file: Path) -> None:
         dynamic = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu")), 0)
         static = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu"), pad_to=40), 0)
         torch.testing.assert_close(dynamic, static, atol=1e-5, rtol=1e-5)
+    # Per-token heads: tagging, and question answering on pairs (question, then context), at every real position.
+    rng = random.Random(0)
+    tagged = [Example(i, words=rng.choices(WORDS, k=2 + 5 * i), label=None) for i in range(5)]
+    pairs = [
+        Example(i, text_a=" ".join(rng.choices(WORDS, k=3)), text_b=" ".join(rng.choices(WORDS, k=4 + 6 * i)))
+        for i in range(5)
+    ]
+    for head, examples in (
+        (TaskHead("t", "tagging", ["B-X", "I-X", "E-X", "S-X", "O"]), tagged),
+        (TaskHead("q", "qa", []), pairs),
+    ):
+        model = FinetuningModel(small_config(), [head]).eval()
+        features = featurizer.features(
+            examples, TaskHead("c", "classification", ["0"]) if head.kind == "qa" else head, 0
+        )
+        dynamic = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu")), 0)
+        static = model.outputs(collate(features, featurizer.pad_id, torch.device("cpu"), pad_to=40), 0)
+        assert dynamic.shape[1] < static.shape[1] == 40
+        for row, feature in enumerate(features):
+            real = len(feature.input_ids)
+            torch.testing.assert_close(dynamic[row, :real], static[row, :real], atol=1e-5, rtol=1e-5)
 
 
 def test_multi_task_heads_absent_from_a_batch_get_a_zero_gradient_as_in_the_reference() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -376,7 +377,8 @@ def test_objectives_train_end_to_end(pretrain_data_dir: Path):
         exported = sorted(path.name for path in model_dir.iterdir() if (path / "config.json").exists())
         assert exported == (["generator"] if name == "mlm" else ["discriminator"])
         logged = metrics(model_dir)
-        assert all(record["loss"] == record["loss"] for record in logged)  # finite, not NaN
+        assert all(math.isfinite(record["loss"]) for record in logged)
+        assert logged[-1]["mlm_loss"] < logged[0]["mlm_loss"], "the masked or cloze model learns"
         # Evaluated again as training suggests, with little more than "do_train": false: as it was trained (the
         # objective, and mask_prob's 0.25 below, had been the defaults'), so with the same held-out results.
         results = json.loads((model_dir / "results" / "unsup_results.json").read_text())
