@@ -61,9 +61,14 @@ def run_torchrun(*args: str, timeout: float = 300, check: bool = True) -> subpro
 
 
 def shared_data(relative: str) -> Path:
+    """A file or folder of the real data beside the project. Tests that need it skip where it is absent (a user's
+    machine); CI sets ELECTRA_REQUIRE_SHARED_DATA, so that there a missing file fails instead of passing unseen."""
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"real data {path} is absent (it ships beside the project as ../shared/data)")
+        message = f"real data {path} is absent (it ships beside the project as ../shared/data)"
+        if os.environ.get("ELECTRA_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"{message}, and ELECTRA_REQUIRE_SHARED_DATA is set")
+        pytest.skip(message)
     return path
 
 

@@ -189,7 +189,9 @@ def test_onnx_export_of_a_short_model_and_no_hf_export_of_an_onnx_folder(
     short = random_task_model(tmp_path / "short", head, vocab, max_position_embeddings=16)
     folder = export_onnx(short, tmp_path / "onnx").parent
     examples = [Example(0, "good film " * 20)]  # cut to the 16 positions the model has
-    assert OnnxPredictor(folder).predict(examples)[0]["label"] == Predictor(short, "fp32").predict(examples)[0]["label"]
+    onnx, torch_answer = OnnxPredictor(folder).predict(examples)[0], Predictor(short, "fp32").predict(examples)[0]
+    assert onnx["label"] == torch_answer["label"]
+    assert onnx["probabilities"] == pytest.approx(torch_answer["probabilities"], abs=1e-4)
     with pytest.raises(UserError, match=r"holds no weights .* \(it holds model\.onnx: export from the folder"):
         export_hf(folder, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
