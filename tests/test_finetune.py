@@ -549,6 +549,43 @@ def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path)
         run_finetuning(tmp_path, "m", {**hparams, "learning_rate": 5e-4})
 
 
+def test_an_interrupted_fine_tuning_resumes_to_the_same_model(
+    tmp_path: Path, vocab_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after its second checkpoint (step 6 of 12), the same command continues from there and ends with
+    the weights and scores of a run that was never stopped: batches, dropout and the optimizer state all resume."""
+    import electra.trainer
+
+    write_user_task(tmp_path, {"train": sentiment_rows(96, 0), "dev": sentiment_rows(16, 1)})
+    hparams = {**TINY_MODEL, "task_names": ["tickets"], "tasks": {"tickets": {}}, "vocab_file": str(vocab_file)}
+    hparams.update(num_train_epochs=2, save_checkpoints_steps=3)
+    straight = run_finetuning(tmp_path, "straight", hparams)
+    save = electra.trainer.save_checkpoint
+    saved: list[int] = []
+
+    def save_then_stop(run_dir: Path, step: int, *args: object, **kwargs: object) -> Path:
+        written = save(run_dir, step, *args, **kwargs)
+        saved.append(step)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(electra.trainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetuning(tmp_path, "resumed", hparams)
+    assert saved == [3, 6]
+    monkeypatch.undo()
+    resumed = run_finetuning(tmp_path, "resumed", hparams)
+    assert resumed["trials"][0]["scores"] == straight["trials"][0]["scores"]
+    weights = [
+        load_file(str(outcome["trials"][0]["dir"] / "model" / "model.safetensors")) for outcome in (straight, resumed)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    logged = (resumed["trials"][0]["dir"] / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [5, 10, 12]  # each logged step once
+
+
 def write_tagging(root: Path, name: str, sentences: int, seed: int, split: str) -> None:
     rng = random.Random(seed)
     lines = []
