@@ -38,6 +38,8 @@ def bad_flag_cases(tmp: Path) -> list[tuple[list[str], str, str]]:
         (split, "--train-per-class", "0"),
         (split, "--dev", "-0.1"),
         (split, "--test", "nan"),
+        (split, "--dev", "1.5"),
+        (split, "--test", "1"),
     ]
 
 
@@ -57,6 +59,16 @@ def test_out_of_range_flag_is_an_argparse_error_naming_it(tmp_path: Path, capsys
     assert sorted(path.name for path in tmp_path.iterdir()) == []  # stopped before anything was written
 
 
+@pytest.mark.parametrize("command", [["vocab", "--corpus-dir", "c", "--output", "v"], ["plot", "m"]])
+def test_an_unknown_flag_is_reported_with_the_commands_usage(capsys, command: list[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--bogus", "1"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"usage: electra {command[0]} ")
+    assert error.splitlines()[-1] == f"electra {command[0]}: error: unrecognized arguments: --bogus 1"
+
+
 SPLIT = ["split", "--input", "i", "--output-dir", "o", "--label-column", "l", "--text-column", "t"]
 
 
@@ -71,6 +83,7 @@ SPLIT = ["split", "--input", "i", "--output-dir", "o", "--label-column", "l", "-
         (["rerank", "--model-dir", "m", "--nbest", "n", "--weight", "-0.5"], "weight", -0.5),
         ([*SPLIT, "--seed", "0"], "seed", 0),
         ([*SPLIT, "--dev", "0"], "dev", 0.0),
+        ([*SPLIT, "--test", "0.99"], "test", 0.99),
     ],
 )
 def test_values_at_the_edge_of_the_range_are_accepted(arguments: list[str], attribute: str, expected: float):

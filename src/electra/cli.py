@@ -69,6 +69,14 @@ def _number(minimum: float | None = None) -> Callable[[str], float]:
     return parse
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share of the rows, at least 0 and under 1."""
+    value = _number(0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a share under 1 (0.1 is a tenth), not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port number, 1 to 65535."""
     value = _at_least(1)(text)
@@ -234,8 +242,8 @@ def _add_split_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--label-column", required=True, help="column of the label")
     parser.add_argument("--text-column", required=True, help="column of the text (duplicates are found on it)")
-    parser.add_argument("--dev", type=_number(0), default=0.1, help="share of each class for dev (default: 0.1)")
-    parser.add_argument("--test", type=_number(0), default=0.1, help="share of each class for test (default: 0.1)")
+    parser.add_argument("--dev", type=_share, default=0.1, help="share of each class for dev (default: 0.1)")
+    parser.add_argument("--test", type=_share, default=0.1, help="share of each class for test (default: 0.1)")
     parser.add_argument("--seed", type=_at_least(0), default=0, help="seed of the shuffle (default: 0)")
     parser.add_argument(
         "--train-per-class", type=_at_least(1), default=None, help="keep only N training examples per class"
@@ -526,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_tf_parser(commands)
     _add_plot_parser(commands)
     _add_quickstart_parser(commands)
+    for command in commands.choices.values():  # so that a flag it does not know is reported with its usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -825,7 +835,9 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # a path that is not UTF-8 is printed escaped, as on stderr, not a crash
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     retain_freed_memory()
     # SIGTERM stops a command as Ctrl-C does: unfinished outputs are discarded and worker processes are stopped
     # (without this, build-data's workers outlived it and printed a broken pipe each).
