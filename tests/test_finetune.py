@@ -545,6 +545,9 @@ def test_user_task_learns_exports_and_predicts(tmp_path: Path, vocab_file: Path)
 
     again = run_finetuning(tmp_path, "m", hparams)  # a finished trial is reused, not retrained
     assert again["trials"][0]["scores"] == outcome["trials"][0]["scores"]
+    unchanged = {"use_tfrecords_if_existing": False, "save_checkpoints_steps": 7}  # the reference's files hold them
+    reused = run_finetuning(tmp_path, "m", {**hparams, **unchanged})
+    assert reused["trials"][0]["scores"] == again["trials"][0]["scores"]
     with pytest.raises(UserError, match=r"other settings.*learning_rate"):
         run_finetuning(tmp_path, "m", {**hparams, "learning_rate": 5e-4})
 

@@ -90,6 +90,8 @@ RUN_INDEPENDENT_HPARAMS = {
     "predict_batch_size",
     "log_every_steps",
     "log_examples",
+    "save_checkpoints_steps",  # a resumed run trains as one never stopped, wherever it stopped
+    "use_tfrecords_if_existing",  # accepted from the reference's hparams; nothing is cached
 }
 
 
