@@ -72,6 +72,9 @@ def test_limits_and_malformed_requests(classifier: Path) -> None:
         json_header = {"content-type": "application/json"}
         gbk = client.post("/predict", content='{"texts": ["好"]}'.encode("gbk"), headers=json_header)
         assert gbk.status_code == 400 and "send JSON encoded as UTF-8" in gbk.json()["detail"]
+        for broken in ("hello, not JSON", '{"texts": ["good"]'):
+            refused = client.post("/predict", content=broken, headers=json_header)
+            assert refused.status_code == 400 and refused.json()["detail"][0]["msg"].startswith("JSON decode error")
         assert client.get("/nowhere").status_code == 404 and client.get("/predict").status_code == 405
 
 

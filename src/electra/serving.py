@@ -233,7 +233,8 @@ def create_app(model_dir: str | Path, limits: ServeLimits | None = None, precisi
         if not content_type.startswith("application/json"):
             header = f'send the body as JSON, "Content-Type: application/json" (it came as {content_type or "none"})'
             problems.insert(0, {"msg": header})
-        return JSONResponse(status_code=422, content={"detail": problems})
+        not_json = any(item.get("type") == "json_invalid" for item in error.errors())  # a syntax error, not a shape
+        return JSONResponse(status_code=400 if not_json else 422, content={"detail": problems})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
