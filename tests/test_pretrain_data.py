@@ -212,6 +212,13 @@ def test_rebuild_refuses_other_settings_unless_overwrite(english_corpus: Path, v
     build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64), overwrite=True)
     assert PretrainingData(output).max_seq_length == 64
     assert all_files(output).keys() == before.keys()
+    # A build recorded before a setting existed: the message says the setting is new, not that it was None.
+    metadata = json.loads((output / "pretrain_data.json").read_text())
+    settings_key = next(key for key, value in metadata.items() if isinstance(value, dict) and "max_seq_length" in value)
+    del metadata[settings_key]["max_seq_length"]
+    (output / "pretrain_data.json").write_text(json.dumps(metadata))
+    with pytest.raises(UserError, match=r"differing: max_seq_length 64 \(new\)\)"):
+        build(english_corpus, vocab_file, output, settings=BuildSettings(max_seq_length=64))
 
 
 def test_rebuild_notices_a_corpus_file_changed_in_place(tmp_path: Path, vocab_file: Path):

@@ -383,7 +383,9 @@ def _prepare_output(output_dir: Path, identity: dict, overwrite: bool) -> bool:
             before, now = existing.get(key), identity[key]
             if isinstance(before, dict) and isinstance(now, dict):  # the flags: name each one that changed
                 differing += [
-                    f"{name} {before.get(name)!r} -> {now[name]!r}" for name in now if before.get(name) != now[name]
+                    f"{name} {before[name]!r} -> {now[name]!r}" if name in before else f"{name} {now[name]!r} (new)"
+                    for name in now
+                    if before.get(name) != now[name]
                 ]
             elif key == "corpus":
                 change = corpus_change(before if isinstance(before, list) else [], now)
