@@ -62,14 +62,26 @@ def test_conversion_puts_each_variable_in_its_parameter(tmp_path: Path) -> None:
     torch.testing.assert_close(generator.generator_lm_head.weight, torch.from_numpy(word))  # tied, as trained
 
 
-def test_converted_model_fine_tunes_and_continues_pretraining(tmp_path: Path) -> None:
+def test_fine_tuning_a_converted_model_starts_from_its_tensorflow_weights(tmp_path: Path) -> None:
+    from electra.config import encoder_config
     from electra.finetune import prepare_finetuning
+    from electra.finetune_data import TaskHead
+    from electra.task_model import FinetuningModel, load_encoder_weights
 
     data_dir = tmp_path / "data"
     convert_tf_checkpoint(FIXTURE, data_dir / "models" / "released")
     run = prepare_finetuning(data_dir, "released", {"task_names": ["sst"]})
     assert run.init_checkpoint == data_dir / "models" / "released" / "discriminator" / "model.safetensors"
     assert run.config.model_hparam_overrides["num_hidden_layers"] == 2
+    model = FinetuningModel(
+        encoder_config(run.config, len(run.vocab), 0), [TaskHead("sst", "classification", ["0", "1"])]
+    )
+    load_encoder_weights(model, run.init_checkpoint)
+    encoder = model.electra
+    word = fixture_values("electra/embeddings/word_embeddings", (34, 32))
+    torch.testing.assert_close(encoder.embeddings.word_embeddings.weight, torch.from_numpy(word))
+    kernel = fixture_values("electra/encoder/layer_1/attention/self/query/kernel", (64, 64))
+    torch.testing.assert_close(encoder.encoder.layer[1].attention.self.query.weight, torch.from_numpy(kernel.T))
 
 
 def test_bad_checkpoints_are_explained(tmp_path: Path, capsys) -> None:
