@@ -83,8 +83,11 @@ def test_training_the_same_corpus_twice_gives_the_same_vocabulary(tmp_path: Path
 
 def test_cased_vocab_keeps_case_and_accents(english_corpus: Path) -> None:
     tokens = train_on(english_corpus, vocab_size=400, do_lower_case=False)
-    assert "NA" in tokens or "N" in tokens
-    assert any("ï" in token for token in tokens)
+    assert {"Python", "Café", "naïve", "NAÏVE"} <= set(tokens)  # whole cased words, accents kept
+    assert "python" not in tokens  # the corpus writes it only capitalised
+    lower = train_on(english_corpus, vocab_size=400)  # the default: lower-cased and accents stripped
+    assert not [token for token in lower[5:] if token != token.lower()]
+    assert "python" in lower and not [token for token in lower if "ï" in token or "é" in token]
 
 
 def test_vocab_command_writes_one_token_per_line(english_corpus: Path, tmp_path: Path) -> None:
