@@ -23,6 +23,11 @@ repository root (the device tool: carry .gpu, which .git/info/exclude ignores):
       [--en-init MODEL_DIR | --vocab-size N]
   PYTHONPATH=src python3 experiments/gpu_session.py --stage .gpu --out "$OUT" [--deadline 540] [--en-seconds 200]
       [--zh-seconds 200] [--trials 3] [--benchmarks]   (PYTHONPATH: the GPU machine's image has torch, not this package)
+The vocabulary test (does a vocabulary of whole words let pre-training help SST-2?): build the stage with
+--also-vocab-size 30522, which adds en-v30522/ (pretrain_en with a vocabulary of that size). The session then
+pre-trains an English ELECTRA-Small on each English vocabulary side by side, from scratch at the same budget, and
+runs the learning check on SST-2 alone for each (every model against random weights of its own shape); run it with
+--zh-seconds 0 to give the GPU to the English models.
 The stage holds en/ (a WordPiece vocabulary of --vocab-size pieces, 8,000 by default, and pre-training data of
 pretrain_en split into sentences; with --en-init, a model brought back from an earlier lease, in bfloat16, under
 en/init/, and its vocabulary: the English run then continues that model), zh/ (the same of pretrain_zh, as the CPU
@@ -204,7 +209,9 @@ def stage_init_model(source: Path, target: Path) -> None:
     print(f"staged {source} in {target} (bfloat16)")
 
 
-def build_stage(shared: Path, stage: Path, en_init: Path | None = None, en_vocab_size: int = 8000) -> None:
+def build_stage(
+    shared: Path, stage: Path, en_init: Path | None = None, en_vocab_size: int = 8000, also: list[int] | None = None
+) -> None:
     if en_init is not None:  # continuing a model: its vocabulary, not a new one
         stage_init_model(en_init, stage / "en" / "init")
         shutil.copyfile(en_init / "discriminator" / "vocab.txt", stage / "en" / "vocab.txt")
@@ -220,6 +227,20 @@ def build_stage(shared: Path, stage: Path, en_init: Path | None = None, en_vocab
             subprocess.run(electra(*vocab, "--vocab-size", str(size)), check=True)
         data = ["build-data", "--corpus-dir", str(source), "--vocab-file", str(folder / "vocab.txt")]
         data += ["--output-dir", str(folder / "pretrain_data"), "--overwrite", "--split-sentences", *extra]
+        subprocess.run(electra(*data), check=True)
+    for size in also or []:  # the vocabulary test: the same text under another vocabulary
+        folder = stage / f"en-v{size}"
+        vocab = ["vocab", "--corpus-dir", str(shared / "pretrain_en"), "--output", str(folder / "vocab.txt")]
+        subprocess.run(electra(*vocab, "--vocab-size", str(size)), check=True)
+        data = ["build-data", "--corpus-dir", str(shared / "pretrain_en"), "--vocab-file", str(folder / "vocab.txt")]
+        data += [
+            "--output-dir",
+            str(folder / "pretrain_data"),
+            "--overwrite",
+            "--split-sentences",
+            "--num-processes",
+            "2",
+        ]
         subprocess.run(electra(*data), check=True)
     for task in ("squadv1", "sst", "cola", "mrpc", "zh_cls/waimai_10k"):
         shutil.copytree(shared / task, stage / "data" / task, dirs_exist_ok=True)
@@ -248,6 +269,13 @@ def main() -> None:
         default=8000,
         help="with --build-stage, without --en-init: the English vocabulary's size (the reference's is 30,522)",
     )
+    parser.add_argument(
+        "--also-vocab-size",
+        type=int,
+        action="append",
+        default=[],
+        help="with --build-stage: stage pretrain_en under a vocabulary of this size too (the vocabulary test)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-session"))
     parser.add_argument("--deadline", type=float, default=540, help="seconds for the whole session")
@@ -264,7 +292,7 @@ def main() -> None:
     if args.build_stage:
         if args.en_init is not None and args.vocab_size != 8000:
             parser.error("--vocab-size builds a new vocabulary; --en-init continues a model with its own")
-        build_stage(args.shared_data, args.stage, args.en_init, args.vocab_size)
+        build_stage(args.shared_data, args.stage, args.en_init, args.vocab_size, args.also_vocab_size)
         return
     if args.out is None:
         parser.error("--out is required to run the session")
@@ -276,12 +304,13 @@ def main() -> None:
 
     session.say(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     work = args.work
-    for language in ("en", "zh"):
-        (work / language).mkdir(parents=True, exist_ok=True)
+    other_vocabularies = sorted(path.name for path in args.stage.glob("en-v*") if path.is_dir())
+    for folder in ("en", "zh", *other_vocabularies):
+        (work / folder).mkdir(parents=True, exist_ok=True)
         for item in ("vocab.txt", "pretrain_data"):
-            link = work / language / item
+            link = work / folder / item
             if not link.exists():
-                link.symlink_to((args.stage / language / item).resolve())
+                link.symlink_to((args.stage / folder / item).resolve())
 
     with open(args.out / "gpu_tests.log", "w", encoding="utf-8") as tests_log:
         tests = subprocess.Popen(
@@ -302,13 +331,17 @@ def main() -> None:
             en_recipe["init_checkpoint"] = str((args.stage / "en" / "init").resolve())
             session.say(f"English model continues from {en_recipe['init_checkpoint']}")
         plans = [(work / "en", "en-small-gpu", en_recipe, args.en_seconds)]
+        # The vocabulary test: the same recipe from scratch under each other vocabulary (never from --en-init's model).
+        fresh = {key: value for key, value in en_recipe.items() if key != "init_checkpoint"}
+        plans += [(work / name, f"en-small-{name[3:]}", fresh, args.en_seconds) for name in other_vocabularies]
         if args.zh_seconds > 0:
             plans.append((work / "zh", "zh-small-gpu", {**ZH_RECIPE, **compile_flag}, args.zh_seconds))
         threads = max(1, (os.cpu_count() or 1) // len(plans))
         with ThreadPoolExecutor(len(plans)) as pool:  # side by side: each eager step leaves the GPU mostly idle
-            en_model, *zh_models = pool.map(lambda plan: pretrain(session, *plan, threads), plans)
-        zh_model = zh_models[0] if zh_models else None
-        for model in (en_model, zh_model):
+            models = list(pool.map(lambda plan: pretrain(session, *plan, threads), plans))
+        en_model, other_models = models[0], models[1 : 1 + len(other_vocabularies)]
+        zh_model = models[-1] if args.zh_seconds > 0 else None
+        for model in models:
             if model:
                 pack(session, model)
         try:
@@ -319,23 +352,37 @@ def main() -> None:
             session.say("GPU tests: stopped at their limit")
     session.log.write("".join((args.out / "gpu_tests.log").read_text().splitlines(keepends=True)[-15:]))
 
-    check = [
-        sys.executable,
-        str(HERE / "finetune_learning_check.py"),
-        "--pretrain-workdir",
-        str(work / "en"),
-        "--model-name",
-        "en-small-gpu",
-        "--shared-data",
-        str(args.stage.resolve() / "data"),
-    ]
-    if en_model:
+    def learning_check(folder: str, model_name: str) -> list[str]:
+        script = str(HERE / "finetune_learning_check.py")
+        model = ["--pretrain-workdir", str(work / folder), "--model-name", model_name]
+        return [sys.executable, script, *model, "--shared-data", str(args.stage.resolve() / "data")]
+
+    check = learning_check("en", "en-small-gpu")
+    # Every trial a process of its own: run by run, SST-2's three 1-epoch trials alone outlasted session 16's four
+    # minutes of fine-tuning, eight runs side by side (65 ms a step each).
+    side_by_side = ["--trials", str(args.trials), "--split-trials"]
+    if other_vocabularies:  # the vocabulary test: SST-2 alone, for each English model, all at once
+        models_by_folder = {"en": en_model, **dict(zip(other_vocabularies, other_models, strict=True))}
+        names = {"en": "en-small-gpu", **{name: f"en-small-{name[3:]}" for name in other_vocabularies}}
+        trained = [folder for folder, model in models_by_folder.items() if model]
+        sst = ["--tasks", "sst", *side_by_side, "--parallel", str(max(1, FINETUNING_PROCESSES // max(1, len(trained))))]
+        commands = {
+            folder: [*learning_check(folder, names[folder]), "--workdir", str(work / f"ft-{folder}"), *sst]
+            for folder in trained
+        }
+
+        def sst_check(folder: str) -> bool:
+            return session.run(f"SST-2 check of {folder}", commands[folder], session.left() - 30)
+
+        with ThreadPoolExecutor(max(1, len(commands))) as pool:
+            list(pool.map(sst_check, commands))
+        for folder in commands:
+            collect_results(session, work / f"ft-{folder}")
+    elif en_model:
         tasks = "sst,cola,mrpc" + (",waimai" if zh_model else "")
         zh = ["--zh-model", str(zh_model)] if zh_model else []
-        glue = [*check, "--workdir", str(work / "ft"), "--tasks", tasks, *zh, "--trials", str(args.trials)]
-        # Every trial a process of its own: run by run, SST-2's three 1-epoch trials alone outlasted session 16's
-        # four minutes of fine-tuning, eight runs side by side (65 ms a step each).
-        glue += ["--split-trials", "--parallel", str(FINETUNING_PROCESSES)]
+        glue = [*check, "--workdir", str(work / "ft"), "--tasks", tasks, *zh, *side_by_side]
+        glue += ["--parallel", str(FINETUNING_PROCESSES)]
         if not session.run("learning check", glue, session.left() - 30):
             session.run("learning check's table so far", [*glue, "--report"], 20)
         collect_results(session, work / "ft")
