@@ -157,7 +157,11 @@ def test_int8_onnx_export_is_smaller_and_predicts_like_pytorch(finetuned_classif
         "model.onnx",
         "vocab.txt",
     ]  # no intermediate files left behind
-    assert int8_model.stat().st_size < 0.6 * float_model.stat().st_size
+    import onnxruntime
+
+    # ONNX Runtime 1.23 (the last for Python 3.10) takes export's fallback, which quantises fewer products
+    older = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2]) < (1, 24)
+    assert int8_model.stat().st_size < (0.8 if older else 0.6) * float_model.stat().st_size
     assert json.loads((int8_model.parent / "electra_task.json").read_text())["onnx_weights"] == "int8"
     examples = [Example(i, text, label=label) for i, (text, label) in enumerate(sentiment_rows(200, 2))]
     expected = Predictor(finetuned_classifier, precision="fp32").predict(examples, batch_size=16)
