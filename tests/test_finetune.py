@@ -881,7 +881,6 @@ def test_hugging_face_folder_as_init_checkpoint(tmp_path: Path, vocab_file: Path
 def test_fine_tuning_applies_layerwise_decay_to_the_updates(tmp_path: Path, vocab_file: Path) -> None:
     """One real update from a known starting point: each layer moves by the learning rate times its layer's
     scale (Adam's first step moves every element with a gradient by the step's rate)."""
-    from safetensors.torch import load_file
     from transformers import ElectraConfig, ElectraForPreTraining
 
     shape = {"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
