@@ -5,12 +5,16 @@ Builds a vocabulary and pre-training data from a real corpus with the public com
 `groups-1` pads every batch to its longest row, which on real data is almost always max_seq_length, as the
 reference and the usual PyTorch ports do (the peer); `groups-N` sorts each batch by length and runs it as N
 pieces, each padded to its own longest row (the same examples, masks and loss: tests/test_pretrain.py).
-Throughput counts real tokens only, the median over logging windows after the first.
+Throughput counts real tokens only, the median over logging windows after the first. `peer` is the outside peer of
+`pretrain_step.py` (`transformers`' ElectraForMaskedLM + ElectraForPreTraining, torch AdamW) of the same shape, in
+the precision `electra pretrain` picks here, on the same data's rows padded to max_seq_length as the reference's
+data are, timed the same way in its own process.
 The default corpus is the Chinese use case's (examples/zh_ticket_routing): the articles of
 ../shared/data/pretrain_zh plus every review of online_shopping_10_cats as a document of its own, short texts
 like the tickets a team would pre-train on. Prints a table, then one JSON line.
 Usage: python benchmarks/pretrain_padding.py [--corpus DIR | --data-dir BUILT] [--shape compact|small]
-       [--batch 128] [--steps 40] [--groups 1,2,4,8] [--threads 2] [--shared-data ../shared/data] [--work DIR]
+       [--batch 128] [--steps 40] [--groups 1,2,4,8] [--no-peer] [--threads 2] [--shared-data ../shared/data]
+       [--work DIR]
 On a GPU the same command times `electra pretrain` there (it picks CUDA by itself).
 """
 
@@ -104,6 +108,62 @@ def run_variant(data_dir: Path, groups: int, args: argparse.Namespace, env: dict
     return {"tokens_per_second": statistics.median(rates), "final_loss": rows[-1]["loss"]}
 
 
+def run_peer(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The outside peer's step (see the module's docstring) on the data's rows, in this process."""
+    import time
+
+    import torch
+    import transformers
+    from isolated import synchronize
+    from pretrain_step import peer_training_step
+
+    from electra.cli import retain_freed_memory
+    from electra.config import build_pretraining_config
+    from electra.pretrain import hf_config
+    from electra.tokenization import PAD, read_vocab
+    from electra.trainer import resolve_precision
+
+    retain_freed_memory()  # as `electra pretrain` does
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vocab = read_vocab(data_dir / "vocab.txt")
+    config = build_pretraining_config({**SHAPES[args.shape], "train_batch_size": args.batch})
+    discriminator = config.discriminator_config(len(vocab), vocab.index(PAD))
+    shapes = [
+        transformers.ElectraConfig(**hf_config(part, architecture))
+        for part, architecture in (
+            (discriminator, "ElectraForPreTraining"),
+            (config.generator_config(discriminator), "ElectraForMaskedLM"),
+        )
+    ]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where `electra pretrain` runs
+    precision = "bf16" if resolve_precision("auto", device) == torch.bfloat16 else "fp32"  # as `electra pretrain`
+    step = peer_training_step(*shapes, precision, device, pad_id=vocab.index(PAD))
+    data = PretrainingData(data_dir / "pretrain_data")
+    order = np.random.default_rng(0).permutation(len(data))
+    rates, tokens, started = [], 0, time.perf_counter()
+    for index in range(args.steps):
+        rows = order[(index * args.batch + np.arange(args.batch)) % len(data)]
+        ids = torch.from_numpy(data.input_ids(rows).astype(np.int64))
+        tokens += int((ids != vocab.index(PAD)).sum())
+        step(ids.to(device), index)
+        if (index + 1) % LOG_EVERY == 0:  # a logging window, as the trainer's tokens_per_second counts them
+            synchronize(device)
+            now = time.perf_counter()
+            rates.append(tokens / (now - started))
+            tokens, started = 0, now
+    return {"tokens_per_second": statistics.median(rates[1:] or rates), "final_loss": float("nan")}
+
+
+def peer_in_own_process(data_dir: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
+    command = [sys.executable, __file__, "--run-peer", str(data_dir), "--shape", args.shape, "--batch", str(args.batch)]
+    command += ["--steps", str(args.steps), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"the peer failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="a folder of .txt files (default: the ticket corpus above)")
@@ -114,9 +174,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--groups", default="1,2,4,8")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true", help="leave out the transformers peer")
+    parser.add_argument("--run-peer", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "electra-pretrain-padding")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    if args.run_peer:
+        print(json.dumps(run_peer(args.run_peer, args)))
+        return
     if args.data_dir:  # already built: vocab.txt and pretrain_data/ (e.g. a GPU machine's staged copy)
         data_dir, name = args.data_dir, args.data_dir.name
     else:
@@ -128,6 +193,7 @@ def main() -> None:
     share = real_token_share(data_dir)
     groups = [int(value) for value in args.groups.split(",")]
     results = {count: run_variant(data_dir, count, args, env) for count in groups}
+    peer = None if args.no_peer else peer_in_own_process(data_dir, args, env)
 
     import torch
 
@@ -135,25 +201,27 @@ def main() -> None:
         f"data {name}: real tokens {share:.1%} of 128-token rows; shape {args.shape}, batch "
         f"{args.batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}"
     )
-    print("| variant | real tokens/s | vs groups-1 | loss at the last step |")
-    print("| --- | --- | --- | --- |")
     base = results[groups[0]]["tokens_per_second"]
+    outside = peer["tokens_per_second"] if peer else None
+    print(f"| variant | real tokens/s | vs groups-{groups[0]} | vs peer | loss at the last step |")
+    print("| --- | --- | --- | --- | --- |")
     for count, row in results.items():
         rate = row["tokens_per_second"]
-        print(f"| groups-{count} | {rate:,.0f} | {rate / base:.2f}x | {row['final_loss']:.4f} |")
+        versus = f"{rate / outside:.2f}x" if outside else "-"
+        print(f"| groups-{count} | {rate:,.0f} | {rate / base:.2f}x | {versus} | {row['final_loss']:.4f} |")
+    if outside:
+        print(f"| peer (transformers, rows padded to 128) | {outside:,.0f} | {outside / base:.2f}x | 1.00x | - |")
     best = max(results, key=lambda count: results[count]["tokens_per_second"])
-    print(
-        json.dumps(
-            {
-                "ours_tok_s": round(results[best]["tokens_per_second"]),
-                "ours_variant": f"groups-{best}",
-                "peer_tok_s": round(base),
-                "peer_variant": f"groups-{groups[0]}",
-                "ratio": round(results[best]["tokens_per_second"] / base, 2),
-                "real_token_share": round(share, 3),
-            }
-        )
-    )
+    headline = {
+        "ours_tok_s": round(results[best]["tokens_per_second"]),
+        "ours_variant": f"groups-{best}",
+        "groups_1_tok_s": round(base),
+        "ratio_vs_groups_1": round(results[best]["tokens_per_second"] / base, 2),
+        "real_token_share": round(share, 3),
+    }
+    if outside:
+        headline |= {"peer_tok_s": round(outside), "ratio": round(results[best]["tokens_per_second"] / outside, 2)}
+    print(json.dumps(headline))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from isolated import peak_memory, synchronize
@@ -129,19 +131,30 @@ def peer_step(size: str, batch: int, precision: str, device: torch.device, compi
 
     hidden, layers, heads, intermediate, embedding, gen_hidden = SHAPES[size]
     common = {"vocab_size": VOCAB, "embedding_size": embedding, "num_hidden_layers": layers}
-    discriminator = transformers.ElectraForPreTraining(
-        transformers.ElectraConfig(
-            hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate, **common
-        )
+    discriminator = transformers.ElectraConfig(
+        hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate, **common
     )
-    generator = transformers.ElectraForMaskedLM(
-        transformers.ElectraConfig(
-            hidden_size=gen_hidden,
-            num_attention_heads=max(1, gen_hidden // 64),
-            intermediate_size=4 * gen_hidden,
-            **common,
-        )
+    generator = transformers.ElectraConfig(
+        hidden_size=gen_hidden, num_attention_heads=max(1, gen_hidden // 64), intermediate_size=4 * gen_hidden, **common
     )
+    step_on = peer_training_step(discriminator, generator, precision, device, compiled)
+    return lambda seed: step_on(batch_of_ids(batch, seed, device), seed)
+
+
+def peer_training_step(
+    discriminator_config: Any,
+    generator_config: Any,
+    precision: str,
+    device: torch.device,
+    compiled: str | None = None,
+    pad_id: int | None = None,
+) -> Callable[[torch.Tensor, int], None]:
+    """The peer's training step on a batch of token ids ([CLS] 2, [SEP] 3); with `pad_id`, padding is left out of
+    attention, masking and the losses, as for real text padded to max_seq_length."""
+    import transformers
+
+    discriminator = transformers.ElectraForPreTraining(discriminator_config)
+    generator = transformers.ElectraForMaskedLM(generator_config)
     generator.electra.embeddings = discriminator.electra.embeddings
     generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
     modules = torch.nn.ModuleList([generator, discriminator]).train().to(device)
@@ -150,16 +163,16 @@ def peer_step(size: str, batch: int, precision: str, device: torch.device, compi
     optimizer = torch.optim.AdamW(modules.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def step(seed: int) -> None:
+    def step(ids: torch.Tensor, seed: int) -> None:
         generator_rng = torch.Generator(device=device).manual_seed(seed)
-        ids = batch_of_ids(batch, seed, device)
-        special = (ids == 2) | (ids == 3)
+        attention = None if pad_id is None else (ids != pad_id).long()
+        special = (ids == 2) | (ids == 3) | (ids == pad_id if pad_id is not None else False)
         chosen = (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.15) & ~special
         use_mask_token = torch.rand(ids.shape, generator=generator_rng, device=device) < 0.85
         inputs = torch.where(chosen & use_mask_token, MASK_ID, ids)
         labels = torch.where(chosen, ids, -100)
         with autocast:
-            generated = generator(input_ids=inputs, labels=labels)
+            generated = generator(input_ids=inputs, attention_mask=attention, labels=labels)
         with torch.no_grad():
             logits = generated.logits[chosen].float()
             uniform = torch.rand(logits.shape, generator=generator_rng, device=device)
@@ -167,7 +180,7 @@ def peer_step(size: str, batch: int, precision: str, device: torch.device, compi
         fake = ids.clone()
         fake[chosen] = sampled
         with autocast:
-            judged = discriminator(input_ids=fake, labels=(fake != ids).long())
+            judged = discriminator(input_ids=fake, attention_mask=attention, labels=(fake != ids).long())
         (generated.loss + 50 * judged.loss).backward()
         torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         optimizer.step()
