@@ -127,8 +127,9 @@ def run_peer(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vocab = read_vocab(data_dir / "vocab.txt")
+    pad = vocab.index(PAD)
     config = build_pretraining_config({**SHAPES[args.shape], "train_batch_size": args.batch})
-    discriminator = config.discriminator_config(len(vocab), vocab.index(PAD))
+    discriminator = config.discriminator_config(len(vocab), pad)
     shapes = [
         transformers.ElectraConfig(**hf_config(part, architecture))
         for part, architecture in (
@@ -138,14 +139,14 @@ def run_peer(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     ]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where `electra pretrain` runs
     precision = "bf16" if resolve_precision("auto", device) == torch.bfloat16 else "fp32"  # as `electra pretrain`
-    step = peer_training_step(*shapes, precision, device, pad_id=vocab.index(PAD))
+    step = peer_training_step(*shapes, precision, device, pad_id=pad)
     data = PretrainingData(data_dir / "pretrain_data")
     order = np.random.default_rng(0).permutation(len(data))
     rates, tokens, started = [], 0, time.perf_counter()
     for index in range(args.steps):
         rows = order[(index * args.batch + np.arange(args.batch)) % len(data)]
         ids = torch.from_numpy(data.input_ids(rows).astype(np.int64))
-        tokens += int((ids != vocab.index(PAD)).sum())
+        tokens += int((ids != pad).sum())
         step(ids.to(device), index)
         if (index + 1) % LOG_EVERY == 0:  # a logging window, as the trainer's tokens_per_second counts them
             synchronize(device)

@@ -165,8 +165,10 @@ def peer_training_step(
 
     def step(ids: torch.Tensor, seed: int) -> None:
         generator_rng = torch.Generator(device=device).manual_seed(seed)
-        attention = None if pad_id is None else (ids != pad_id).long()
-        special = (ids == 2) | (ids == 3) | (ids == pad_id if pad_id is not None else False)
+        special, attention = (ids == 2) | (ids == 3), None
+        if pad_id is not None:
+            special |= ids == pad_id
+            attention = (ids != pad_id).long()
         chosen = (torch.rand(ids.shape, generator=generator_rng, device=device) < 0.15) & ~special
         use_mask_token = torch.rand(ids.shape, generator=generator_rng, device=device) < 0.85
         inputs = torch.where(chosen & use_mask_token, MASK_ID, ids)

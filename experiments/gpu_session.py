@@ -339,7 +339,7 @@ def main() -> None:
         threads = max(1, (os.cpu_count() or 1) // len(plans))
         with ThreadPoolExecutor(len(plans)) as pool:  # side by side: each eager step leaves the GPU mostly idle
             models = list(pool.map(lambda plan: pretrain(session, *plan, threads), plans))
-        en_model, other_models = models[0], models[1 : 1 + len(other_vocabularies)]
+        en_model, english_models = models[0], [model for model in models[: 1 + len(other_vocabularies)] if model]
         zh_model = models[-1] if args.zh_seconds > 0 else None
         for model in models:
             if model:
@@ -352,23 +352,22 @@ def main() -> None:
             session.say("GPU tests: stopped at their limit")
     session.log.write("".join((args.out / "gpu_tests.log").read_text().splitlines(keepends=True)[-15:]))
 
-    def learning_check(folder: str, model_name: str) -> list[str]:
+    def learning_check(model_dir: Path) -> list[str]:
+        """finetune_learning_check.py on a model pre-trained above (<work>/<folder>/models/<name>)."""
         script = str(HERE / "finetune_learning_check.py")
-        model = ["--pretrain-workdir", str(work / folder), "--model-name", model_name]
+        model = ["--pretrain-workdir", str(model_dir.parents[1]), "--model-name", model_dir.name]
         return [sys.executable, script, *model, "--shared-data", str(args.stage.resolve() / "data")]
 
-    check = learning_check("en", "en-small-gpu")
     # Every trial a process of its own: run by run, SST-2's three 1-epoch trials alone outlasted session 16's four
     # minutes of fine-tuning, eight runs side by side (65 ms a step each).
     side_by_side = ["--trials", str(args.trials), "--split-trials"]
     if other_vocabularies:  # the vocabulary test: SST-2 alone, for each English model, all at once
-        models_by_folder = {"en": en_model, **dict(zip(other_vocabularies, other_models, strict=True))}
-        names = {"en": "en-small-gpu", **{name: f"en-small-{name[3:]}" for name in other_vocabularies}}
-        trained = [folder for folder, model in models_by_folder.items() if model]
-        sst = ["--tasks", "sst", *side_by_side, "--parallel", str(max(1, FINETUNING_PROCESSES // max(1, len(trained))))]
+        parallel = str(max(1, FINETUNING_PROCESSES // max(1, len(english_models))))
+        sst = ["--tasks", "sst", *side_by_side, "--parallel", parallel]
+        folders = {model.parents[1].name: model for model in english_models}  # under <work>: en, en-v30522, ...
         commands = {
-            folder: [*learning_check(folder, names[folder]), "--workdir", str(work / f"ft-{folder}"), *sst]
-            for folder in trained
+            folder: [*learning_check(model), "--workdir", str(work / f"ft-{folder}"), *sst]
+            for folder, model in folders.items()
         }
 
         def sst_check(folder: str) -> bool:
@@ -379,6 +378,7 @@ def main() -> None:
         for folder in commands:
             collect_results(session, work / f"ft-{folder}")
     elif en_model:
+        check = learning_check(en_model)
         tasks = "sst,cola,mrpc" + (",waimai" if zh_model else "")
         zh = ["--zh-model", str(zh_model)] if zh_model else []
         glue = [*check, "--workdir", str(work / "ft"), "--tasks", tasks, *zh, *side_by_side]
